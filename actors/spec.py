@@ -1,0 +1,179 @@
+"""Typed description of one participant: what it loads, builds and how it trains.
+
+These pydantic models are the participant-side half of the run config. The orchestrator's
+config composes them (so YAML is validated in one place, before Ray starts) and hands each
+actor its own :class:`ParticipantSpec`; the actor never sees a raw dict.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from actors.models import factory_options, resolve_factory
+
+
+class Strict(BaseModel):
+    """Unknown keys are errors: a typo in YAML must not be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PartitionSpec(Strict):
+    kind: Literal["iid", "dirichlet", "shards"] = "dirichlet"
+    alpha: float = Field(0.5, gt=0, description="Dirichlet concentration; small = skewed")
+    shards_per_participant: int = Field(2, ge=1)
+    min_size: int = Field(10, ge=1)
+
+
+class DatasetSpec(Strict):
+    """A dataset shared out among participants by a partitioner (a benchmark setting).
+
+    ``digits`` is scikit-learn's bundled 8x8 handwritten digits, so it works offline.
+    """
+
+    name: Literal["digits"] = "digits"
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    partition: PartitionSpec = PartitionSpec()
+    seed: int = 0
+
+
+View = Literal["flat", "image", "sequence"]
+
+
+class PartitionData(Strict):
+    """This participant's shard of the run's shared ``dataset``."""
+
+    source: Literal["partition"] = "partition"
+    view: View = Field("flat", description="flat vectors, (C,H,W) images or (rows, features) sequences")
+
+
+class FileData(Strict):
+    """A participant's own table (CSV or Parquet): the cross-silo case.
+
+    ``path`` may contain ``{index}`` (index within the group), ``{name}`` (participant
+    name) and ``{group}``, or ``paths`` lists one file per participant of the group.
+    """
+
+    source: Literal["file"]
+    path: str | None = None
+    paths: list[str] | None = None
+    label_column: str = "label"
+    feature_columns: list[str] | None = None
+    num_classes: int = Field(..., ge=2, description="size of the label space shared by all")
+    test_fraction: float = Field(0.0, ge=0, lt=1)
+    image_shape: tuple[int, int, int] | None = None
+    view: View = "flat"
+
+    @model_validator(mode="after")
+    def _one_path(self) -> FileData:
+        if (self.path is None) == (self.paths is None):
+            raise ValueError("give exactly one of 'path' (a template) or 'paths' (a list)")
+        if self.view != "flat" and self.image_shape is None:
+            raise ValueError(f"view {self.view!r} needs image_shape: [C, H, W]")
+        return self
+
+    def path_for(self, index: int, name: str, group: str) -> str:
+        if self.paths is not None:
+            return self.paths[index]
+        assert self.path is not None
+        return self.path.format(index=index, name=name, group=group)
+
+
+DataSpec = Annotated[PartitionData | FileData, Field(discriminator="source")]
+
+
+class ModelSpec(BaseModel):
+    """``name`` plus the factory's own keyword options, checked against its signature."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: str = "mlp"
+
+    @model_validator(mode="after")
+    def _known(self) -> ModelSpec:
+        factory = resolve_factory(self.name)
+        allowed = factory_options(factory)
+        extra = set(self.options)
+        if allowed is not None and extra - allowed:
+            raise ValueError(
+                f"model {self.name!r} has no option(s) {sorted(extra - allowed)}; "
+                f"allowed: {', '.join(sorted(allowed)) or 'none'}"
+            )
+        return self
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class TrainSpec(Strict):
+    local_epochs: int = Field(1, ge=1)
+    local_steps: int | None = Field(None, ge=1, description="if set, overrides local_epochs")
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(0.05, gt=0)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    momentum: float = Field(0.0, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+
+
+class SpeedDistribution(Strict):
+    """Per-participant speeds drawn once at start-up, then divided by the group's
+    fastest so the fastest runs at real speed and the rest are slower.
+
+    ``lognormal``: exp(N(0, sigma)); ``exponential``: Exp(1); ``pareto``: 1 + Pareto(shape).
+    Speeds are the reciprocal of the drawn slowdown.
+    """
+
+    kind: Literal["lognormal", "exponential", "pareto"]
+    sigma: float = Field(1.0, gt=0)
+    shape: float = Field(1.5, gt=0)
+    seed: int = 0
+
+
+class Availability(Strict):
+    """Participant is online for ``on_s`` seconds, offline for ``off_s``, repeating;
+    ``phase_s`` shifts its cycle (default: a seeded random phase per participant)."""
+
+    on_s: float = Field(..., gt=0)
+    off_s: float = Field(..., ge=0)
+    phase_s: float | None = None
+
+
+class SystemSpec(Strict):
+    """Simulated heterogeneity, applied inside the participant around real training.
+
+    ``speed`` < 1 stretches each task to ``real_seconds / speed``;
+    ``simulated_seconds_per_sample`` instead makes a task last exactly
+    ``samples / speed * simulated_seconds_per_sample`` (when that exceeds the real time),
+    independent of how loaded the machine is.
+    """
+
+    speed: float | SpeedDistribution = Field(1.0, description="relative speed, 1 = real")
+    simulated_seconds_per_sample: float | None = Field(None, gt=0)
+    dropout_prob: float = Field(0.0, ge=0, le=1)
+    availability: Availability | None = None
+
+    @model_validator(mode="after")
+    def _speed_range(self) -> SystemSpec:
+        if isinstance(self.speed, float) and not 0 < self.speed <= 1:
+            raise ValueError("speed must be in (0, 1]: 1 is real speed, 0.1 ten times slower")
+        return self
+
+
+class ParticipantSpec(Strict):
+    """Everything one actor needs to load its data and build its model by itself."""
+
+    name: str
+    group: str
+    index_in_group: int
+    seed: int
+    model: ModelSpec
+    data: DataSpec
+    train: TrainSpec
+    dataset: DatasetSpec | None = None
+    partition_index: int | None = None
+    num_partitions: int = 0
+    num_threads: int = 1
+    speed: float = 1.0
+    system: SystemSpec = SystemSpec()

@@ -1,0 +1,101 @@
+"""Local training and evaluation loops, plain PyTorch (no Ray), shared by participants
+and the driver's evaluator."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from actors.spec import TrainSpec
+
+
+def make_optimizer(model: nn.Module, spec: TrainSpec) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if spec.optimizer == "adam":
+        return torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay)
+    return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
+
+
+def batches(n: int, batch_size: int, generator: torch.Generator, steps: int | None, epochs: int):
+    """Index batches: ``epochs`` shuffled passes, or exactly ``steps`` batches if given."""
+    done = 0
+    epoch = 0
+    while True:
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, n, batch_size):
+            if steps is not None and done >= steps:
+                return
+            yield order[start : start + batch_size]
+            done += 1
+        epoch += 1
+        if steps is None and epoch >= epochs:
+            return
+
+
+def train_locally(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    spec: TrainSpec,
+    seed: int,
+    epochs: int,
+    steps: int | None = None,
+    proximal_mu: float = 0.0,
+    extra_loss=None,
+) -> dict[str, float]:
+    """SGD/Adam over local batches; returns mean loss and the number of samples seen.
+
+    ``proximal_mu`` adds FedProx's ``mu/2 * ||w - w_start||^2`` (Li et al., 2020), which
+    keeps local models near the global one on skewed data.
+    """
+    model.train()
+    opt = make_optimizer(model, spec)
+    anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
+    gen = torch.Generator().manual_seed(seed)
+    total, seen = 0.0, 0
+    for idx in batches(len(y), spec.batch_size, gen, steps, epochs):
+        xb, yb = x[idx], y[idx]
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(xb), yb)
+        if extra_loss is not None:
+            loss = loss + extra_loss(model, idx)
+        if anchor is not None:
+            prox = sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor))
+            loss = loss + 0.5 * proximal_mu * prox
+        loss.backward()
+        opt.step()
+        total += float(loss.detach()) * len(idx)
+        seen += len(idx)
+    return {"train_loss": total / max(seen, 1), "samples": float(seen)}
+
+
+def local_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int) -> float:
+    """Accumulate the mean-loss gradient over one shuffled batch (FedSGD's payload)."""
+    model.train()
+    model.zero_grad(set_to_none=True)
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(y), generator=gen)[:batch_size]
+    loss = F.cross_entropy(model(x[idx]), y[idx])
+    loss.backward()
+    return float(loss.detach())
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> dict[str, float]:
+    """Mean cross-entropy and accuracy; empty data gives NaN metrics, not an error."""
+    if len(y) == 0:
+        return {"loss": float("nan"), "accuracy": float("nan")}
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for start in range(0, len(y), batch_size):
+        logits = model(x[start : start + batch_size])
+        yb = y[start : start + batch_size]
+        loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
+        correct += int((logits.argmax(1) == yb).sum())
+    return {"loss": loss_sum / len(y), "accuracy": correct / len(y)}
+
+
+def to_tensors(x: np.ndarray, y: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.as_tensor(x, device=device), torch.as_tensor(y, device=device)

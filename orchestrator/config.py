@@ -1,0 +1,311 @@
+"""The run configuration: typed, validated once, before Ray starts.
+
+A YAML file maps onto :class:`RunConfig`. Participant-side pieces (model, data, training,
+simulated system) come from :mod:`actors.spec`; strategy hyperparameters are each
+strategy's own ``Params`` dataclass. Every mistake becomes a :class:`ConfigError` whose
+message names the field path and what is allowed, never a traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+
+from actors.spec import (
+    DatasetSpec,
+    DataSpec,
+    FileData,
+    ModelSpec,
+    PartitionData,
+    Strict,
+    SystemSpec,
+    TrainSpec,
+)
+from strategies import get_strategy_class
+from strategies.staleness import StalenessFunction
+
+
+class ConfigError(ValueError):
+    """A user mistake in the configuration; the message is meant to be printed as is."""
+
+
+class Resources(Strict):
+    """Ray actor options for each participant of a group."""
+
+    num_cpus: float = Field(1.0, ge=0)
+    num_gpus: float = Field(0.0, ge=0, description="fractions share one GPU")
+    memory: int | None = Field(None, gt=0, description="bytes reserved for the actor")
+    resources: dict[str, float] = Field(default_factory=dict, description="custom Ray resources")
+    max_restarts: int = Field(0, ge=-1, description="Ray restarts of a crashed actor (-1: forever)")
+
+    @model_validator(mode="after")
+    def _whole_gpus(self) -> Resources:
+        if self.num_gpus > 1 and self.num_gpus != int(self.num_gpus):
+            raise ValueError("num_gpus above 1 must be a whole number")
+        return self
+
+
+class Group(Strict):
+    """``count`` participants sharing a model, data source, resources and training."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$")
+    count: int = Field(1, ge=1)
+    model: ModelSpec = ModelSpec()
+    data: DataSpec = PartitionData()
+    train: TrainSpec = TrainSpec()
+    resources: Resources = Resources()
+    system: SystemSpec = SystemSpec()
+
+
+class StrategyConfig(BaseModel):
+    """``name`` plus that strategy's hyperparameters, checked against its ``Params``."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: str = "fedavg"
+
+    @model_validator(mode="after")
+    def _known(self) -> StrategyConfig:
+        try:
+            cls = get_strategy_class(self.name)
+        except KeyError as exc:
+            raise ValueError(exc.args[0]) from None
+        options = dict(self.model_extra or {})
+        allowed = {f.name for f in dataclasses.fields(cls.Params)}
+        unknown = set(options) - allowed
+        if unknown:
+            raise ValueError(
+                f"strategy {self.name!r} has no option(s) {sorted(unknown)}; "
+                f"allowed: {', '.join(sorted(allowed)) or 'none'}"
+            )
+        try:
+            TypeAdapter(cls.Params).validate_python(options)
+        except ValidationError as exc:
+            raise ValueError(
+                _flatten_errors(exc, prefix=f"strategy {self.name!r} option ").strip()
+            ) from None
+        return self
+
+    def build(self):
+        """A fresh strategy instance with its validated hyperparameters."""
+        cls = get_strategy_class(self.name)
+        return cls(TypeAdapter(cls.Params).validate_python(dict(self.model_extra or {})))
+
+
+class Staleness(Strict):
+    kind: Literal["constant", "polynomial", "hinge"] = "polynomial"
+    a: float = Field(0.5, ge=0)
+    b: int = Field(4, ge=0)
+
+    def function(self) -> StalenessFunction:
+        return StalenessFunction(self.kind, self.a, self.b)
+
+
+class Schedule(Strict):
+    """*When* to aggregate. See ``orchestrator/schedules.py`` for the three modes."""
+
+    mode: Literal["sync", "buffered", "async"] = "sync"
+    # sync
+    clients_per_round: int | None = Field(None, ge=1, description="default: all")
+    over_select: float = Field(0.0, ge=0, description="extra fraction dispatched per round")
+    deadline_s: float | None = Field(None, gt=0)
+    late_updates: Literal["drop", "carry"] = "drop"
+    # buffered / async
+    concurrency: int | None = Field(None, ge=1, description="participants kept busy; default: all")
+    buffer_size: int = Field(4, ge=1)
+    alpha: float = Field(0.6, gt=0, le=1, description="FedAsync mixing weight")
+    staleness: Staleness = Staleness()
+    max_staleness: int | None = Field(None, ge=0, description="older updates are dropped")
+    # failures
+    task_timeout_s: float | None = Field(None, gt=0)
+    max_failures: int = Field(3, ge=1, description="consecutive failures before a participant is dropped")
+    min_participants: int = Field(1, ge=1)
+
+
+class Stop(Strict):
+    max_aggregations: int | None = Field(50, ge=1)
+    max_updates: int | None = Field(None, ge=1)
+    max_wall_s: float | None = Field(None, gt=0)
+    target_accuracy: float | None = Field(None, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> Stop:
+        if self.max_aggregations is None and self.max_updates is None and self.max_wall_s is None:
+            raise ValueError("set at least one of max_aggregations, max_updates, max_wall_s")
+        return self
+
+
+class Evaluation(Strict):
+    """Server-side evaluation of the global model on a held-out set."""
+
+    every: int = Field(1, ge=1, description="evaluate after every N aggregations")
+    path: str | None = Field(None, description="CSV/Parquet test table; default: the dataset's test split")
+    label_column: str = "label"
+    batch_size: int = Field(1024, ge=1)
+
+
+class UpdatePolicy(Strict):
+    """Hygiene applied to every arriving update before any strategy sees it."""
+
+    clip_norm: float | None = Field(None, gt=0, description="scale updates down to this L2 norm")
+
+
+class RayOptions(Strict):
+    address: str | None = Field(None, description="None starts a local Ray; 'auto' or ray://host:port joins one")
+    num_cpus: float | None = Field(None, gt=0, description="logical CPUs for a local Ray; default: enough for every participant")
+    num_gpus: float | None = Field(None, ge=0)
+
+
+class RunConfig(Strict):
+    name: str = "fedray"
+    seed: int = 0
+    dataset: DatasetSpec | None = None
+    groups: list[Group] = Field(..., min_length=1)
+    strategy: StrategyConfig = StrategyConfig()
+    schedule: Schedule = Schedule()
+    stop: Stop = Stop()
+    evaluation: Evaluation = Evaluation()
+    updates: UpdatePolicy = UpdatePolicy()
+    ray: RayOptions = RayOptions()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RunConfig:
+        names = [g.name for g in self.groups]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"group names must be unique; repeated: {dupes}")
+        if self.dataset is None and any(isinstance(g.data, PartitionData) for g in self.groups):
+            raise ValueError("groups with data source 'partition' need a top-level 'dataset'")
+        total = self.num_participants
+        if self.schedule.clients_per_round and self.schedule.clients_per_round > total:
+            raise ValueError(
+                f"schedule.clients_per_round={self.schedule.clients_per_round} exceeds the "
+                f"{total} participants"
+            )
+        if self.schedule.min_participants > total:
+            raise ValueError(f"schedule.min_participants exceeds the {total} participants")
+        if self.evaluation.path is None and self.dataset is None:
+            raise ValueError(
+                "evaluation needs a test set: give evaluation.path, or a top-level 'dataset'"
+            )
+        return self
+
+    @property
+    def num_participants(self) -> int:
+        return sum(g.count for g in self.groups)
+
+
+# -- loading and errors ---------------------------------------------------------------
+
+
+def load_config(source: str | Path | dict[str, Any]) -> RunConfig:
+    """Parse and validate a YAML file (or an already-parsed mapping)."""
+    if isinstance(source, dict):
+        raw: Any = source
+        where = "the config"
+    else:
+        path = Path(source)
+        if not path.exists():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+        where = str(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping of settings at the top level, got {type(raw).__name__}")
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid settings in {where}:\n{_flatten_errors(exc)}") from None
+
+
+def missing_data_files(config: RunConfig) -> list[str]:
+    """Per-participant files that do not exist on this machine (for local runs)."""
+    problems = []
+    for group in config.groups:
+        if isinstance(group.data, FileData):
+            if group.data.paths is not None and len(group.data.paths) != group.count:
+                problems.append(
+                    f"group {group.name}: {len(group.data.paths)} paths for {group.count} participants"
+                )
+                continue
+            for i in range(group.count):
+                name = participant_name(group, i)
+                path = Path(group.data.path_for(i, name, group.name))
+                if not path.exists():
+                    problems.append(f"participant {name}: data file not found: {path}")
+    if config.evaluation.path and not Path(config.evaluation.path).exists():
+        problems.append(f"evaluation: test file not found: {config.evaluation.path}")
+    return problems
+
+
+def participant_name(group: Group, index: int) -> str:
+    return f"{group.name}-{index}"
+
+
+def _flatten_errors(exc: ValidationError, prefix: str = "") -> str:
+    lines = []
+    for err in exc.errors():
+        loc = _format_loc(err["loc"])
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            allowed = _fields_at(err["loc"][:-1])
+            msg = "unknown field" + (f"; allowed: {', '.join(allowed)}" if allowed else "")
+        elif err["type"] == "missing":
+            msg = "required field is missing"
+        elif "input" in err and err["type"] not in ("model_type", "dict_type") and not isinstance(err["input"], dict):
+            msg = f"{msg} (got {err['input']!r})"
+        msg = msg.removeprefix("Value error, ")
+        lines.append(f"  {prefix}{loc}: {msg}" if loc else f"  {prefix}{msg}")
+    return "\n".join(lines)
+
+
+def _format_loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("partition", "file") and out.endswith(".data"):
+            continue  # the discriminator tag pydantic inserts; users never write it
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+_DATA_SOURCES = {"partition": PartitionData, "file": FileData}
+
+
+def _fields_at(loc: tuple) -> list[str]:
+    """Field names allowed at ``loc`` inside RunConfig, to suggest after a typo."""
+    cls: Any = RunConfig
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if part in _DATA_SOURCES and cls in _DATA_SOURCES.values():
+            cls = _DATA_SOURCES[part]  # the discriminator tag pydantic puts in the path
+            continue
+        field = cls.model_fields.get(part) if _is_model(cls) else None
+        if field is None:
+            return []
+        cls = _model_in(field.annotation)
+    return sorted(cls.model_fields) if _is_model(cls) else []
+
+
+def _is_model(obj: Any) -> bool:
+    return isinstance(obj, type) and issubclass(obj, BaseModel)
+
+
+def _model_in(annotation: Any) -> Any:
+    """The first BaseModel class inside an annotation like ``list[Group]`` or ``A | None``."""
+    if _is_model(annotation):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None

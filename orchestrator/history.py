@@ -1,0 +1,80 @@
+"""The run history: one row per event, kept as plain dicts, handed out as pandas.
+
+Events: ``dispatch``, ``update`` (accepted), ``rejected``, ``late`` (dropped for being
+late or too stale), ``failure``, ``dropout``, ``unavailable``, ``timeout``,
+``aggregation``, ``evaluation``, ``participant_lost``, ``stop``. Appending a dict is
+cheap enough for the hot loop; the DataFrame is built once when someone asks.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+COLUMNS = [
+    "time",  # seconds since the run started (driver wall clock)
+    "event",
+    "participant",
+    "group",
+    "task_id",
+    "version",  # global version when the event happened
+    "base_version",  # version the participant started from
+    "staleness",
+    "weight",
+    "num_examples",
+    "train_seconds",  # real seconds of local work
+    "simulated_seconds",  # seconds the task appeared to take under the simulator
+    "bytes",  # payload bytes moved by this event
+    "loss",
+    "accuracy",
+    "in_flight",
+    "detail",
+]
+
+
+class History:
+    """Append-only event log of a run.
+
+    >>> h = History()
+    >>> h.record("evaluation", version=1, accuracy=0.5)
+    >>> h.frame()[["event", "version", "accuracy"]].values.tolist()
+    [['evaluation', 1, 0.5]]
+    """
+
+    def __init__(self, rows: list[dict[str, Any]] | None = None, start: float | None = None) -> None:
+        self.rows: list[dict[str, Any]] = list(rows or [])
+        self.start = time.perf_counter() if start is None else start
+        self.listeners: list = []
+
+    def record(self, event: str, **fields: Any) -> dict[str, Any]:
+        row = {"time": time.perf_counter() - self.start, "event": event, **fields}
+        self.rows.append(row)
+        for listener in self.listeners:
+            listener(row)
+        return row
+
+    def frame(self) -> pd.DataFrame:
+        frame = pd.DataFrame(self.rows)
+        for col in COLUMNS:
+            if col not in frame.columns:
+                frame[col] = pd.NA
+        extra = [c for c in frame.columns if c not in COLUMNS]
+        frame = frame[COLUMNS + extra]
+        for col in ("version", "base_version", "staleness", "task_id", "num_examples", "bytes", "in_flight"):
+            frame[col] = frame[col].astype("Int64")
+        for col in ("time", "weight", "train_seconds", "simulated_seconds", "loss", "accuracy"):
+            frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64")
+        for col in ("event", "participant", "group", "detail"):
+            frame[col] = frame[col].astype("string")
+        return frame
+
+    def save(self, directory: Path) -> Path:
+        """Write ``history.parquet`` (and a CSV twin for quick looks)."""
+        frame = self.frame()
+        path = directory / "history.parquet"
+        frame.to_parquet(path, index=False)
+        frame.to_csv(directory / "history.csv", index=False)
+        return path

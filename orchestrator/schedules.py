@@ -1,0 +1,177 @@
+"""*When* to dispatch and when to aggregate: synchronous rounds, FedBuff, FedAsync.
+
+A schedule is a small policy object the run loop consults; it never touches Ray. The
+loop asks it which idle participants to start, whether an arriving update is admitted
+(and with what weight), and whether the buffer is ready to aggregate.
+
+- ``sync``: rounds. Select ``clients_per_round`` (times ``1 + over_select``), aggregate
+  when enough have answered, when all selected have answered or failed, or at the
+  deadline. Updates from an earlier round are dropped or carried with their staleness.
+- ``buffered`` (FedBuff, Nguyen et al., AISTATS 2022): keep ``concurrency`` participants
+  busy; aggregate every ``buffer_size`` updates, each weighted by ``s(staleness)``.
+- ``async`` (FedAsync, Xie et al., 2019): aggregate every update as it lands, mixed in
+  with weight ``alpha * s(staleness)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from orchestrator.config import Schedule
+
+
+@dataclass
+class Task:
+    """One dispatched unit of work, as the driver remembers it."""
+
+    participant: str
+    task_id: int
+    base_version: int
+    round: int
+    dispatched_at: float
+
+
+@dataclass
+class Admission:
+    accepted: bool
+    weight: float = 1.0
+    reason: str = ""
+
+
+@dataclass
+class SchedulePolicy:
+    """Shared machinery; subclasses decide selection, admission and readiness."""
+
+    config: Schedule
+    rng: np.random.Generator
+    round: int = 0
+    staleness_fn: object = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.staleness_fn = self.config.staleness.function()
+
+    def select(self, idle: list[str], busy: int, alive: int, now: float) -> list[str]:
+        raise NotImplementedError
+
+    def admit(self, task: Task, staleness: int) -> Admission:
+        raise NotImplementedError
+
+    def ready(self, buffered: int, now: float) -> bool:
+        raise NotImplementedError
+
+    def task_finished(self, task: Task) -> None:
+        """Called for every finished task, successful or not."""
+
+    def aggregated(self, now: float) -> None:
+        """Called after each aggregation (or a round closed with nothing to aggregate)."""
+
+    def deadline(self) -> float | None:
+        """The next moment the loop must wake up even if nothing arrives."""
+        return None
+
+    def _too_stale(self, staleness: int) -> bool:
+        limit = self.config.max_staleness
+        return limit is not None and staleness > limit
+
+    def _pick(self, idle: list[str], n: int) -> list[str]:
+        n = min(n, len(idle))
+        if n <= 0:
+            return []
+        chosen = self.rng.choice(len(idle), size=n, replace=False)
+        return [idle[i] for i in sorted(chosen)]
+
+
+class SyncRounds(SchedulePolicy):
+    """Classic rounds, with optional over-selection, a deadline and carried late updates."""
+
+    open: bool = False
+    selected: set[str]
+    finished: set[str]
+    received: int = 0
+    target: int = 0
+    started_at: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.selected, self.finished = set(), set()
+
+    def select(self, idle: list[str], busy: int, alive: int, now: float) -> list[str]:
+        if self.open:
+            return []
+        wanted = min(self.config.clients_per_round or alive, alive)
+        picked = self._pick(idle, math.ceil(wanted * (1 + self.config.over_select)))
+        if not picked:
+            return []
+        self.round += 1
+        self.open, self.started_at, self.received = True, now, 0
+        self.selected, self.finished = set(picked), set()
+        self.target = min(wanted, len(picked)) if self.config.over_select > 0 else len(picked)
+        return picked
+
+    def admit(self, task: Task, staleness: int) -> Admission:
+        if self.open and task.round == self.round:
+            self.received += 1
+            return Admission(True, 1.0)
+        if self.config.late_updates == "drop":
+            return Admission(False, reason=f"late: from round {task.round}, now round {self.round}")
+        if self._too_stale(staleness):
+            return Admission(False, reason=f"staleness {staleness} > max_staleness")
+        return Admission(True, float(self.staleness_fn(staleness)), "carried")
+
+    def task_finished(self, task: Task) -> None:
+        if task.round == self.round:
+            self.finished.add(task.participant)
+
+    def ready(self, buffered: int, now: float) -> bool:
+        if not self.open:
+            return False
+        if self.received >= self.target or self.finished >= self.selected:
+            return True
+        return self.config.deadline_s is not None and now >= self.started_at + self.config.deadline_s
+
+    def aggregated(self, now: float) -> None:
+        self.open = False
+
+    def deadline(self) -> float | None:
+        if self.open and self.config.deadline_s is not None:
+            return self.started_at + self.config.deadline_s
+        return None
+
+
+class Buffered(SchedulePolicy):
+    """FedBuff: constant concurrency, aggregate every ``buffer_size`` arrivals."""
+
+    def buffer_size(self) -> int:
+        return self.config.buffer_size
+
+    def select(self, idle: list[str], busy: int, alive: int, now: float) -> list[str]:
+        concurrency = min(self.config.concurrency or alive, alive)
+        return self._pick(idle, concurrency - busy)
+
+    def admit(self, task: Task, staleness: int) -> Admission:
+        if self._too_stale(staleness):
+            return Admission(False, reason=f"staleness {staleness} > max_staleness")
+        return Admission(True, float(self.staleness_fn(staleness)))
+
+    def ready(self, buffered: int, now: float) -> bool:
+        return buffered >= self.buffer_size()
+
+
+class Async(Buffered):
+    """FedAsync: every update is its own aggregation, mixed in by ``alpha * s(staleness)``."""
+
+    def buffer_size(self) -> int:
+        return 1
+
+    def admit(self, task: Task, staleness: int) -> Admission:
+        admission = super().admit(task, staleness)
+        admission.weight *= self.config.alpha
+        return admission
+
+
+def make_schedule(config: Schedule, seed: int) -> SchedulePolicy:
+    cls = {"sync": SyncRounds, "buffered": Buffered, "async": Async}[config.mode]
+    return cls(config, np.random.default_rng(seed))

@@ -1,0 +1,44 @@
+"""Shared fixtures. Ray starts once per test session: start-up costs seconds."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A real local Ray with enough logical CPUs for the integration tests' actors."""
+    import ray
+
+    if not ray.is_initialized():
+        # address="local": a fresh instance, never a cluster some other test left running
+        ray.init(address="local", num_cpus=8, include_dashboard=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+def digits_config(**overrides) -> dict:
+    """A small, fast digits run as a plain mapping; tests override what they need."""
+    config = {
+        "name": "test",
+        "seed": 0,
+        "dataset": {"name": "digits", "partition": {"kind": "iid"}},
+        "groups": [
+            {
+                "name": "site",
+                "count": 4,
+                "model": {"name": "mlp", "hidden": [32]},
+                "train": {"local_epochs": 1, "batch_size": 32, "lr": 0.1},
+                "resources": {"num_cpus": 0.5},
+            }
+        ],
+        "stop": {"max_aggregations": 5},
+    }
+    for key, value in overrides.items():
+        config[key] = value
+    return config
