@@ -10,16 +10,31 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
 
-@pytest.fixture(scope="session")
-def ray_session():
-    """A real local Ray with enough logical CPUs for the integration tests' actors."""
+def _ensure_local_ray():
     import ray
 
     if not ray.is_initialized():
         # address="local": a fresh instance, never a cluster some other test left running
         ray.init(address="local", num_cpus=8, include_dashboard=False, logging_level="WARNING")
-    yield ray
+    return ray
+
+
+@pytest.fixture(scope="session")
+def _ray_shutdown_at_end():
+    yield
+    import ray
+
     ray.shutdown()
+
+
+@pytest.fixture
+def ray_session(_ray_shutdown_at_end):
+    """A real local Ray with enough logical CPUs for the integration tests' actors.
+
+    Started once and reused; if a test module shut it down (multi-node ``Cluster`` tests
+    need their own Ray), the next test that asks for it starts it again.
+    """
+    yield _ensure_local_ray()
 
 
 def digits_config(**overrides) -> dict:
