@@ -33,6 +33,7 @@ class SharedDataset:
     y_test: np.ndarray
     image_shape: tuple[int, int, int]
     num_classes: int
+    x_public: np.ndarray | None = None  # unlabelled public slice, excluded from x_train
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,10 @@ def load_shared_dataset(spec: DatasetSpec) -> SharedDataset:
     order = np.random.default_rng(spec.seed).permutation(len(y))
     n_test = int(round(spec.test_fraction * len(y)))
     test, train = order[:n_test], order[n_test:]
-    return SharedDataset(x[train], y[train], x[test], y[test], image_shape, int(y.max()) + 1)
+    if spec.public_size >= len(train):
+        raise ValueError(f"dataset.public_size={spec.public_size} leaves no training data ({len(train)} examples)")
+    public, train = train[: spec.public_size], train[spec.public_size :]
+    return SharedDataset(x[train], y[train], x[test], y[test], image_shape, int(y.max()) + 1, x[public])
 
 
 def apply_view(x: np.ndarray, view: View, image_shape: tuple[int, int, int] | None) -> np.ndarray:

@@ -2,7 +2,8 @@
 
 Every model is split into a ``body`` (feature extractor) and a ``head`` (classifier), so
 parameter names start with ``body.`` or ``head.``; partial-sharing strategies match on
-those names. A config names a model by registry key (``mlp``, ``cnn``) or by
+those names. A config names a model by registry key (``mlp``, ``cnn``, ``gru``, ``lstm``,
+``transformer``) or by
 ``"package.module:factory"``; the factory is called with ``input_shape``, ``num_classes``
 and the config's other options, and must return an ``nn.Module``.
 """
@@ -74,7 +75,76 @@ def cnn(
     return BodyHead(nn.Sequential(*layers), nn.Linear(hidden, num_classes))
 
 
-MODELS: dict[str, ModelFactory] = {"mlp": mlp, "cnn": cnn}
+def _as_sequence_shape(input_shape: Sequence[int], model: str) -> tuple[int, int]:
+    """(steps, features) for sequence models: ``(T, F)`` as is, ``(C, H, W)`` as H rows."""
+    shape = tuple(int(s) for s in input_shape)
+    if len(shape) == 2:
+        return shape[0], shape[1]
+    if len(shape) == 3:
+        return shape[1], shape[0] * shape[2]
+    raise ValueError(
+        f"{model} needs sequence-shaped input (steps, features), got {shape}; "
+        "use the data view 'sequence'"
+    )
+
+
+class RecurrentBody(nn.Module):
+    """A GRU/LSTM over the rows; the last step's hidden state is the feature vector."""
+
+    def __init__(self, cell: str, steps: int, features: int, hidden: int, layers: int) -> None:
+        super().__init__()
+        self.steps, self.features = steps, features
+        rnn_cls = nn.GRU if cell == "gru" else nn.LSTM
+        self.rnn = rnn_cls(features, hidden, num_layers=layers, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.rnn(x.reshape(len(x), self.steps, self.features))
+        return out[:, -1]
+
+
+def gru(input_shape: Sequence[int], num_classes: int, hidden: int = 64, layers: int = 1) -> nn.Module:
+    """GRU over the rows of a ``(steps, features)`` sequence (an 8x8 digit: 8 rows of 8)."""
+    steps, features = _as_sequence_shape(input_shape, "gru")
+    return BodyHead(RecurrentBody("gru", steps, features, hidden, layers), nn.Linear(hidden, num_classes))
+
+
+def lstm(input_shape: Sequence[int], num_classes: int, hidden: int = 64, layers: int = 1) -> nn.Module:
+    """LSTM over the rows of a ``(steps, features)`` sequence."""
+    steps, features = _as_sequence_shape(input_shape, "lstm")
+    return BodyHead(RecurrentBody("lstm", steps, features, hidden, layers), nn.Linear(hidden, num_classes))
+
+
+class TransformerBody(nn.Module):
+    """Embed each step, add a learned position, encode, mean-pool over steps."""
+
+    def __init__(self, steps: int, features: int, dim: int, heads: int, layers: int) -> None:
+        super().__init__()
+        self.steps, self.features = steps, features
+        self.embed = nn.Linear(features, dim)
+        self.position = nn.Parameter(torch.zeros(steps, dim))
+        layer = nn.TransformerEncoderLayer(
+            dim, heads, dim_feedforward=2 * dim, dropout=0.0, batch_first=True
+        )
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x.reshape(len(x), self.steps, self.features)) + self.position
+        return self.encoder(h).mean(dim=1)
+
+
+def transformer(
+    input_shape: Sequence[int], num_classes: int, dim: int = 32, heads: int = 2, layers: int = 1
+) -> nn.Module:
+    """A tiny transformer encoder over sequence steps (rows of an image)."""
+    if dim % heads:
+        raise ValueError(f"transformer dim={dim} must be divisible by heads={heads}")
+    steps, features = _as_sequence_shape(input_shape, "transformer")
+    return BodyHead(TransformerBody(steps, features, dim, heads, layers), nn.Linear(dim, num_classes))
+
+
+MODELS: dict[str, ModelFactory] = {
+    "mlp": mlp, "cnn": cnn, "gru": gru, "lstm": lstm, "transformer": transformer,
+}
 
 
 def resolve_factory(name: str) -> ModelFactory:

@@ -19,13 +19,21 @@ from typing import Any
 import numpy as np
 import torch
 
+from actors import private_state
+from actors.attacks import apply_attack
 from actors.data import LocalData, load_participant_data
+from actors.distillation import consensus_term, distill, load_public_set, predict_logits
 from actors.models import build_model
 from actors.params import get_flat, layout_of, set_flat
+from actors.personalised import load_shared, shared_delta, test_split, train_fedrep
+from actors.secure_aggregation import MaskingKey, protect
 from actors.spec import ParticipantSpec
 from actors.system import SimulatedDropout, Unavailable, online_until, sleep_until, task_duration
 from actors.training import evaluate, local_gradient, to_tensors, train_locally
-from strategies.types import GlobalState, Instructions, Update
+from strategies.types import GlobalState, Instructions, Layout, Update
+
+HANG_SECONDS = 3600.0
+"""How long a task injected with ``system.hang_prob`` hangs (the driver kills it sooner)."""
 
 
 def pick_device() -> torch.device:
@@ -62,6 +70,22 @@ class Participant:
             self._phase = availability.phase_s if availability.phase_s is not None else float(
                 self._rng.uniform(0, period)
             )
+        # A restarted actor picks up its private state from its own node.
+        self.private = private_state.load(spec.state_dir)
+        if self.private.rng_state is not None:
+            self._rng.bit_generator.state = self.private.rng_state
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """One throwaway training step, undone afterwards, so torch's lazy first-call set-up
+        (seconds on a busy machine) happens at start-up instead of inside the first timed
+        task, where it would swamp simulated speeds and time-to-accuracy."""
+        if len(self.y) == 0:
+            return
+        saved = get_flat(self.model, self.layout)
+        with torch.random.fork_rng(devices=[]):
+            train_locally(self.model, self.x[:2], self.y[:2], self.spec.train, seed=0, epochs=1, steps=1)
+        set_flat(self.model, saved, self.layout)
 
     # -- introspection -------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
@@ -81,12 +105,15 @@ class Participant:
             "speed": self.spec.speed,
             "host": socket.gethostname(),
             "pid": os.getpid(),
+            "tasks_done": self.private.tasks_done,
+            "restored_state": self.private.restored,
         }
         try:
             import ray
 
-            if ray.is_initialized():
-                ctx = ray.get_runtime_context()
+            ctx = ray.get_runtime_context() if ray.is_initialized() else None
+            if ctx is not None and ctx.get_actor_id() is not None:  # inside an actor, not a driver
+
                 info["node_id"] = ctx.get_node_id()
                 info["assigned_resources"] = ctx.get_assigned_resources()
                 info["gpu_ids"] = ray.get_gpu_ids()
@@ -103,6 +130,8 @@ class Participant:
         started = time.perf_counter()
         run_clock = time.time() - instructions.options.get("run_start", time.time())
         self._check_online(run_clock)
+        if instructions.payload == "logits" or "sharing" in instructions.options:
+            return self._train_heterogeneous(state, instructions, started, run_clock)  # issue 5
         set_flat(self.model, state.params, state.layout)
         train = self.spec.train
         seed = instructions.seed
@@ -120,13 +149,16 @@ class Participant:
                 proximal_mu=instructions.proximal_mu,
             )
             payload = get_flat(self.model, state.layout) - np.asarray(state.params, np.float32)
+        payload = apply_attack(payload, self.spec.system.attack, seed)  # honest unless configured
         real = time.perf_counter() - started
         simulated = self._simulate(real, int(metrics["samples"]), run_clock)
+        self._remember(instructions.task_id, state)
         return Update(
             participant=self.spec.name,
             base_version=state.version,
             kind=instructions.payload,
-            payload=payload.astype(np.float32, copy=False),
+            payload=protect(payload.astype(np.float32, copy=False), len(self.y), instructions,
+                            self.spec.name, self.secagg_key),
             layout=state.layout,
             num_examples=len(self.y),
             task_id=instructions.task_id,
@@ -140,6 +172,87 @@ class Participant:
         if state is not None:
             set_flat(self.model, state.params, state.layout)
         return evaluate(self.model, self.x_test, self.y_test)
+
+    # -- heterogeneous architectures (issue 5) ------------------------------------------
+    def _train_heterogeneous(
+        self, state: GlobalState, instructions: Instructions, started: float, run_clock: float
+    ) -> Update:
+        """Soft labels (distill the consensus, train, predict the public set) or partial
+        sharing (load the shared part, train, send only its delta). Personal parameters
+        stay in ``self.model``; the update reports this model's own test accuracy."""
+        train, opts, seed = self.spec.train, instructions.options, instructions.seed
+        epochs = instructions.local_epochs or train.local_epochs
+        steps = instructions.local_steps or train.local_steps
+        metrics: dict[str, float] = {}
+        tested: dict[str, float] | None = None  # set early when the global model is what it holds
+        if instructions.payload == "logits":
+            public, keep = self._public_set(), None
+            if state.version > 0:  # version 0 has no consensus yet, only zeros
+                teacher = torch.tensor(np.asarray(state.params).reshape(len(public), -1), device=self.device)
+                metrics["distill_loss"] = distill(
+                    self.model, public, teacher, train, opts["temperature"], opts["distill_epochs"], seed
+                )
+                if opts.get("revisit_kd_weight", 0.0) > 0:
+                    keep = consensus_term(public, teacher, opts["temperature"], opts["revisit_kd_weight"], seed)
+            metrics |= train_locally(self.model, self.x, self.y, train, seed, epochs=epochs, steps=steps,
+                                     extra_loss=keep)
+            logits = predict_logits(self.model, public)
+            payload = logits.reshape(-1).float().cpu().numpy()
+            layout = Layout(("logits",), (tuple(logits.shape),))
+        else:
+            layout, start = load_shared(self.model, self.layout, opts["sharing"], state)
+            if opts["sharing"] == "all":  # no personal part: the model it holds is the global one
+                tested = evaluate(self.model, *self._test_tensors())
+            if "head_epochs" in opts:
+                metrics |= train_fedrep(self.model, self.x, self.y, train, seed, opts["head_epochs"], epochs, steps)
+            else:
+                metrics |= train_locally(self.model, self.x, self.y, train, seed, epochs=epochs, steps=steps)
+            payload = shared_delta(self.model, layout, start)
+        tested = tested or evaluate(self.model, *self._test_tensors())
+        metrics |= {f"test_{k}": v for k, v in tested.items()}
+        real = time.perf_counter() - started
+        simulated = self._simulate(real, int(metrics["samples"]), run_clock)
+        return Update(
+            participant=self.spec.name, base_version=state.version, kind=instructions.payload,
+            payload=payload.astype(np.float32, copy=False), layout=layout, num_examples=len(self.y),
+            task_id=instructions.task_id, metrics=metrics, train_seconds=real, simulated_seconds=simulated,
+        )
+
+    def _public_set(self) -> torch.Tensor:
+        if getattr(self, "_public", None) is None:
+            if self.spec.dataset is None:
+                raise ValueError(f"participant {self.spec.name}: soft labels need a run-level dataset with public_size")
+            self._public = torch.as_tensor(load_public_set(self.spec.dataset, self.spec.data.view), device=self.device)
+        return self._public
+
+    def _test_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if getattr(self, "_test", None) is None:
+            self._test = to_tensors(*test_split(self.spec, self.data), self.device)
+        return self._test
+
+    # -- private state and secure aggregation (issue 7) --------------------------------
+    def _remember(self, task_id: int, state: GlobalState) -> None:
+        """Save what this participant must not lose if its actor is restarted."""
+        self.private.tasks_done += 1
+        self.private.last_task_id = task_id
+        self.private.rng_state = self._rng.bit_generator.state
+        self.private.personal_params = get_flat(self.model, state.layout)
+        private_state.save(self.spec.state_dir, self.private)
+
+    @property
+    def secagg_key(self) -> MaskingKey:
+        """This participant's key pair for pairwise masks (made on first use)."""
+        if getattr(self, "_secagg_key", None) is None:
+            self._secagg_key = MaskingKey.generate()
+        return self._secagg_key
+
+    def public_key(self) -> bytes:
+        """The public half, relayed by the driver to the other members of a cohort."""
+        return self.secagg_key.public_bytes
+
+    def unmask_dropped(self, cohort_id: int, dropped: list[str], peers: dict[str, bytes], size: int) -> np.ndarray:
+        """Mask recovery: this survivor's pairwise masks with peers that dropped out."""
+        return self.secagg_key.masks_with(self.spec.name, dropped, peers, cohort_id, size)
 
     # -- the simulator ---------------------------------------------------------------
     def _check_online(self, run_clock: float) -> None:
@@ -159,6 +272,8 @@ class Participant:
             if run_clock + duration > offline_at:
                 sleep_until(time.perf_counter() + (offline_at - run_clock) - real)
                 raise SimulatedDropout(f"participant {self.spec.name} went offline mid-task")
+        if system.hang_prob > 0 and self._rng.random() < system.hang_prob:
+            time.sleep(HANG_SECONDS)  # fault injection: only the driver's task_timeout_s ends this
         dropped = system.dropout_prob > 0 and self._rng.random() < system.dropout_prob
         sleep_until(time.perf_counter() + duration - real)
         if dropped:

@@ -37,6 +37,10 @@ class DatasetSpec(Strict):
     test_fraction: float = Field(0.2, gt=0, lt=1)
     partition: PartitionSpec = PartitionSpec()
     seed: int = 0
+    public_size: int = Field(
+        0, ge=0, description="training examples held out of the partition as the unlabelled "
+        "public set that soft-label strategies (FedMD, FedDF, DS-FL) predict on",
+    )
 
 
 View = Literal["flat", "image", "sequence"]
@@ -140,6 +144,15 @@ class Availability(Strict):
     phase_s: float | None = None
 
 
+class AttackSpec(Strict):
+    """A Byzantine participant (issue 4), to test robust strategies: applied inside the
+    participant to its own payload. ``sign_flip``: send ``-scale * payload``;
+    ``noise``: send Gaussian noise with standard deviation ``scale``."""
+
+    kind: Literal["sign_flip", "noise"] = "sign_flip"
+    scale: float = Field(10.0, gt=0)
+
+
 class SystemSpec(Strict):
     """Simulated heterogeneity, applied inside the participant around real training.
 
@@ -152,7 +165,12 @@ class SystemSpec(Strict):
     speed: float | SpeedDistribution = Field(1.0, description="relative speed, 1 = real")
     simulated_seconds_per_sample: float | None = Field(None, gt=0)
     dropout_prob: float = Field(0.0, ge=0, le=1)
+    hang_prob: float = Field(
+        0.0, ge=0, le=1, description="fault injection (issue 7): chance a task hangs until the "
+        "driver's schedule.task_timeout_s kills it",
+    )
     availability: Availability | None = None
+    attack: AttackSpec | None = Field(None, description="make this group Byzantine (issue 4)")
 
     @model_validator(mode="after")
     def _speed_range(self) -> SystemSpec:
@@ -177,3 +195,7 @@ class ParticipantSpec(Strict):
     num_threads: int = 1
     speed: float = 1.0
     system: SystemSpec = SystemSpec()
+    state_dir: str | None = Field(
+        None, description="issue 7: private state kept on the participant's own node (relative: "
+        "under that node's temp dir); a restarted actor reloads it",
+    )

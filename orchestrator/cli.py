@@ -29,6 +29,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     from orchestrator.progress import Progress
     from orchestrator.run import Orchestrator
 
+    resume = getattr(args, "resume", None)  # issue 7: continue a run from its latest checkpoint
+    if resume and not args.config:
+        if not (Path(resume) / "config.yaml").exists():
+            raise ConfigError(f"--resume {resume}: no config.yaml there (is it a run directory?)")
+        args.config = str(Path(resume) / "config.yaml")
+    if resume:
+        from orchestrator.checkpoint import list_checkpoints
+
+        if not list_checkpoints(resume):
+            raise ConfigError(f"--resume {resume}: no checkpoint in {Path(resume) / 'checkpoints'}")
+        args.out = resume
     config = _load(args.config)
     if args.address:
         config = config.model_copy(update={"ray": config.ray.model_copy(update={"address": args.address})})
@@ -40,7 +51,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"fedray: running {config.name!r} with {config.num_participants} participants "
           f"({config.strategy.name}, {config.schedule.mode}); results -> {out}", flush=True)
     progress = None if args.quiet else Progress(total=config.stop.max_aggregations)
-    Orchestrator(config, out_dir=out, progress=progress).run()
+    Orchestrator(config, out_dir=out, progress=progress, resume=bool(resume)).run()
     _print_summary(out)
     return 0
 
@@ -54,19 +65,43 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """Issue 8: tables of one or more runs, PNGs into each RUN/plots/, an overlay for several."""
+    from orchestrator.plots import write_overlay, write_run_plots
+    from orchestrator.report import ReportError, compare_table, load_run, print_frame, print_report
+
+    try:
+        runs = [load_run(d) for d in args.dirs]
+    except ReportError as exc:
+        print(f"fedray: {exc}", file=sys.stderr)
+        return 2
+    for run in runs:
+        print_report(run)
+        if not args.no_plots:
+            for path in write_run_plots(run):
+                print(f"  wrote {path}")
+    if len(runs) > 1:
+        print_frame(compare_table(runs), "runs side by side")
+        if not args.no_plots:
+            out = Path(args.out) if args.out else runs[0].path / "plots"
+            print(f"  wrote {write_overlay(runs, out / 'compare_accuracy_vs_time.png')}")
+    return 0
+
+
 def _print_summary(out: Path) -> None:
     import json
+
+    import pandas as pd
+
+    from orchestrator.report import print_frame
 
     summary = json.loads((out / "summary.json").read_text())
     keys = ["final_accuracy", "best_accuracy", "wall_seconds", "num_aggregations", "num_updates",
             "num_failures", "num_rejected", "mean_staleness", "stop_reason"]
-    width = max(map(len, keys))
-    print("\nsummary")
-    for key in keys:
-        value = summary[key]
-        shown = f"{value:.4f}" if isinstance(value, float) else str(value)
-        print(f"  {key:<{width}}  {shown}")
-    print(f"\nresults in {out}/ (summary.json, history.parquet, config.yaml)")
+    print()
+    print_frame(pd.Series({k: summary.get(k) for k in keys}, name="value"), "summary")
+    print(f"\nresults in {out}/ (summary.json, history.parquet, config.yaml); "
+          f"tables and plots: fedray report {out}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,11 +113,31 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="run directory (default: runs/NAME-TIMESTAMP)")
     run.add_argument("--address", help="join a running Ray cluster ('auto' or ray://host:10001)")
     run.add_argument("--quiet", action="store_true", help="no progress lines")
+    run.add_argument("--resume", metavar="DIR",
+                     help="continue the run in DIR from its latest checkpoint (config: DIR/config.yaml)")
     run.set_defaults(func=cmd_run)
 
     validate = sub.add_parser("validate", help="check a config without running it")
     validate.add_argument("config", nargs="?")
     validate.set_defaults(func=cmd_validate)
+
+    from orchestrator import submit  # issue 6: fedray submit (Ray Jobs API)
+
+    submit.add_parser(sub)
+
+    from orchestrator import profile  # issue 6: fedray profile
+
+    profile.add_parser(sub)
+
+    from orchestrator import tune  # issue 6: fedray tune
+
+    tune.add_parser(sub)
+
+    report = sub.add_parser("report", help="tables and plots of finished runs (issue 8)")
+    report.add_argument("dirs", nargs="+", metavar="DIR", help="run directories; several overlay")
+    report.add_argument("--out", help="where the overlay of several runs goes (default: first DIR/plots)")
+    report.add_argument("--no-plots", action="store_true", help="print the tables only")
+    report.set_defaults(func=cmd_report)
     return parser
 
 

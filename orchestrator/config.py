@@ -50,6 +50,24 @@ class Resources(Strict):
         return self
 
 
+class NodePlacement(Strict):
+    """Pin a group to nodes offering custom resource ``node`` (or label ``key=value``)."""
+
+    node: str = Field(..., min_length=1, description="custom resource name, or node label key=value")
+
+
+class PlacementGroupOption(Strict):
+    """One Ray placement group per group, one bundle per participant (issue 6)."""
+
+    placement_group: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    timeout_s: float = Field(60.0, gt=0, description="give up if Ray cannot reserve it in time")
+
+
+Placement = Literal["default", "spread", "pack"] | NodePlacement | PlacementGroupOption
+"""Where a group's actors go: Ray's default, SPREAD over nodes, packed into one placement
+group, pinned to a node, or a placement group with an explicit strategy."""
+
+
 class Group(Strict):
     """``count`` participants sharing a model, data source, resources and training."""
 
@@ -59,7 +77,12 @@ class Group(Strict):
     data: DataSpec = PartitionData()
     train: TrainSpec = TrainSpec()
     resources: Resources = Resources()
+    placement: Placement = "default"
     system: SystemSpec = SystemSpec()
+    join_at: int = Field(
+        0, ge=0, description="issue 5: no task before this global version; the first task "
+        "warm-starts from the global state then (a participant that joins late)",
+    )
 
 
 class StrategyConfig(BaseModel):
@@ -120,6 +143,10 @@ class Schedule(Strict):
     alpha: float = Field(0.6, gt=0, le=1, description="FedAsync mixing weight")
     staleness: Staleness = Staleness()
     max_staleness: int | None = Field(None, ge=0, description="older updates are dropped")
+    # adaptive local work (issue 6): slow participants do fewer local steps
+    adaptive_local_work: bool = Field(
+        False, description="scale each participant's local steps by its measured samples/s"
+    )
     # failures
     task_timeout_s: float | None = Field(None, gt=0)
     max_failures: int = Field(3, ge=1, description="consecutive failures before a participant is dropped")
@@ -154,6 +181,38 @@ class UpdatePolicy(Strict):
     clip_norm: float | None = Field(None, gt=0, description="scale updates down to this L2 norm")
 
 
+class CheckpointPolicy(Strict):
+    """Periodic checkpoints of the driver's state (issue 7, ``orchestrator/checkpoint.py``)."""
+
+    every: int | None = Field(None, ge=1, description="checkpoint after every N aggregations; None: never")
+    keep: int = Field(2, ge=1, description="how many recent checkpoints to keep")
+    participant_dir: str | None = Field(
+        None, description="participants' private state on their own node ({run_id}, {name} "
+        "are filled in); default: <node temp dir>/fedray-state/{run_id}/{name}",
+    )
+
+
+class DifferentialPrivacy(Strict):
+    """Participant-level DP-FedAvg (McMahan et al., ICLR 2018), issue 7."""
+
+    clip_norm: float = Field(..., gt=0, description="each update is clipped to this L2 norm")
+    noise_multiplier: float = Field(..., ge=0, description="noise std on the sum = multiplier * clip_norm")
+    delta: float = Field(1e-5, gt=0, lt=1, description="the delta that epsilon is reported for")
+
+
+class Privacy(Strict):
+    """Issue 7: what the driver may learn about any one participant's update."""
+
+    secure_aggregation: bool = Field(False, description="pairwise-masked updates; the driver sees only their sum")
+    dp: DifferentialPrivacy | None = None
+
+
+class Logging(Strict):
+    """Issue 8: optional extra logging of the run's progress scalars."""
+
+    tensorboard: str | None = Field(None, description="directory for TensorBoard event files (via tensorboardX)")
+
+
 class RayOptions(Strict):
     address: str | None = Field(None, description="None starts a local Ray; 'auto' or ray://host:port joins one")
     num_cpus: float | None = Field(None, gt=0, description="logical CPUs for a local Ray; default: enough for every participant")
@@ -171,6 +230,9 @@ class RunConfig(Strict):
     evaluation: Evaluation = Evaluation()
     updates: UpdatePolicy = UpdatePolicy()
     ray: RayOptions = RayOptions()
+    checkpoint: CheckpointPolicy = CheckpointPolicy()
+    privacy: Privacy = Privacy()
+    logging: Logging = Logging()  # issue 8
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
@@ -188,15 +250,76 @@ class RunConfig(Strict):
             )
         if self.schedule.min_participants > total:
             raise ValueError(f"schedule.min_participants exceeds the {total} participants")
+        if self.privacy.secure_aggregation and self.schedule.mode != "sync":
+            raise ValueError(
+                f"privacy.secure_aggregation needs schedule.mode 'sync', not {self.schedule.mode!r}: "
+                "under 'async' every update is its own aggregation (its 'sum' is the update itself), "
+                "and per-buffer cohorts for 'buffered' are not implemented yet"
+            )
         if self.evaluation.path is None and self.dataset is None:
             raise ValueError(
                 "evaluation needs a test set: give evaluation.path, or a top-level 'dataset'"
             )
+        self._check_heterogeneous()
         return self
+
+    def _check_heterogeneous(self) -> None:
+        """Issue 5: soft-label strategies and FedDF need the public set; late joiners a start."""
+        cls = get_strategy_class(self.strategy.name)
+        needs_public = cls.payload == "logits" or getattr(cls, "per_family", False)
+        if needs_public and (self.dataset is None or self.dataset.public_size == 0):
+            raise ValueError(
+                f"strategy {self.strategy.name!r} distills on a public set: set dataset.public_size "
+                "(e.g. 200 held-out training examples)"
+            )
+        heterogeneous = needs_public or hasattr(cls, "sharing")
+        if heterogeneous and self.privacy.secure_aggregation:
+            raise ValueError(
+                f"privacy.secure_aggregation is not supported with strategy {self.strategy.name!r} "
+                "(its updates differ in layout per participant); use a weight strategy such as fedavg"
+            )
+        if all(g.join_at > 0 for g in self.groups):
+            raise ValueError("every group has join_at > 0: at least one group must start at version 0")
 
     @property
     def num_participants(self) -> int:
         return sum(g.count for g in self.groups)
+
+
+class TuneSearch(Strict):
+    """``fedray tune --search SEARCH.yaml`` (issue 6): what to vary and what to optimise.
+
+    ``space`` maps a dotted path into the run config (``groups.<group name>.resources.num_cpus``,
+    ``schedule.concurrency``, ...) to ``{grid: [...]}``, ``{choice: [...]}``,
+    ``{uniform: [lo, hi]}``, ``{loguniform: [lo, hi]}`` or ``{randint: [lo, hi]}``.
+    """
+
+    space: dict[str, dict[Literal["grid", "choice", "uniform", "loguniform", "randint"], list[Any]]] = Field(
+        ..., min_length=1
+    )
+    objective: Literal["time_to_target", "accuracy_at_budget"] = "time_to_target"
+    target_accuracy: float | None = Field(0.85, gt=0, le=1, description="for time_to_target")
+    budget_s: float = Field(60.0, gt=0, description="training seconds per trial, from its first dispatch")
+    startup_s: float = Field(300.0, ge=0, description="hang guard: wall time a trial may spend starting up")
+    max_aggregations: int = Field(100, ge=1, description="each trial's cap on aggregations")
+    num_samples: int = Field(1, ge=1, description="repeats of the grid (or random draws)")
+    max_concurrent_trials: int = Field(1, ge=1, description="1 keeps wall-clock timings clean")
+    driver_cpus: float = Field(0.5, ge=0, description="CPUs reserved for each trial's driver")
+    num_cpus: float | None = Field(None, gt=0, description="logical CPUs of a local Ray")
+
+    @model_validator(mode="after")
+    def _well_formed(self) -> TuneSearch:
+        for path, spec in self.space.items():
+            if len(spec) != 1:
+                raise ValueError(f"space.{path}: give exactly one of grid, choice, uniform, loguniform, randint")
+            (kind, values), = spec.items()
+            if kind in ("uniform", "loguniform", "randint") and len(values) != 2:
+                raise ValueError(f"space.{path}: {kind} needs [low, high]")
+            if not values:
+                raise ValueError(f"space.{path}: {kind} needs at least one value")
+        if self.objective == "time_to_target" and self.target_accuracy is None:
+            raise ValueError("objective time_to_target needs target_accuracy")
+        return self
 
 
 # -- loading and errors ---------------------------------------------------------------

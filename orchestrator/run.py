@@ -18,6 +18,7 @@ import json
 import math
 import os
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,16 +31,30 @@ import yaml
 from actors.participant import Participant
 from actors.spec import ParticipantSpec, PartitionData
 from actors.system import SimulatedDropout, Unavailable, draw_speeds
+from orchestrator import checkpoint
+from orchestrator.adaptive import AdaptiveLocalWork, base_steps
 from orchestrator.config import RunConfig, participant_name
-from orchestrator.evaluation import ServerEvaluator
+from orchestrator.global_state import GlobalStateError, build_global_model
 from orchestrator.history import History
+from orchestrator.placement import PlacementError, Placements, check_placement
+from orchestrator.privacy import PrivacyHooks, SecureAggregationAbort
 from orchestrator.progress import Progress
 from orchestrator.schedules import Task, make_schedule
+from orchestrator.tensorboard import TensorBoardLogger
 from strategies.hygiene import clip_to_norm, rejection_reason
 from strategies.types import GlobalState, Instructions, Layout, Update
 
 START_TIMEOUT_S = 300.0
 """How long participants may take to start (import torch, load data) before we give up."""
+
+STALL_TASKS_PER_PARTICIPANT = 20
+"""Stop as stalled after this many finished tasks per live participant in a row without one
+accepted update (everyone drops out, say), so a run whose max_aggregations can never be
+reached still ends."""
+
+
+RESTART_BACKOFF_S = 1.0
+"""Issue 7: how long to leave a participant alone while Ray restarts its actor."""
 
 
 class RunError(RuntimeError):
@@ -76,10 +91,16 @@ class Orchestrator:
         config: RunConfig,
         out_dir: str | Path | None = None,
         progress: Progress | None = None,
+        resume: bool = False,
     ) -> None:
         self.config = config
         self.out_dir = Path(out_dir) if out_dir is not None else None
+        # issue 7: resume from the latest checkpoint in out_dir; run_id names private state
+        self.resume_from = checkpoint.read_latest(self.out_dir) if resume and self.out_dir else None
+        self.run_id = self.resume_from.run_id if self.resume_from else uuid.uuid4().hex[:12]
+        self.privacy = PrivacyHooks(config.privacy, config)
         self.progress = progress
+        self.tensorboard: TensorBoardLogger | None = None  # issue 8: set by logging.tensorboard
         self.history = History()
         self.summary: dict[str, Any] = {}
         self.members: dict[str, Member] = {}
@@ -96,12 +117,12 @@ class Orchestrator:
             self.history = History()
             if self.progress is not None:
                 self.history.listeners.append(self.progress.on_event)
+            if cfg.logging.tensorboard:  # issue 8: the same scalars, to TensorBoard
+                self.tensorboard = TensorBoardLogger(cfg.logging.tensorboard)
+                self.history.listeners.append(self.tensorboard.on_event)
             self._spawn_participants()
-            self.layout, self.params = self._initial_state()
-            self.evaluator = ServerEvaluator(cfg, cfg.groups[0])
-            if self.evaluator.layout != self.layout:
-                raise RunError("the evaluation model's layout differs from the participants' model")
             self.strategy = cfg.strategy.build()
+            self.layout, self.params = self._initial_state()
             self.schedule = make_schedule(cfg.schedule, cfg.seed)
             self.version = 0
             self.state_ref = ray.put(GlobalState(0, self.params, self.layout))
@@ -109,17 +130,26 @@ class Orchestrator:
             self.buffer: list[Update] = []
             self.next_task_id = 0
             self.num_updates = 0
+            self.tasks_without_update = 0
             self.last_eval: dict[str, float] = {}
             self.time_to_target: float | None = None
-            self._evaluate()
+            if self.resume_from is not None:  # issue 7: continue where the checkpoint left off
+                checkpoint.restore(self, self.resume_from)
+                self.state_ref = ray.put(GlobalState(self.version, self.params, self.layout))
+                self.history.record("resumed", version=self.version, detail=f"run {self.run_id}")
+            else:
+                self._evaluate()
             stop_reason = self._loop()
             if self.last_eval.get("version") != self.version:
                 self._evaluate()
             self.history.record("stop", version=self.version, detail=stop_reason)
             self._summarize(stop_reason)
+            self.summary |= self.privacy.summary()  # issue 7: epsilon, secure aggregation
         finally:
             if self.progress is not None:
                 self.progress.close()
+            if self.tensorboard is not None:
+                self.tensorboard.close()
             self._release()
         if self.out_dir is not None:
             self.save(self.out_dir)
@@ -134,10 +164,19 @@ class Orchestrator:
                 return reason
             self._reap_timeouts(now)
             alive = [m for m in self.members.values() if not m.lost]
-            idle = [m.name for m in alive if not m.busy and m.retry_at <= now]
+            joins = {g.name: g.join_at for g in self.config.groups}  # issue 5: late joiners wait
+            idle = [m.name for m in alive if not m.busy and m.retry_at <= now
+                    and self.version >= joins[m.group]]
             busy = sum(m.busy for m in alive)
-            for name in self.schedule.select(idle, busy, len(alive), now):
-                self._dispatch(self.members[name])
+            picked = [self.members[n] for n in self.schedule.select(idle, busy, len(alive), now)]
+            joined = self.privacy.open_cohort(picked)  # issue 7: secure-aggregation cohort
+            for member in picked:
+                if member in joined:
+                    self._dispatch(member)
+                else:  # its public key did not arrive: it sits this round out
+                    self.schedule.task_finished(Task(member.name, -1, self.version, self.schedule.round, now))
+                    self.history.record("failure", participant=member.name, group=member.group,
+                                        version=self.version, detail="no public key for secure aggregation")
 
             if not self.in_flight:
                 if self.buffer or self.schedule.ready(0, now):
@@ -146,7 +185,7 @@ class Orchestrator:
                 waiting = [m.retry_at for m in alive if m.retry_at > now]
                 if not waiting:
                     return "no participant can take work"
-                time.sleep(min(waiting) - now)
+                time.sleep(self._wait_timeout(now))  # until one is back (or a deadline/max_wall_s)
                 continue
 
             ready, _ = ray.wait(list(self.in_flight), num_returns=1, timeout=self._wait_timeout(now))
@@ -154,9 +193,13 @@ class Orchestrator:
                 rest = [r for r in self.in_flight if r not in ready]
                 if rest:
                     ready += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
-            for ref in ready:
-                self._receive(ref)
-            if self.schedule.ready(len(self.buffer), self.history_time()):
+            for ref in ready:  # one arrival at a time: FedAsync mixes each in as it lands,
+                self._receive(ref)  # FedBuff takes exactly buffer_size, staleness stays exact
+                if self.schedule.ready(len(self.buffer), self.history_time()):
+                    self._aggregate()
+                    if self._stop_reason(self.history_time()):
+                        break
+            if self.schedule.ready(len(self.buffer), self.history_time()):  # a sync deadline
                 self._aggregate()
 
     # ------------------------------------------------------------------ dispatch/receive
@@ -168,7 +211,10 @@ class Orchestrator:
             seed=seed,
             payload=self.strategy.payload,
             proximal_mu=float(self.strategy.task_options().get("proximal_mu", 0.0)),
-            options={"run_start": self.run_start_epoch, **self.strategy.task_options()},
+            local_steps=self._adaptive_steps(member),  # issue 6: None unless adaptive_local_work
+            options={"run_start": self.run_start_epoch, **self.strategy.task_options(),
+                     **self.global_model.task_options(member.name),  # issue 5
+                     **self.privacy.task_options(self.next_task_id)},  # issue 7
         )
         ref = member.handle.train.remote(self.state_ref, instructions)
         task = Task(member.name, self.next_task_id, self.version, self.schedule.round, self.history_time())
@@ -178,14 +224,27 @@ class Orchestrator:
         self.history.record(
             "dispatch", participant=member.name, group=member.group, task_id=task.task_id,
             version=self.version, base_version=self.version, bytes=self.params.nbytes,
-            in_flight=len(self.in_flight),
+            in_flight=len(self.in_flight), local_steps=instructions.local_steps,
         )
+
+    def _adaptive_steps(self, member: Member) -> int | None:
+        """Issue 6: local steps scaled by measured throughput (``schedule.adaptive_local_work``)."""
+        if not self.config.schedule.adaptive_local_work:
+            return None
+        if getattr(self, "adaptive", None) is None:
+            self.adaptive = AdaptiveLocalWork({
+                m.name: base_steps(m.info.get("num_examples", 1), m.spec.train.batch_size,
+                                   m.spec.train.local_epochs, m.spec.train.local_steps)
+                for m in self.members.values()
+            })
+        return self.adaptive.steps_for(member.name)
 
     def _receive(self, ref: ray.ObjectRef) -> None:
         task = self.in_flight.pop(ref)
         member = self.members[task.participant]
         member.busy = False
         self.schedule.task_finished(task)
+        self.tasks_without_update += 1
         where = {"participant": member.name, "group": member.group, "task_id": task.task_id,
                  "version": self.version, "base_version": task.base_version,
                  "in_flight": len(self.in_flight)}
@@ -198,18 +257,23 @@ class Orchestrator:
             member.retry_at = exc.retry_at
             self.history.record("unavailable", **where, detail=str(exc))
             return
-        except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as exc:
+        except ray.exceptions.RayError as exc:  # actor/task errors, and Ray's OOM kills too
             self._failed(member, where, exc)
             return
         member.failures = 0
+        if getattr(self, "adaptive", None) is not None:  # issue 6: measured samples/s
+            self.adaptive.observe(member.name, update.metrics.get("samples", 0.0),
+                                  max(update.train_seconds, update.simulated_seconds or 0.0))
         staleness = self.version - update.base_version
         where |= {"staleness": staleness, "num_examples": update.num_examples, "bytes": update.nbytes,
                   "train_seconds": update.train_seconds, "simulated_seconds": update.simulated_seconds,
-                  "loss": update.metrics.get("train_loss")}
+                  "loss": update.metrics.get("train_loss"), "samples": update.metrics.get("samples")}
         problem = self._check(update, member)
         if problem:
             self.history.record("rejected", **where, detail=problem)
             return
+        self.global_model.observe(update)  # issue 5: participants' own test metrics
+        where["accuracy"] = update.metrics.get("test_accuracy")
         admission = self.schedule.admit(task, staleness)
         if not admission.accepted:
             self.history.record("late", **where, detail=admission.reason)
@@ -217,18 +281,29 @@ class Orchestrator:
         update.staleness, update.weight = staleness, admission.weight
         self.buffer.append(update)
         self.num_updates += 1
+        self.tasks_without_update = 0
         self.history.record("update", **where, weight=admission.weight, detail=admission.reason or None)
 
     def _check(self, update: Update, member: Member) -> str | None:
         if update.participant != member.name:
-            return f"update claims to be from {update.participant!r}, task went to {member.name!r}"
-        problem = rejection_reason(update, self.layout)
+            known = "" if update.participant in self.members else " (not a participant of this run)"
+            return f"update claims to be from {update.participant!r}{known}, task went to {member.name!r}"
+        if self.privacy.secure:  # issue 7: masked vectors; the participant checked the plaintext
+            return self.privacy.check(update, self.layout)
+        problem = rejection_reason(update, self.global_model.expected_layout(member.name))  # issue 5
         clip = self.config.updates.clip_norm
         if problem is None and clip is not None:
             clip_to_norm(update, clip)
         return problem
 
     def _failed(self, member: Member, where: dict, exc: Exception, event: str = "failure") -> None:
+        self.privacy.forget(member.name)  # issue 7: a restarted actor has a new masking key
+        if isinstance(exc, ray.exceptions.ActorUnavailableError):
+            # issue 7: Ray is restarting the actor (max_restarts); calls fail at once until it
+            # is back. Not the participant's failure: back off instead of burning max_failures.
+            member.retry_at = self.history_time() + RESTART_BACKOFF_S
+            self.history.record("unavailable", **where, detail="actor is restarting")
+            return
         member.failures += 1
         died = isinstance(exc, ray.exceptions.RayActorError)
         self.history.record(event, **where, detail=_first_line(exc))
@@ -269,7 +344,15 @@ class Orchestrator:
         if not batch:
             self.history.record("round_skipped", version=self.version, detail="no update arrived in time")
             return
-        new_params = self.strategy.aggregate(self.params, batch)
+        try:  # issue 7: secure aggregation / DP hand the strategy one private aggregate
+            private_batch = self.privacy.combine(batch, self.layout)
+        except SecureAggregationAbort as exc:
+            self.history.record("aggregation_aborted", version=self.version, detail=str(exc))
+            return
+        new_params = self.strategy.aggregate(self.params, private_batch)
+        if self.privacy.accountant is not None:
+            self.history.record("privacy", version=self.version, epsilon=self.privacy.epsilon(),
+                                detail=f"delta={self.privacy.dp.delta}")
         if new_params.shape != self.params.shape or not np.isfinite(new_params).all():
             self.history.record(
                 "rejected", version=self.version,
@@ -287,13 +370,32 @@ class Orchestrator:
         )
         if self.version % self.config.evaluation.every == 0:
             self._evaluate()
+        self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        """Issue 7: every ``checkpoint.every`` versions, snapshot the driver atomically."""
+        policy = self.config.checkpoint
+        if policy.every is None or self.out_dir is None or self.version % policy.every:
+            return
+        if not (self.out_dir / "config.yaml").exists():  # `fedray run --resume DIR` reads it
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "config.yaml").write_text(
+                yaml.safe_dump(self.config.model_dump(mode="json"), sort_keys=False))
+        path = checkpoint.write_checkpoint(self.out_dir, checkpoint.capture(self), policy.keep)
+        self.history.record("checkpoint", version=self.version, detail=path.name)
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        return self.privacy.state_dict()
+
+    def restore_extra(self, extra: dict[str, Any]) -> None:
+        self.privacy.load_state_dict(extra)
 
     def _evaluate(self) -> None:
-        metrics = self.evaluator(self.params, self.layout)
+        metrics = self.global_model.evaluate(self.params)  # issue 5: per family, global_state.py
         self.last_eval = {**metrics, "version": self.version}
         self.history.record(
             "evaluation", version=self.version, loss=metrics["loss"], accuracy=metrics["accuracy"],
-            num_examples=self.evaluator.num_examples, in_flight=len(self.in_flight),
+            num_examples=metrics["num_examples"], in_flight=len(self.in_flight),
         )
         acc = metrics["accuracy"]
         target = self.config.stop.target_accuracy
@@ -314,6 +416,8 @@ class Orchestrator:
         alive = sum(not m.lost for m in self.members.values())
         if alive < self.config.schedule.min_participants:
             return f"only {alive} participants left, min_participants={self.config.schedule.min_participants}"
+        if self.tasks_without_update >= STALL_TASKS_PER_PARTICIPANT * max(alive, 1):
+            return f"stalled: no update accepted in the last {self.tasks_without_update} finished tasks"
         return None
 
     def _wait_timeout(self, now: float) -> float | None:
@@ -362,22 +466,35 @@ class Orchestrator:
                     partition_index=partition_index if is_partition else None,
                     num_partitions=num_partitions, num_threads=max(1, int(group.resources.num_cpus)),
                     speed=float(speeds[i]), system=group.system,
+                    state_dir=self._private_state_dir(participant_name(group, i)),
                 )
                 out.append((spec, group))
                 partition_index += is_partition
                 index += 1
         return out
 
+    def _private_state_dir(self, name: str) -> str | None:
+        """Issue 7: where a participant keeps its private state, on its own node (relative
+        paths resolve against that node's temp dir), or None when checkpoints are off."""
+        policy = self.config.checkpoint
+        if policy.every is None:
+            return None
+        template = policy.participant_dir or "fedray-state/{run_id}/{name}"
+        return template.format(run_id=self.run_id, name=name)
+
     def _spawn_participants(self) -> None:
         self._check_feasible()
+        try:  # placement per group (issue 6): fail fast, naming the group, if it cannot fit
+            check_placement(self.config.groups, ray.nodes())
+            self.placements = Placements(self.config.groups)
+        except PlacementError as exc:
+            raise RunError(str(exc)) from None
         actor_cls = ray.remote(Participant)
         pending = {}
         for index, (spec, group) in enumerate(self.participant_specs()):
             res = group.resources
             handle = actor_cls.options(
-                num_cpus=res.num_cpus, num_gpus=res.num_gpus, memory=res.memory,
-                resources=res.resources or None, max_restarts=res.max_restarts,
-                max_task_retries=0,
+                **self.placements.actor_options(group, spec.index_in_group)
             ).remote(spec)
             member = Member(spec.name, group.name, index, handle, spec, res.max_restarts)
             self.members[spec.name] = member
@@ -394,7 +511,7 @@ class Orchestrator:
             member = pending.pop(ready[0])
             try:
                 member.info = ray.get(ready[0])
-            except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as exc:
+            except ray.exceptions.RayError as exc:  # incl. OutOfMemoryError (not a RayTaskError)
                 member.lost = True
                 errors.append(_setup_error(member.name, exc))
         for message in errors:
@@ -422,22 +539,20 @@ class Orchestrator:
                 )
 
     def _initial_state(self) -> tuple[Layout, np.ndarray]:
+        """Issue 5: what the global state is depends on the strategy family; see
+        ``orchestrator/global_state.py`` (weights, shared parts, or soft labels)."""
         alive = [m for m in self.members.values() if not m.lost]
-        layouts = {m.name: m.info["layout"] for m in alive}
-        first = alive[0]
-        for name, layout in layouts.items():
-            if layout != layouts[first.name]:
-                raise RunError(
-                    f"participants {first.name} and {name} have different model layouts "
-                    f"({layouts[first.name].size} vs {layout.size} parameters); weight-averaging "
-                    "strategies need one architecture for all groups"
-                )
-        params = ray.get(first.handle.initial_parameters.remote())
-        return layouts[first.name], np.asarray(params, dtype=np.float32)
+        try:
+            self.global_model = build_global_model(self.config, alive, self.strategy)
+        except GlobalStateError as exc:
+            raise RunError(str(exc)) from None
+        return self.global_model.layout, self.global_model.params
 
     def _release(self) -> None:
         for member in self.members.values():
             ray.kill(member.handle, no_restart=True)
+        if getattr(self, "placements", None) is not None:
+            self.placements.release()
         self.members_info = {m.name: m.info for m in self.members.values()}
         if self._started_ray:
             ray.shutdown()

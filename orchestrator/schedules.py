@@ -11,6 +11,21 @@ loop asks it which idle participants to start, whether an arriving update is adm
   busy; aggregate every ``buffer_size`` updates, each weighted by ``s(staleness)``.
 - ``async`` (FedAsync, Xie et al., 2019): aggregate every update as it lands, mixed in
   with weight ``alpha * s(staleness)``.
+
+Weights reach the strategy as ``Update.weight``; FedAvg then steps
+``x <- x + server_lr * sum(n_i * w_i * delta_i) / sum(n_i)``. Under FedBuff the sum is not
+renormalised by the weights, so a stale buffer moves the model less (Nguyen et al., Alg. 1).
+
+FedAsync here mixes the participant's *delta*, ``x <- x + alpha * s * (x_local - x_base)``,
+rather than the paper's ``x <- (1 - alpha * s) * x + alpha * s * x_local``. The two agree
+for a fresh update; for a stale one the paper's form also pulls the current model back
+towards the old base ``x_base`` by ``alpha * s * (x - x_base)``, undoing progress the others
+made meanwhile, while the delta form keeps that progress and adds only what the
+participant learned. It also lets every strategy (server optimisers included) run under
+``async`` unchanged, because they all consume deltas.
+
+Every policy decision is a plain method call, so they are unit-tested by hand
+(``tests/test_schedules.py``); the run loop in ``orchestrator/run.py`` owns all waiting.
 """
 
 from __future__ import annotations
@@ -36,6 +51,8 @@ class Task:
 
 @dataclass
 class Admission:
+    """Whether an arriving update joins the buffer, its weight, and why (for the history)."""
+
     accepted: bool
     weight: float = 1.0
     reason: str = ""
@@ -173,5 +190,11 @@ class Async(Buffered):
 
 
 def make_schedule(config: Schedule, seed: int) -> SchedulePolicy:
+    """The policy for ``config.mode``; ``seed`` makes participant selection reproducible.
+
+    >>> from orchestrator.config import Schedule
+    >>> make_schedule(Schedule(mode="buffered", buffer_size=2), seed=0).ready(2, now=0.0)
+    True
+    """
     cls = {"sync": SyncRounds, "buffered": Buffered, "async": Async}[config.mode]
     return cls(config, np.random.default_rng(seed))

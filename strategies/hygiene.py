@@ -25,11 +25,10 @@ def rejection_reason(update: Update, expected: Layout | None) -> str | None:
         return f"payload dtype is {payload.dtype}, expected float32"
     if payload.size != update.layout.size:
         return f"payload has {payload.size} values but its layout describes {update.layout.size}"
-    if expected is not None:
-        if update.layout != expected:
-            missing = set(update.layout.names) ^ set(expected.names)
-            detail = f" (differs in {sorted(missing)[:3]})" if missing else " (shapes differ)"
-            return f"layout does not match the global model{detail}"
+    if expected is not None and update.layout != expected:
+        missing = set(update.layout.names) ^ set(expected.names)
+        detail = f" (differs in {sorted(missing)[:3]})" if missing else " (shapes differ)"
+        return f"layout does not match the global model{detail}"
     if not np.isfinite(payload).all():
         bad = int((~np.isfinite(payload)).sum())
         return f"payload has {bad} non-finite values"

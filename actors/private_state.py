@@ -1,0 +1,70 @@
+"""A participant's private state, kept in its own directory on its own node.
+
+What a participant learns locally and must not lose when its actor crashes and Ray
+restarts it (``resources.max_restarts``): how many tasks it has done, its simulator's
+random state, and its last locally trained parameters (the personal model that partial
+sharing strategies keep). None of it ever goes to the driver. The file is written
+atomically (temp file + ``os.replace``) after every task, so a crash mid-write leaves the
+previous state intact.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+STATE_FILE = "state.pkl"
+
+
+@dataclass
+class PrivateState:
+    """What survives an actor restart."""
+
+    tasks_done: int = 0
+    rng_state: dict[str, Any] | None = None
+    personal_params: np.ndarray | None = None
+    last_task_id: int = -1
+    restored: bool = field(default=False, compare=False)
+
+
+def resolve_dir(state_dir: str) -> Path:
+    """Absolute as given; relative paths live under this node's temp directory."""
+    path = Path(state_dir)
+    return path if path.is_absolute() else Path(tempfile.gettempdir()) / path
+
+
+def load(state_dir: str | None) -> PrivateState:
+    """The saved state, or a fresh one (also when the file is unreadable: it is only ours)."""
+    if state_dir is None:
+        return PrivateState()
+    path = resolve_dir(state_dir) / STATE_FILE
+    if not path.exists():
+        return PrivateState()
+    try:
+        with open(path, "rb") as fh:
+            state = pickle.load(fh)
+    except Exception:  # noqa: BLE001 - a torn or foreign file: start afresh rather than die
+        return PrivateState()
+    if not isinstance(state, PrivateState):
+        return PrivateState()
+    state.restored = True
+    return state
+
+
+def save(state_dir: str | None, state: PrivateState) -> None:
+    """Write atomically; a no-op when the participant has no state directory."""
+    if state_dir is None:
+        return
+    directory = resolve_dir(state_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / STATE_FILE
+    tmp = final.with_name(f"{STATE_FILE}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        pickle.dump(state, fh, protocol=pickle.HIGHEST_PROTOCOL)
+    os.replace(tmp, final)

@@ -1,0 +1,176 @@
+"""Config validation: every user mistake names the field path and what is allowed."""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+
+import pytest
+from conftest import digits_config
+
+from orchestrator.config import ConfigError, RunConfig, load_config, missing_data_files
+
+
+def broken(edit) -> dict:
+    config = copy.deepcopy(digits_config())
+    edit(config)
+    return config
+
+
+def error_of(source) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(source)
+    return str(info.value)
+
+
+BAD_CONFIGS = {
+    "unknown-field": (
+        lambda c: c["groups"][0]["resources"].update(num_cpu=1),
+        r"groups\[0\]\.resources\.num_cpu: unknown field; "
+        r"allowed: (\w+, )*memory, (\w+, )*num_cpus, num_gpus, (\w+, )*resources\b",
+    ),
+    "unknown-top-level-field": (
+        lambda c: c.update(rounds=5),
+        r"rounds: unknown field; allowed: (\w+, )*dataset, evaluation, groups, (\w+, )*stop, strategy\b",
+    ),
+    "bad-enum": (
+        lambda c: c.update(schedule={"mode": "sometimes"}),
+        r"schedule\.mode: Input should be 'sync', 'buffered' or 'async' \(got 'sometimes'\)",
+    ),
+    "bad-partition-kind": (
+        lambda c: c["dataset"]["partition"].update(kind="zipf"),
+        r"dataset\.partition\.kind: Input should be 'iid', 'dirichlet' or 'shards' \(got 'zipf'\)",
+    ),
+    "unknown-strategy": (
+        lambda c: c.update(strategy={"name": "fedfoo"}),
+        r"strategy: unknown strategy 'fedfoo'; known strategies: (\w+, )*fedavg\b",
+    ),
+    "bad-strategy-option": (
+        lambda c: c.update(strategy={"name": "fedavg", "server_rate": 2}),
+        r"strategy: strategy 'fedavg' has no option\(s\) \['server_rate'\]; allowed: server_lr",
+    ),
+    "unknown-model": (
+        lambda c: c["groups"][0].update(model={"name": "resnet999"}),
+        r"groups\[0\]\.model: unknown model 'resnet999'; known models: cnn, .*mlp.*"
+        r"or 'package\.module:factory'",
+    ),
+    "bad-model-option": (
+        lambda c: c["groups"][0].update(model={"name": "mlp", "depth": 3}),
+        r"groups\[0\]\.model: model 'mlp' has no option\(s\) \['depth'\]; allowed: dropout, hidden",
+    ),
+    "unloadable-model-factory": (
+        lambda c: c["groups"][0].update(model={"name": "nosuch.module:build"}),
+        r"groups\[0\]\.model: cannot load model factory 'nosuch\.module:build': No module named 'nosuch'",
+    ),
+    "out-of-range-number": (
+        lambda c: c["groups"][0]["train"].update(lr=-1),
+        r"groups\[0\]\.train\.lr: Input should be greater than 0 \(got -1\)",
+    ),
+    "missing-dataset-for-partition-data": (
+        lambda c: c.pop("dataset"),
+        r"groups with data source 'partition' need a top-level 'dataset'",
+    ),
+    "file-data-without-num-classes": (
+        lambda c: c["groups"][0].update(data={"source": "file", "path": "x_{index}.csv"}),
+        r"groups\[0\]\.data\.num_classes: required field is missing",
+    ),
+    "file-data-with-path-and-paths": (
+        lambda c: c["groups"][0].update(data={"source": "file", "path": "a.csv", "paths": ["b.csv"],
+                                              "num_classes": 10}),
+        r"groups\[0\]\.data: give exactly one of 'path' \(a template\) or 'paths' \(a list\)",
+    ),
+    "clients-per-round-above-participants": (
+        lambda c: c.update(schedule={"clients_per_round": 9}),
+        r"schedule\.clients_per_round=9 exceeds the 4 participants",
+    ),
+    "duplicate-group-names": (
+        lambda c: c["groups"].append(copy.deepcopy(c["groups"][0])),
+        r"group names must be unique; repeated: \['site'\]",
+    ),
+    "no-stop-limit": (
+        lambda c: c.update(stop={"max_aggregations": None}),
+        r"stop: set at least one of max_aggregations, max_updates, max_wall_s",
+    ),
+    "missing-groups": (
+        lambda c: c.pop("groups"),
+        r"groups: required field is missing",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_CONFIGS))
+def test_bad_config_names_the_field_and_what_is_allowed(name):
+    edit, expected = BAD_CONFIGS[name]
+    message = error_of(broken(edit))
+    assert message.startswith("invalid settings in the config:\n"), message
+    assert re.search(expected, message), message
+    assert "Traceback" not in message and "pydantic" not in message.lower()
+
+
+def test_every_mistake_is_reported_at_once():
+    def two_mistakes(c):
+        c["groups"][0]["train"]["lr"] = 0
+        c["groups"][0]["train"]["batchsize"] = 8
+
+    message = error_of(broken(two_mistakes))
+    assert "groups[0].train.lr" in message and "groups[0].train.batchsize: unknown field" in message
+
+
+def test_good_config_fills_every_default():
+    config = load_config(digits_config())
+    assert isinstance(config, RunConfig)
+    assert config.num_participants == 4
+    assert config.groups[0].resources.num_cpus == 0.5
+    assert config.strategy.build().name == "fedavg"
+
+
+def test_yaml_file_problems_name_the_file(tmp_path):
+    assert error_of(tmp_path / "absent.yaml") == f"config file not found: {tmp_path / 'absent.yaml'}"
+
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- just\n- a list\n")
+    assert error_of(listing) == (
+        f"{listing}: expected a mapping of settings at the top level, got list"
+    )
+
+    broken_yaml = tmp_path / "broken.yaml"
+    broken_yaml.write_text("groups: [unclosed\n")
+    assert error_of(broken_yaml).startswith(f"{broken_yaml} is not valid YAML")
+
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("groups: [{name: a, count: 2, resource: {num_cpus: 1}}]\ndataset: {name: digits}\n")
+    message = error_of(typo)
+    assert message.startswith(f"invalid settings in {typo}:")
+    assert re.search(
+        r"groups\[0\]\.resource: unknown field; allowed: (\w+, )*count, (\w+, )*resources\b",
+        message,
+    ), message
+
+
+def test_missing_data_files_names_each_participant_and_path(tmp_path):
+    (tmp_path / "clinic_1.csv").write_text("a,label\n1,0\n")
+    config = load_config(broken(lambda c: c["groups"][0].update(
+        count=3, data={"source": "file", "path": str(tmp_path / "clinic_{index}.csv"), "num_classes": 10},
+    )) | {"evaluation": {"path": str(tmp_path / "test.csv")}})
+    assert missing_data_files(config) == [
+        f"participant site-0: data file not found: {tmp_path / 'clinic_0.csv'}",
+        f"participant site-2: data file not found: {tmp_path / 'clinic_2.csv'}",
+        f"evaluation: test file not found: {tmp_path / 'test.csv'}",
+    ]
+
+
+def test_paths_list_must_match_the_group_count(tmp_path):
+    config = load_config(broken(lambda c: c["groups"][0].update(
+        count=3, data={"source": "file", "paths": ["a.csv", "b.csv"], "num_classes": 10},
+    )))
+    assert missing_data_files(config)[0] == "group site: 2 paths for 3 participants"
+
+
+def test_heterogeneous_resources_example_is_valid_and_says_what_it_claims():
+    repo = Path(__file__).resolve().parents[1]
+    config = load_config(repo / "examples" / "heterogeneous_resources.yaml")
+    groups = {g.name: g for g in config.groups}
+    assert (groups["hospital"].count, groups["hospital"].resources.num_cpus) == (3, 2)
+    assert (groups["clinic"].count, groups["clinic"].resources.num_cpus) == (5, 0.5)
+    assert missing_data_files(config) == []

@@ -1,0 +1,94 @@
+"""The Participant as a plain Python class: no Ray, real torch, real digits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from actors.data import DataError
+from actors.participant import Participant
+from actors.spec import DatasetSpec, FileData, ModelSpec, ParticipantSpec, PartitionData, TrainSpec
+from strategies.types import GlobalState, Instructions
+
+
+def spec(index: int = 0, seed: int = 11, **overrides) -> ParticipantSpec:
+    fields = dict(
+        name=f"site-{index}", group="site", index_in_group=index, seed=seed,
+        model=ModelSpec(name="mlp", hidden=[16]), data=PartitionData(),
+        train=TrainSpec(local_epochs=1, batch_size=32, lr=0.1),
+        dataset=DatasetSpec(), partition_index=index, num_partitions=4,
+    )
+    fields.update(overrides)
+    return ParticipantSpec(**fields)
+
+
+def one_task(p: Participant, seed: int = 5, version: int = 3):
+    params = p.initial_parameters()
+    state = GlobalState(version, params, p.layout)
+    return params, p.train(state, Instructions(task_id=7, version=version, seed=seed))
+
+
+def test_trains_and_returns_a_float32_delta_of_the_model_layout():
+    p = Participant(spec())
+    params, update = one_task(p)
+    assert update.participant == "site-0"
+    assert update.base_version == 3 and update.task_id == 7 and update.kind == "delta"
+    assert update.layout == p.layout
+    assert update.payload.dtype == np.float32 and update.payload.shape == (p.layout.size,)
+    assert np.isfinite(update.payload).all() and np.abs(update.payload).sum() > 0
+    assert update.num_examples == p.describe()["num_examples"] > 0
+    # the payload is exactly local model minus the global model it started from
+    np.testing.assert_allclose(params + update.payload, p.initial_parameters(), atol=1e-6)
+    assert update.metrics["samples"] == update.num_examples  # one epoch
+    assert update.train_seconds > 0
+
+
+def test_same_seed_same_delta_other_seed_other_delta():
+    a = one_task(Participant(spec()), seed=5)[1].payload
+    b = one_task(Participant(spec()), seed=5)[1].payload
+    c = one_task(Participant(spec()), seed=6)[1].payload
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+def test_local_training_lowers_the_local_loss():
+    p = Participant(spec(train=TrainSpec(local_epochs=5, batch_size=16, lr=0.1)))
+    start = p.initial_parameters()
+    state = GlobalState(0, start, p.layout)
+    first = p.train(state, Instructions(0, 0, seed=1)).metrics["train_loss"]
+    trained = GlobalState(1, p.initial_parameters(), p.layout)
+    second = p.train(trained, Instructions(1, 1, seed=2)).metrics["train_loss"]
+    assert second < 0.5 * first
+
+
+def test_each_participant_holds_a_different_shard():
+    sizes = [Participant(spec(index=i)).describe()["num_examples"] for i in range(4)]
+    assert sum(sizes) == 1438  # the digits training split (80% of 1797), fully dealt out
+    info = Participant(spec(index=1)).describe()
+    assert info["num_classes"] == 10 and info["input_shape"] == (64,)
+    assert info["torch_threads"] == 1 and "assigned_resources" not in info  # no Ray here
+
+
+def test_reads_its_own_csv(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 3))
+    y = (x[:, 0] > 0).astype(int)
+    path = tmp_path / "clinic_0.csv"
+    import pandas as pd
+
+    pd.DataFrame({"a": x[:, 0], "b": x[:, 1], "c": x[:, 2], "label": y}).to_csv(path, index=False)
+    p = Participant(spec(data=FileData(source="file", path=str(tmp_path / "clinic_{index}.csv"),
+                                       num_classes=2, test_fraction=0.25),
+                         dataset=None, partition_index=None))
+    info = p.describe()
+    assert (info["num_examples"], info["num_test_examples"], info["input_shape"]) == (30, 10, (3,))
+    _, update = one_task(p)
+    assert update.num_examples == 30
+
+
+def test_missing_csv_names_the_participant_and_the_path(tmp_path):
+    missing = tmp_path / "nowhere" / "clinic_2.csv"
+    bad = spec(index=2, data=FileData(source="file", path=str(tmp_path / "nowhere" / "clinic_{index}.csv"),
+                                      num_classes=10), dataset=None, partition_index=None)
+    with pytest.raises(DataError, match=f"participant site-2: data file not found: {missing}"):
+        Participant(bad)

@@ -1,0 +1,119 @@
+"""Partitioners on real labels (the bundled digits), no Ray."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from actors import partition
+from actors.data import load_shared_dataset, split_indices
+from actors.spec import DatasetSpec, PartitionSpec
+
+
+@pytest.fixture(scope="module")
+def labels() -> np.ndarray:
+    return load_shared_dataset(DatasetSpec()).y_train
+
+
+def _is_exact_cover(parts: list[np.ndarray], n: int) -> bool:
+    joined = np.concatenate(parts)
+    return len(joined) == n and np.array_equal(np.sort(joined), np.arange(n))
+
+
+def _mean_label_entropy(parts: list[np.ndarray], labels: np.ndarray) -> float:
+    """Mean Shannon entropy (bits) of each part's label distribution; log2(10) is uniform."""
+    out = []
+    for p in parts:
+        counts = np.bincount(labels[p], minlength=10).astype(float)
+        q = counts[counts > 0] / counts.sum()
+        out.append(float(-(q * np.log2(q)).sum()))
+    return float(np.mean(out))
+
+
+@pytest.mark.parametrize(
+    "split",
+    [
+        lambda y: partition.iid(len(y), 7, seed=1),
+        lambda y: partition.dirichlet(y, 8, alpha=0.3, seed=1),
+        lambda y: partition.shards(y, 5, shards_per_part=2, seed=1),
+    ],
+    ids=["iid", "dirichlet", "shards"],
+)
+def test_parts_cover_every_sample_exactly_once(labels, split):
+    parts = split(labels)
+    assert _is_exact_cover(parts, len(labels))
+    assert all(len(p) > 0 for p in parts)
+
+
+def test_iid_sizes_differ_by_at_most_one(labels):
+    sizes = [len(p) for p in partition.iid(len(labels), 7, seed=0)]
+    assert sum(sizes) == len(labels)
+    assert max(sizes) - min(sizes) <= 1
+
+
+def test_dirichlet_skew_is_strong_for_small_alpha_and_fades_for_large(labels):
+    uniform = np.log2(10)
+    iid = _mean_label_entropy(partition.iid(len(labels), 8, seed=0), labels)
+    entropies = {
+        alpha: np.mean([
+            _mean_label_entropy(partition.dirichlet(labels, 8, alpha, seed=s), labels)
+            for s in range(3)
+        ])
+        for alpha in (0.1, 0.5, 100.0)
+    }
+    assert entropies[0.1] < entropies[0.5] < entropies[100.0]
+    assert entropies[0.1] < 0.6 * uniform  # a few dominant classes per part
+    assert entropies[100.0] > 0.97 * uniform  # practically IID
+    assert abs(entropies[100.0] - iid) < 0.05
+
+
+def test_dirichlet_respects_min_size(labels):
+    parts = partition.dirichlet(labels, 10, alpha=0.1, seed=3, min_size=20)
+    assert min(len(p) for p in parts) >= 20
+
+
+def test_same_seed_same_split_other_seed_other_split(labels):
+    a = partition.dirichlet(labels, 8, 0.5, seed=4)
+    b = partition.dirichlet(labels, 8, 0.5, seed=4)
+    c = partition.dirichlet(labels, 8, 0.5, seed=5)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c))
+    assert all(
+        np.array_equal(x, y)
+        for x, y in zip(partition.shards(labels, 5, 2, seed=9), partition.shards(labels, 5, 2, seed=9))
+    )
+
+
+def test_shards_give_each_part_few_classes(labels):
+    parts = partition.shards(labels, 10, shards_per_part=2, seed=0)
+    classes = [len(np.unique(labels[p])) for p in parts]
+    # a label-sorted shard (~144 samples, classes of 133-150) spans 1-3 classes, so two
+    # shards give a handful; an IID part would hold all 10
+    assert max(classes) <= 5
+    assert np.mean(classes) <= 3.2
+    assert min(len(np.unique(labels[p])) for p in partition.iid(len(labels), 10, seed=0)) == 10
+    assert max(len(p) for p in parts) - min(len(p) for p in parts) <= 2
+
+
+def test_split_indices_follows_the_dataset_spec(labels):
+    spec = DatasetSpec(partition=PartitionSpec(kind="shards", shards_per_participant=1))
+    parts = split_indices(spec, labels, 10)
+    assert _is_exact_cover(parts, len(labels))
+    classes = [len(np.unique(labels[p])) for p in parts]
+    assert max(classes) <= 3 and np.mean(classes) <= 2.2
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda y: partition.iid(len(y), 0, seed=0), "at least one part"),
+        (lambda y: partition.iid(3, 5, seed=0), "cannot split 3 samples into 5 parts"),
+        (lambda y: partition.dirichlet(y, 4, alpha=0.0, seed=0), "alpha must be > 0"),
+        (lambda y: partition.dirichlet(y[:5], 8, alpha=1.0, seed=0), "cannot split 5 samples"),
+        (lambda y: partition.shards(y[:10], 4, shards_per_part=3, seed=0), "into 12 parts"),
+    ],
+    ids=["zero-parts", "too-few-samples", "alpha-zero", "dirichlet-too-few", "shards-too-few"],
+)
+def test_bad_arguments_say_what_is_wrong(labels, call, message):
+    with pytest.raises(ValueError, match=message):
+        call(labels)

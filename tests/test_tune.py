@@ -1,0 +1,103 @@
+"""``fedray tune``: search parsing and scoring without Ray, then a real two-trial search."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import yaml
+from conftest import digits_config
+
+from orchestrator.config import ConfigError, TuneSearch, load_config
+from orchestrator.tune import BudgetSpent, TrialClock, load_search, run_search, score, trial_config
+
+
+def _search(**overrides) -> TuneSearch:
+    raw = {"space": {"groups.site.train.local_epochs": {"grid": [1, 2]}},
+           "target_accuracy": 0.5, "budget_s": 30}
+    return TuneSearch.model_validate({**raw, **overrides})
+
+
+def test_trial_config_writes_values_by_group_name_and_sets_the_stop_rule():
+    base = load_config(digits_config())
+    search = _search(max_aggregations=7)
+    config = trial_config(base, search, {"groups.site.train.local_epochs": 3,
+                                         "groups.site.resources.num_cpus": 0.25})
+    assert config.groups[0].train.local_epochs == 3
+    assert config.groups[0].resources.num_cpus == 0.25
+    assert config.stop.target_accuracy == 0.5
+    assert config.stop.max_aggregations == 7
+
+
+@pytest.mark.parametrize("path, named", [
+    ("groups.clinic.train.local_epochs", "no group named 'clinic'"),
+    ("groups.site.train.local_epoch", "'local_epoch' is not a setting"),
+    ("schedul.concurrency", "'schedul' is not in the run config"),
+])
+def test_a_wrong_path_is_named_in_the_error(path, named):
+    base = load_config(digits_config())
+    with pytest.raises(ConfigError, match=named):
+        trial_config(base, _search(), {path: 1})
+
+
+def test_an_invalid_value_is_a_config_error_naming_the_field():
+    base = load_config(digits_config())
+    with pytest.raises(ConfigError, match="batch_size"):
+        trial_config(base, _search(), {"groups.site.train.batch_size": 0})
+
+
+def test_search_file_errors_name_the_field(tmp_path):
+    path = tmp_path / "search.yaml"
+    path.write_text(yaml.safe_dump({"space": {"a.b": {"grid": [1], "choice": [2]}}}))
+    with pytest.raises(ConfigError, match="space.a.b"):
+        load_search(path)
+    path.write_text(yaml.safe_dump({"space": {"a.b": {"grid": [1]}}, "budget": 3}))
+    with pytest.raises(ConfigError, match="budget: unknown field"):
+        load_search(path)
+
+
+def test_score_counts_from_the_first_dispatch_and_ranks_misses_last():
+    history = pd.DataFrame([
+        {"time": 0.0, "event": "evaluation", "accuracy": 0.1},
+        {"time": 40.0, "event": "dispatch", "accuracy": None},  # 40 s of start-up
+        {"time": 45.0, "event": "evaluation", "accuracy": 0.4},
+        {"time": 52.0, "event": "evaluation", "accuracy": 0.6},
+    ])
+    hit = score(history, _search())
+    assert hit["reached"] and hit["time_to_target"] == pytest.approx(12.0)
+    assert hit["startup_seconds"] == 40.0
+    miss = score(history, _search(target_accuracy=0.9))
+    assert not miss["reached"]
+    assert miss["objective"] > 30  # after any trial that reached the target within 30 s
+    assert score(history, _search(objective="accuracy_at_budget", budget_s=8))["objective"] == 0.4
+
+
+def test_trial_clock_ends_a_trial_once_its_budget_is_spent():
+    clock = TrialClock(budget_s=5)
+    clock.on_event({"time": 50.0, "event": "evaluation"})  # start-up does not count
+    clock.on_event({"time": 60.0, "event": "dispatch"})
+    clock.on_event({"time": 64.0, "event": "update"})
+    with pytest.raises(BudgetSpent):
+        clock.on_event({"time": 65.5, "event": "update"})
+    assert len(clock.rows) == 4
+
+
+def test_two_trial_search_writes_a_sorted_table_and_a_runnable_best_config(ray_session, tmp_path):
+    base = digits_config(name="tunetest")
+    base["groups"][0]["count"] = 2
+    config = load_config(base)
+    search = _search(space={"groups.site.train.local_steps": {"grid": [1, 8]}},
+                     target_accuracy=0.6, budget_s=20, max_aggregations=15)
+
+    table = run_search(config, search, tmp_path)
+
+    assert len(table) == 2
+    assert list(table.objective) == sorted(table.objective)
+    assert set(table["groups.site.train.local_steps"]) == {1, 8}
+    saved = pd.read_csv(tmp_path / "trials.csv")
+    assert list(saved.trial_id) == list(table.trial_id)
+    best = load_config(tmp_path / "best.yaml")
+    assert best.groups[0].train.local_steps == table.iloc[0]["groups.site.train.local_steps"]
+    assert best.stop == config.stop  # the user's stop rule, not the trial's
+    for run_dir in table.run_dir:
+        events = pd.read_csv(f"{run_dir}/trial_events.csv")
+        assert (events.event == "evaluation").any()
