@@ -131,7 +131,7 @@ class Participant:
         run_clock = time.time() - instructions.options.get("run_start", time.time())
         self._check_online(run_clock)
         if instructions.payload == "logits" or "sharing" in instructions.options:
-            return self._train_heterogeneous(state, instructions, started, run_clock)  # issue 5
+            return self._train_heterogeneous(state, instructions, started, run_clock)
         set_flat(self.model, state.params, state.layout)
         train = self.spec.train
         seed = instructions.seed
@@ -173,7 +173,7 @@ class Participant:
             set_flat(self.model, state.params, state.layout)
         return evaluate(self.model, self.x_test, self.y_test)
 
-    # -- heterogeneous architectures (issue 5) ------------------------------------------
+    # -- heterogeneous architectures ------------------------------------------
     def _train_heterogeneous(
         self, state: GlobalState, instructions: Instructions, started: float, run_clock: float
     ) -> Update:
@@ -230,7 +230,7 @@ class Participant:
             self._test = to_tensors(*test_split(self.spec, self.data), self.device)
         return self._test
 
-    # -- private state and secure aggregation (issue 7) --------------------------------
+    # -- private state and secure aggregation --------------------------------
     def _remember(self, task_id: int, state: GlobalState) -> None:
         """Save what this participant must not lose if its actor is restarted."""
         self.private.tasks_done += 1

@@ -145,7 +145,7 @@ class Availability(Strict):
 
 
 class AttackSpec(Strict):
-    """A Byzantine participant (issue 4), to test robust strategies: applied inside the
+    """A Byzantine participant, to test robust strategies: applied inside the
     participant to its own payload. ``sign_flip``: send ``-scale * payload``;
     ``noise``: send Gaussian noise with standard deviation ``scale``."""
 
@@ -166,11 +166,11 @@ class SystemSpec(Strict):
     simulated_seconds_per_sample: float | None = Field(None, gt=0)
     dropout_prob: float = Field(0.0, ge=0, le=1)
     hang_prob: float = Field(
-        0.0, ge=0, le=1, description="fault injection (issue 7): chance a task hangs until the "
+        0.0, ge=0, le=1, description="fault injection: chance a task hangs until the "
         "driver's schedule.task_timeout_s kills it",
     )
     availability: Availability | None = None
-    attack: AttackSpec | None = Field(None, description="make this group Byzantine (issue 4)")
+    attack: AttackSpec | None = Field(None, description="make this group Byzantine")
 
     @model_validator(mode="after")
     def _speed_range(self) -> SystemSpec:
@@ -196,6 +196,6 @@ class ParticipantSpec(Strict):
     speed: float = 1.0
     system: SystemSpec = SystemSpec()
     state_dir: str | None = Field(
-        None, description="issue 7: private state kept on the participant's own node (relative: "
+        None, description="private state kept on the participant's own node (relative: "
         "under that node's temp dir); a restarted actor reloads it",
     )

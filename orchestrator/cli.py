@@ -29,7 +29,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from orchestrator.progress import Progress
     from orchestrator.run import Orchestrator
 
-    resume = getattr(args, "resume", None)  # issue 7: continue a run from its latest checkpoint
+    resume = getattr(args, "resume", None)  # continue a run from its latest checkpoint
     if resume and not args.config:
         if not (Path(resume) / "config.yaml").exists():
             raise ConfigError(f"--resume {resume}: no config.yaml there (is it a run directory?)")
@@ -121,19 +121,19 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("config", nargs="?")
     validate.set_defaults(func=cmd_validate)
 
-    from orchestrator import submit  # issue 6: fedray submit (Ray Jobs API)
+    from orchestrator import submit  # fedray submit (Ray Jobs API)
 
     submit.add_parser(sub)
 
-    from orchestrator import profile  # issue 6: fedray profile
+    from orchestrator import profile  # fedray profile
 
     profile.add_parser(sub)
 
-    from orchestrator import tune  # issue 6: fedray tune
+    from orchestrator import tune  # fedray tune
 
     tune.add_parser(sub)
 
-    report = sub.add_parser("report", help="tables and plots of finished runs (issue 8)")
+    report = sub.add_parser("report", help="tables and plots of finished runs")
     report.add_argument("dirs", nargs="+", metavar="DIR", help="run directories; several overlay")
     report.add_argument("--out", help="where the overlay of several runs goes (default: first DIR/plots)")
     report.add_argument("--no-plots", action="store_true", help="print the tables only")

@@ -57,7 +57,7 @@ class NodePlacement(Strict):
 
 
 class PlacementGroupOption(Strict):
-    """One Ray placement group per group, one bundle per participant (issue 6)."""
+    """One Ray placement group per group, one bundle per participant."""
 
     placement_group: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     timeout_s: float = Field(60.0, gt=0, description="give up if Ray cannot reserve it in time")
@@ -80,7 +80,7 @@ class Group(Strict):
     placement: Placement = "default"
     system: SystemSpec = SystemSpec()
     join_at: int = Field(
-        0, ge=0, description="issue 5: no task before this global version; the first task "
+        0, ge=0, description="no task before this global version; the first task "
         "warm-starts from the global state then (a participant that joins late)",
     )
 
@@ -143,7 +143,7 @@ class Schedule(Strict):
     alpha: float = Field(0.6, gt=0, le=1, description="FedAsync mixing weight")
     staleness: Staleness = Staleness()
     max_staleness: int | None = Field(None, ge=0, description="older updates are dropped")
-    # adaptive local work (issue 6): slow participants do fewer local steps
+    # adaptive local work: slow participants do fewer local steps
     adaptive_local_work: bool = Field(
         False, description="scale each participant's local steps by its measured samples/s"
     )
@@ -182,7 +182,7 @@ class UpdatePolicy(Strict):
 
 
 class CheckpointPolicy(Strict):
-    """Periodic checkpoints of the driver's state (issue 7, ``orchestrator/checkpoint.py``)."""
+    """Periodic checkpoints of the driver's state (``orchestrator/checkpoint.py``)."""
 
     every: int | None = Field(None, ge=1, description="checkpoint after every N aggregations; None: never")
     keep: int = Field(2, ge=1, description="how many recent checkpoints to keep")
@@ -193,7 +193,7 @@ class CheckpointPolicy(Strict):
 
 
 class DifferentialPrivacy(Strict):
-    """Participant-level DP-FedAvg (McMahan et al., ICLR 2018), issue 7."""
+    """Participant-level DP-FedAvg (McMahan et al., ICLR 2018)."""
 
     clip_norm: float = Field(..., gt=0, description="each update is clipped to this L2 norm")
     noise_multiplier: float = Field(..., ge=0, description="noise std on the sum = multiplier * clip_norm")
@@ -232,7 +232,7 @@ class RunConfig(Strict):
     ray: RayOptions = RayOptions()
     checkpoint: CheckpointPolicy = CheckpointPolicy()
     privacy: Privacy = Privacy()
-    logging: Logging = Logging()  # issue 8
+    logging: Logging = Logging()
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
@@ -287,7 +287,7 @@ class RunConfig(Strict):
 
 
 class TuneSearch(Strict):
-    """``fedray tune --search SEARCH.yaml`` (issue 6): what to vary and what to optimise.
+    """``fedray tune --search SEARCH.yaml``: what to vary and what to optimise.
 
     ``space`` maps a dotted path into the run config (``groups.<group name>.resources.num_cpus``,
     ``schedule.concurrency``, ...) to ``{grid: [...]}``, ``{choice: [...]}``,

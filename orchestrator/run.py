@@ -95,12 +95,12 @@ class Orchestrator:
     ) -> None:
         self.config = config
         self.out_dir = Path(out_dir) if out_dir is not None else None
-        # issue 7: resume from the latest checkpoint in out_dir; run_id names private state
+        # resume from the latest checkpoint in out_dir; run_id names private state
         self.resume_from = checkpoint.read_latest(self.out_dir) if resume and self.out_dir else None
         self.run_id = self.resume_from.run_id if self.resume_from else uuid.uuid4().hex[:12]
         self.privacy = PrivacyHooks(config.privacy, config)
         self.progress = progress
-        self.tensorboard: TensorBoardLogger | None = None  # issue 8: set by logging.tensorboard
+        self.tensorboard: TensorBoardLogger | None = None  # set by logging.tensorboard
         self.history = History()
         self.summary: dict[str, Any] = {}
         self.members: dict[str, Member] = {}
@@ -117,7 +117,7 @@ class Orchestrator:
             self.history = History()
             if self.progress is not None:
                 self.history.listeners.append(self.progress.on_event)
-            if cfg.logging.tensorboard:  # issue 8: the same scalars, to TensorBoard
+            if cfg.logging.tensorboard:  # the same scalars, to TensorBoard
                 self.tensorboard = TensorBoardLogger(cfg.logging.tensorboard)
                 self.history.listeners.append(self.tensorboard.on_event)
             self._spawn_participants()
@@ -133,7 +133,7 @@ class Orchestrator:
             self.tasks_without_update = 0
             self.last_eval: dict[str, float] = {}
             self.time_to_target: float | None = None
-            if self.resume_from is not None:  # issue 7: continue where the checkpoint left off
+            if self.resume_from is not None:  # continue where the checkpoint left off
                 checkpoint.restore(self, self.resume_from)
                 self.state_ref = ray.put(GlobalState(self.version, self.params, self.layout))
                 self.history.record("resumed", version=self.version, detail=f"run {self.run_id}")
@@ -144,7 +144,7 @@ class Orchestrator:
                 self._evaluate()
             self.history.record("stop", version=self.version, detail=stop_reason)
             self._summarize(stop_reason)
-            self.summary |= self.privacy.summary()  # issue 7: epsilon, secure aggregation
+            self.summary |= self.privacy.summary()  # epsilon, secure aggregation
         finally:
             if self.progress is not None:
                 self.progress.close()
@@ -164,12 +164,12 @@ class Orchestrator:
                 return reason
             self._reap_timeouts(now)
             alive = [m for m in self.members.values() if not m.lost]
-            joins = {g.name: g.join_at for g in self.config.groups}  # issue 5: late joiners wait
+            joins = {g.name: g.join_at for g in self.config.groups}  # late joiners wait
             idle = [m.name for m in alive if not m.busy and m.retry_at <= now
                     and self.version >= joins[m.group]]
             busy = sum(m.busy for m in alive)
             picked = [self.members[n] for n in self.schedule.select(idle, busy, len(alive), now)]
-            joined = self.privacy.open_cohort(picked)  # issue 7: secure-aggregation cohort
+            joined = self.privacy.open_cohort(picked)  # secure-aggregation cohort
             for member in picked:
                 if member in joined:
                     self._dispatch(member)
@@ -211,10 +211,10 @@ class Orchestrator:
             seed=seed,
             payload=self.strategy.payload,
             proximal_mu=float(self.strategy.task_options().get("proximal_mu", 0.0)),
-            local_steps=self._adaptive_steps(member),  # issue 6: None unless adaptive_local_work
+            local_steps=self._adaptive_steps(member),  # None unless adaptive_local_work
             options={"run_start": self.run_start_epoch, **self.strategy.task_options(),
-                     **self.global_model.task_options(member.name),  # issue 5
-                     **self.privacy.task_options(self.next_task_id)},  # issue 7
+                     **self.global_model.task_options(member.name),
+                     **self.privacy.task_options(self.next_task_id)},
         )
         ref = member.handle.train.remote(self.state_ref, instructions)
         task = Task(member.name, self.next_task_id, self.version, self.schedule.round, self.history_time())
@@ -261,7 +261,7 @@ class Orchestrator:
             self._failed(member, where, exc)
             return
         member.failures = 0
-        if getattr(self, "adaptive", None) is not None:  # issue 6: measured samples/s
+        if getattr(self, "adaptive", None) is not None:  # measured samples/s
             self.adaptive.observe(member.name, update.metrics.get("samples", 0.0),
                                   max(update.train_seconds, update.simulated_seconds or 0.0))
         staleness = self.version - update.base_version
@@ -272,7 +272,7 @@ class Orchestrator:
         if problem:
             self.history.record("rejected", **where, detail=problem)
             return
-        self.global_model.observe(update)  # issue 5: participants' own test metrics
+        self.global_model.observe(update)  # participants' own test metrics
         where["accuracy"] = update.metrics.get("test_accuracy")
         admission = self.schedule.admit(task, staleness)
         if not admission.accepted:
@@ -288,18 +288,18 @@ class Orchestrator:
         if update.participant != member.name:
             known = "" if update.participant in self.members else " (not a participant of this run)"
             return f"update claims to be from {update.participant!r}{known}, task went to {member.name!r}"
-        if self.privacy.secure:  # issue 7: masked vectors; the participant checked the plaintext
+        if self.privacy.secure:  # masked vectors; the participant checked the plaintext
             return self.privacy.check(update, self.layout)
-        problem = rejection_reason(update, self.global_model.expected_layout(member.name))  # issue 5
+        problem = rejection_reason(update, self.global_model.expected_layout(member.name))
         clip = self.config.updates.clip_norm
         if problem is None and clip is not None:
             clip_to_norm(update, clip)
         return problem
 
     def _failed(self, member: Member, where: dict, exc: Exception, event: str = "failure") -> None:
-        self.privacy.forget(member.name)  # issue 7: a restarted actor has a new masking key
+        self.privacy.forget(member.name)  # a restarted actor has a new masking key
         if isinstance(exc, ray.exceptions.ActorUnavailableError):
-            # issue 7: Ray is restarting the actor (max_restarts); calls fail at once until it
+            # Ray is restarting the actor (max_restarts); calls fail at once until it
             # is back. Not the participant's failure: back off instead of burning max_failures.
             member.retry_at = self.history_time() + RESTART_BACKOFF_S
             self.history.record("unavailable", **where, detail="actor is restarting")
@@ -344,7 +344,7 @@ class Orchestrator:
         if not batch:
             self.history.record("round_skipped", version=self.version, detail="no update arrived in time")
             return
-        try:  # issue 7: secure aggregation / DP hand the strategy one private aggregate
+        try:  # secure aggregation / DP hand the strategy one private aggregate
             private_batch = self.privacy.combine(batch, self.layout)
         except SecureAggregationAbort as exc:
             self.history.record("aggregation_aborted", version=self.version, detail=str(exc))
@@ -391,7 +391,7 @@ class Orchestrator:
         self.privacy.load_state_dict(extra)
 
     def _evaluate(self) -> None:
-        metrics = self.global_model.evaluate(self.params)  # issue 5: per family, global_state.py
+        metrics = self.global_model.evaluate(self.params)  # per family, global_state.py
         self.last_eval = {**metrics, "version": self.version}
         self.history.record(
             "evaluation", version=self.version, loss=metrics["loss"], accuracy=metrics["accuracy"],
@@ -484,7 +484,7 @@ class Orchestrator:
 
     def _spawn_participants(self) -> None:
         self._check_feasible()
-        try:  # placement per group (issue 6): fail fast, naming the group, if it cannot fit
+        try:  # placement per group: fail fast, naming the group, if it cannot fit
             check_placement(self.config.groups, ray.nodes())
             self.placements = Placements(self.config.groups)
         except PlacementError as exc:
