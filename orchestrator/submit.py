@@ -32,6 +32,7 @@ import yaml
 from orchestrator.config import RunConfig, load_config
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+"""A source checkout when it holds ``pyproject.toml``; else site-packages of an install."""
 EXCLUDES = [".git", "runs", "venv", ".venv", "**/__pycache__", "*.egg-info", ".pytest_cache",
             ".ruff_cache", ".hypothesis", "benchmarks/results", "notes"]
 """Never uploaded with the working_dir: history, environments and outputs."""
@@ -66,12 +67,21 @@ def runtime_env(config: RunConfig) -> dict[str, Any]:
     """The project as working_dir, so the cluster runs exactly this code; the validated
     config travels in an environment variable (base64 YAML), so any path works locally."""
     text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
-    return {
-        "working_dir": str(PROJECT_ROOT),
-        "excludes": EXCLUDES,
+    env: dict[str, Any] = {
         "env_vars": {"RAY_DEDUP_LOGS": "0", "PYTHONUNBUFFERED": "1",
                      CONFIG_ENV: base64.b64encode(text.encode()).decode()},
     }
+    if (PROJECT_ROOT / "pyproject.toml").is_file():
+        env |= {"working_dir": str(PROJECT_ROOT), "excludes": EXCLUDES}
+    else:
+        # Installed (not editable): the parent is site-packages, far too big to upload.
+        # Ship just fedray's three packages instead.
+        import actors
+        import orchestrator
+        import strategies
+
+        env["py_modules"] = [str(Path(m.__file__).parent) for m in (orchestrator, actors, strategies)]
+    return env
 
 
 def submit(
