@@ -66,7 +66,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """Issue 8: tables of one or more runs, PNGs into each RUN/plots/, an overlay for several."""
+    """Tables of one or more runs, PNGs into each RUN/plots/, an overlay for several."""
     from orchestrator.plots import write_overlay, write_run_plots
     from orchestrator.report import ReportError, compare_table, load_run, print_frame, print_report
 

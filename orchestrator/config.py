@@ -201,14 +201,14 @@ class DifferentialPrivacy(Strict):
 
 
 class Privacy(Strict):
-    """Issue 7: what the driver may learn about any one participant's update."""
+    """What the driver may learn about any one participant's update."""
 
     secure_aggregation: bool = Field(False, description="pairwise-masked updates; the driver sees only their sum")
     dp: DifferentialPrivacy | None = None
 
 
 class Logging(Strict):
-    """Issue 8: optional extra logging of the run's progress scalars."""
+    """Optional extra logging of the run's progress scalars."""
 
     tensorboard: str | None = Field(None, description="directory for TensorBoard event files (via tensorboardX)")
 
@@ -264,7 +264,7 @@ class RunConfig(Strict):
         return self
 
     def _check_heterogeneous(self) -> None:
-        """Issue 5: soft-label strategies and FedDF need the public set; late joiners a start."""
+        """Soft-label strategies and FedDF need the public set; late joiners a start."""
         cls = get_strategy_class(self.strategy.name)
         needs_public = cls.payload == "logits" or getattr(cls, "per_family", False)
         if needs_public and (self.dataset is None or self.dataset.public_size == 0):

@@ -54,7 +54,7 @@ reached still ends."""
 
 
 RESTART_BACKOFF_S = 1.0
-"""Issue 7: how long to leave a participant alone while Ray restarts its actor."""
+"""How long to leave a participant alone while Ray restarts its actor."""
 
 
 class RunError(RuntimeError):
@@ -121,6 +121,8 @@ class Orchestrator:
                 self.tensorboard = TensorBoardLogger(cfg.logging.tensorboard)
                 self.history.listeners.append(self.tensorboard.on_event)
             self._spawn_participants()
+            self.adaptive = self._make_adaptive()
+            self.join_at = {g.name: g.join_at for g in cfg.groups}
             self.strategy = cfg.strategy.build()
             self.layout, self.params = self._initial_state()
             self.schedule = make_schedule(cfg.schedule, cfg.seed)
@@ -164,9 +166,8 @@ class Orchestrator:
                 return reason
             self._reap_timeouts(now)
             alive = [m for m in self.members.values() if not m.lost]
-            joins = {g.name: g.join_at for g in self.config.groups}  # late joiners wait
             idle = [m.name for m in alive if not m.busy and m.retry_at <= now
-                    and self.version >= joins[m.group]]
+                    and self.version >= self.join_at[m.group]]  # late joiners wait
             busy = sum(m.busy for m in alive)
             picked = [self.members[n] for n in self.schedule.select(idle, busy, len(alive), now)]
             joined = self.privacy.open_cohort(picked)  # secure-aggregation cohort
@@ -205,14 +206,15 @@ class Orchestrator:
     # ------------------------------------------------------------------ dispatch/receive
     def _dispatch(self, member: Member) -> None:
         seed = int(np.random.SeedSequence([self.config.seed, member.index, member.tasks]).generate_state(1)[0])
+        strategy_options = self.strategy.task_options()
         instructions = Instructions(
             task_id=self.next_task_id,
             version=self.version,
             seed=seed,
             payload=self.strategy.payload,
-            proximal_mu=float(self.strategy.task_options().get("proximal_mu", 0.0)),
-            local_steps=self._adaptive_steps(member),  # None unless adaptive_local_work
-            options={"run_start": self.run_start_epoch, **self.strategy.task_options(),
+            proximal_mu=float(strategy_options.get("proximal_mu", 0.0)),
+            local_steps=self.adaptive.steps_for(member.name) if self.adaptive is not None else None,
+            options={"run_start": self.run_start_epoch, **strategy_options,
                      **self.global_model.task_options(member.name),
                      **self.privacy.task_options(self.next_task_id)},
         )
@@ -227,17 +229,15 @@ class Orchestrator:
             in_flight=len(self.in_flight), local_steps=instructions.local_steps,
         )
 
-    def _adaptive_steps(self, member: Member) -> int | None:
-        """Issue 6: local steps scaled by measured throughput (``schedule.adaptive_local_work``)."""
+    def _make_adaptive(self) -> AdaptiveLocalWork | None:
+        """Local steps scaled by measured throughput (``schedule.adaptive_local_work``)."""
         if not self.config.schedule.adaptive_local_work:
             return None
-        if getattr(self, "adaptive", None) is None:
-            self.adaptive = AdaptiveLocalWork({
-                m.name: base_steps(m.info.get("num_examples", 1), m.spec.train.batch_size,
-                                   m.spec.train.local_epochs, m.spec.train.local_steps)
-                for m in self.members.values()
-            })
-        return self.adaptive.steps_for(member.name)
+        return AdaptiveLocalWork({
+            m.name: base_steps(m.info.get("num_examples", 1), m.spec.train.batch_size,
+                               m.spec.train.local_epochs, m.spec.train.local_steps)
+            for m in self.members.values()
+        })
 
     def _receive(self, ref: ray.ObjectRef) -> None:
         task = self.in_flight.pop(ref)
@@ -261,7 +261,7 @@ class Orchestrator:
             self._failed(member, where, exc)
             return
         member.failures = 0
-        if getattr(self, "adaptive", None) is not None:  # measured samples/s
+        if self.adaptive is not None:  # measured samples/s
             self.adaptive.observe(member.name, update.metrics.get("samples", 0.0),
                                   max(update.train_seconds, update.simulated_seconds or 0.0))
         staleness = self.version - update.base_version
@@ -373,7 +373,7 @@ class Orchestrator:
         self._checkpoint()
 
     def _checkpoint(self) -> None:
-        """Issue 7: every ``checkpoint.every`` versions, snapshot the driver atomically."""
+        """Every ``checkpoint.every`` versions, snapshot the driver atomically."""
         policy = self.config.checkpoint
         if policy.every is None or self.out_dir is None or self.version % policy.every:
             return
@@ -474,7 +474,7 @@ class Orchestrator:
         return out
 
     def _private_state_dir(self, name: str) -> str | None:
-        """Issue 7: where a participant keeps its private state, on its own node (relative
+        """Where a participant keeps its private state, on its own node (relative
         paths resolve against that node's temp dir), or None when checkpoints are off."""
         policy = self.config.checkpoint
         if policy.every is None:
@@ -539,7 +539,7 @@ class Orchestrator:
                 )
 
     def _initial_state(self) -> tuple[Layout, np.ndarray]:
-        """Issue 5: what the global state is depends on the strategy family; see
+        """What the global state is depends on the strategy family; see
         ``orchestrator/global_state.py`` (weights, shared parts, or soft labels)."""
         alive = [m for m in self.members.values() if not m.lost]
         try:

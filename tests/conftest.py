@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Callable
 
 import pytest
 
@@ -57,3 +59,22 @@ def digits_config(**overrides) -> dict:
     for key, value in overrides.items():
         config[key] = value
     return config
+
+
+def run_while(orch, act: Callable[[], bool], every: float = 0.02):
+    """Run ``orch`` while a background thread calls ``act()`` every ``every`` seconds, until
+    it returns True or the run ends: how failure tests inject real faults mid-run."""
+    done = threading.Event()
+
+    def loop() -> None:
+        while not done.wait(every):
+            if act():
+                return
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        return orch.run()
+    finally:
+        done.set()
+        thread.join()

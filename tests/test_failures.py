@@ -4,10 +4,9 @@ and updates that claim to come from someone else."""
 from __future__ import annotations
 
 import random
-import threading
 
 import ray
-from conftest import digits_config
+from conftest import digits_config, run_while
 
 from actors.participant import Participant
 from orchestrator.config import load_config
@@ -30,27 +29,21 @@ def test_random_kills_every_three_aggregations_cost_little_and_count_nothing_twi
 
     orch = Orchestrator(load_config(raw), out_dir=tmp_path)
     killed: list[tuple[int, str]] = []
-    done = threading.Event()
+    rng = random.Random(0)
+    next_kill = 1
 
-    def chaos() -> None:
-        rng = random.Random(0)
-        next_kill = 1
-        while not done.wait(0.02):
-            version = getattr(orch, "version", 0)
-            busy = [m for m in getattr(orch, "members", {}).values() if m.busy and not m.lost]
-            if version >= next_kill and busy and version < 30:
-                victim = rng.choice(busy)
-                ray.kill(victim.handle, no_restart=False)
-                killed.append((version, victim.name))
-                next_kill = version + 3
+    def chaos() -> bool:
+        nonlocal next_kill
+        version = getattr(orch, "version", 0)
+        busy = [m for m in getattr(orch, "members", {}).values() if m.busy and not m.lost]
+        if version >= next_kill and busy and version < 30:
+            victim = rng.choice(busy)
+            ray.kill(victim.handle, no_restart=False)
+            killed.append((version, victim.name))
+            next_kill = version + 3
+        return False
 
-    thread = threading.Thread(target=chaos, daemon=True)
-    thread.start()
-    try:
-        history = orch.run()
-    finally:
-        done.set()
-        thread.join()
+    history = run_while(orch, chaos)
 
     assert len(killed) >= 8
     # a task in flight on a killed actor fails ("failure", or "unavailable" while Ray restarts it)

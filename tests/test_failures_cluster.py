@@ -6,11 +6,9 @@ shut down at the end (the ``ray_session`` fixture starts it again for later test
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 import ray
-from conftest import digits_config
+from conftest import digits_config, run_while
 from ray.cluster_utils import Cluster
 
 from orchestrator.config import load_config
@@ -46,22 +44,15 @@ def test_participants_on_a_removed_node_are_reported_lost_and_the_run_goes_on(tw
     )
     orch = Orchestrator(load_config(raw))
     removed_at: list[int] = []
-    done = threading.Event()
 
-    def remove_node_mid_run() -> None:
-        while not done.wait(0.02):
-            if getattr(orch, "version", 0) >= 2 and any(m.busy for m in orch.members.values()):
-                removed_at.append(orch.version)
-                cluster.remove_node(worker)
-                return
+    def remove_node_mid_run() -> bool:
+        if getattr(orch, "version", 0) >= 2 and any(m.busy for m in orch.members.values()):
+            removed_at.append(orch.version)
+            cluster.remove_node(worker)
+            return True
+        return False
 
-    thread = threading.Thread(target=remove_node_mid_run, daemon=True)
-    thread.start()
-    try:
-        history = orch.run()
-    finally:
-        done.set()
-        thread.join()
+    history = run_while(orch, remove_node_mid_run)
 
     assert removed_at, "the node was never removed"
     assert history[history.event == "participant_lost"].participant.tolist() == ["far-0"]
