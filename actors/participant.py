@@ -23,13 +23,15 @@ from actors import private_state
 from actors.attacks import apply_attack
 from actors.data import LocalData, load_participant_data
 from actors.distillation import consensus_term, distill, load_public_set, predict_logits
+from actors.local_dp import check_supported, train_dp_sgd
 from actors.models import build_model
 from actors.params import get_flat, layout_of, set_flat
 from actors.personalised import load_shared, shared_delta, test_split, train_fedrep
-from actors.secure_aggregation import MaskingKey, protect
+from actors.secure_aggregation import SEALED_METRIC, SECAGG_OPTION, MaskingKey, SealedUpdates
 from actors.spec import ParticipantSpec
 from actors.system import SimulatedDropout, Unavailable, online_until, sleep_until, task_duration
 from actors.training import evaluate, local_gradient, to_tensors, train_locally
+from strategies.privacy import PrivacyAccountant
 from strategies.types import GlobalState, Instructions, Layout, Update
 
 HANG_SECONDS = 3600.0
@@ -74,6 +76,17 @@ class Participant:
         self.private = private_state.load(spec.state_dir)
         if self.private.rng_state is not None:
             self._rng.bit_generator.state = self.private.rng_state
+        # local DP-SGD: refuse a model Opacus cannot handle now, not at the first task; a
+        # restarted actor goes on counting its privacy budget from its saved history
+        self.dp_accountant: PrivacyAccountant | None = None
+        if (dp := spec.train.dp_sgd) is not None:
+            check_supported(self.model, spec.name, spec.model.name)
+            self.dp_accountant = PrivacyAccountant(
+                dp.noise_multiplier, dp.delta, history=list(getattr(self.private, "dp_sgd_history", []))
+            )
+        # secure aggregation: a fresh key per actor (a restarted one gets a new one)
+        self.secagg_key = MaskingKey.generate()
+        self.sealed = SealedUpdates()
         self._warm_up()
 
     def _warm_up(self) -> None:
@@ -85,6 +98,9 @@ class Participant:
         saved = get_flat(self.model, self.layout)
         with torch.random.fork_rng(devices=[]):
             train_locally(self.model, self.x[:2], self.y[:2], self.spec.train, seed=0, epochs=1, steps=1)
+            if (dp := self.spec.train.dp_sgd) is not None:  # Opacus' first step too; nothing leaves
+                train_dp_sgd(self.model, self.x[:2], self.y[:2], self.spec.train,
+                             PrivacyAccountant(dp.noise_multiplier, dp.delta), epochs=1, steps=1)
         set_flat(self.model, saved, self.layout)
 
     # -- introspection -------------------------------------------------------------
@@ -130,6 +146,12 @@ class Participant:
         started = time.perf_counter()
         run_clock = time.time() - instructions.options.get("run_start", time.time())
         self._check_online(run_clock)
+        if self.dp_accountant is not None and (instructions.payload != "delta" or "sharing" in instructions.options):
+            raise ValueError(  # the silo enforces its own privacy, whatever the driver asks for
+                f"participant {self.spec.name}: train.dp_sgd protects only the 'delta' payload, "
+                f"refusing to send {instructions.payload!r}"
+                + (f" with sharing {instructions.options['sharing']!r}" if "sharing" in instructions.options else "")
+            )
         if instructions.payload == "logits" or "sharing" in instructions.options:
             return self._train_heterogeneous(state, instructions, started, run_clock)
         set_flat(self.model, state.params, state.layout)
@@ -141,6 +163,14 @@ class Participant:
             grads = [params[n].grad for n in state.layout.names]
             payload = torch.cat([g.reshape(-1).float().cpu() for g in grads]).numpy()
             metrics = {"train_loss": loss, "samples": float(min(train.batch_size, len(self.y)))}
+        elif self.dp_accountant is not None:  # clipped + noised here, before the delta leaves
+            metrics = train_dp_sgd(
+                self.model, self.x, self.y, train, self.dp_accountant,
+                epochs=instructions.local_epochs or train.local_epochs,
+                steps=instructions.local_steps or train.local_steps,
+                proximal_mu=instructions.proximal_mu,
+            )
+            payload = get_flat(self.model, state.layout) - np.asarray(state.params, np.float32)
         else:
             metrics = train_locally(
                 self.model, self.x, self.y, train, seed,
@@ -153,12 +183,15 @@ class Participant:
         real = time.perf_counter() - started
         simulated = self._simulate(real, int(metrics["samples"]), run_clock)
         self._remember(instructions.task_id, state)
+        payload = payload.astype(np.float32, copy=False)
+        if SECAGG_OPTION in instructions.options:  # kept here until its cohort is masked
+            metrics[SEALED_METRIC] = float(self.sealed.hold(instructions.task_id, payload, len(self.y)))
+            payload = np.zeros(0, np.float32)
         return Update(
             participant=self.spec.name,
             base_version=state.version,
             kind=instructions.payload,
-            payload=protect(payload.astype(np.float32, copy=False), len(self.y), instructions,
-                            self.spec.name, self.secagg_key),
+            payload=payload,
             layout=state.layout,
             num_examples=len(self.y),
             task_id=instructions.task_id,
@@ -237,18 +270,19 @@ class Participant:
         self.private.last_task_id = task_id
         self.private.rng_state = self._rng.bit_generator.state
         self.private.personal_params = get_flat(self.model, state.layout)
+        if self.dp_accountant is not None:  # the budget spent must survive a restart
+            self.private.dp_sgd_history = list(self.dp_accountant.history)
         private_state.save(self.spec.state_dir, self.private)
-
-    @property
-    def secagg_key(self) -> MaskingKey:
-        """This participant's key pair for pairwise masks (made on first use)."""
-        if getattr(self, "_secagg_key", None) is None:
-            self._secagg_key = MaskingKey.generate()
-        return self._secagg_key
 
     def public_key(self) -> bytes:
         """The public half, relayed by the driver to the other members of a cohort."""
         return self.secagg_key.public_bytes
+
+    def masked_update(
+        self, cohort_id: int, peers: dict[str, bytes], weights: dict[int, float], clip_norm: float | None
+    ) -> np.ndarray:
+        """Secure aggregation, phase 2: the sealed tasks ``weights`` names, masked for the cohort."""
+        return self.sealed.mask(self.spec.name, self.secagg_key, cohort_id, peers, weights, clip_norm)
 
     def unmask_dropped(self, cohort_id: int, dropped: list[str], peers: dict[str, bytes], size: int) -> np.ndarray:
         """Mask recovery: this survivor's pairwise masks with peers that dropped out."""

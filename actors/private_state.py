@@ -3,9 +3,9 @@
 What a participant learns locally and must not lose when its actor crashes and Ray
 restarts it (``resources.max_restarts``): how many tasks it has done, its simulator's
 random state, and its last locally trained parameters (the personal model that partial
-sharing strategies keep). None of it ever goes to the driver. The file is written
-atomically (temp file + ``os.replace``) after every task, so a crash mid-write leaves the
-previous state intact.
+sharing strategies keep), and the privacy budget local DP-SGD has spent. None of it ever
+goes to the driver. The file is written atomically (temp file + ``os.replace``) after
+every task, so a crash mid-write leaves the previous state intact.
 """
 
 from __future__ import annotations
@@ -30,6 +30,9 @@ class PrivateState:
     rng_state: dict[str, Any] | None = None
     personal_params: np.ndarray | None = None
     last_task_id: int = -1
+    dp_sgd_history: list[tuple[float, float, int]] = field(default_factory=list)
+    """Local DP-SGD's accountant history (noise multiplier, sample rate, steps): the budget
+    a restarted actor has already spent."""
     restored: bool = field(default=False, compare=False)
 
 

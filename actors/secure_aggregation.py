@@ -1,13 +1,24 @@
-"""Participant-side secure aggregation: X25519 key agreement and masking of one update.
+"""Participant-side secure aggregation: sealed updates, X25519 key agreement, masking.
 
-Each participant holds an X25519 key pair; the driver only relays public keys. For a
-cohort, every pair derives the same 32-byte seed from their Diffie-Hellman secret with
-HKDF (salted by the cohort id, so masks never repeat across rounds); the seed expands to
-the pairwise mask (``strategies/secure_aggregation.py``). The participant sends
-``encode([n * delta, n]) + sum(+-masks)``: the driver learns neither the delta nor the
-example count of anyone, only the cohort's totals. Under DP-FedAvg the participant clips
-its delta first and sends ``[clip(delta), 1]``, since the driver cannot clip what it cannot
-read.
+The protocol has two phases, so that a cohort can be any set of updates the schedule
+decides to aggregate (a sync round, a FedBuff buffer filled by whoever finished first):
+
+1. *Train and seal.* A task asked for secure aggregation trains as usual but keeps the
+   update inside the actor and returns only a receipt (an empty payload, the metrics and
+   whether the update was finite).
+2. *Mask.* When the driver aggregates, it names the cohort (the participants whose
+   receipts are in the batch), relays their public keys, and tells each member which of
+   its sealed tasks to include and with what staleness weight. Every pair derives the
+   same 32-byte seed from their Diffie-Hellman secret with HKDF (salted by the cohort id,
+   so masks never repeat), the seed expands to the pairwise mask
+   (``strategies/secure_aggregation.py``), and the member sends
+   ``encode(sum_t [w_t n d_t, n]) + sum(+-masks)``. The driver learns neither a delta
+   nor an example count, only the cohort's totals. Under DP-FedAvg each delta is clipped
+   first and counts once, ``[w_t clip(d_t), 1]``: the driver cannot clip what it cannot
+   read.
+
+Masking calls run in their own actor concurrency group (:data:`SECAGG_GROUP`), so under
+FedBuff they never wait behind the participant's next training task.
 
 Threat model: an honest-but-curious driver. Without Bonawitz et al.'s second (self) mask
 and secret-shared keys, a driver that lies about who dropped out could have survivors
@@ -16,6 +27,8 @@ reveal every mask of one participant; that variant is not implemented.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,10 +37,20 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from strategies.secure_aggregation import apply_masks, encode, expand_mask, mask_sign
-from strategies.types import Instructions
 
 SECAGG_OPTION = "secure_aggregation"
-"""Key in ``Instructions.options``: ``{"cohort_id": int, "peers": {name: public key}}``."""
+"""Key in ``Instructions.options``: present when the update must be sealed, not sent."""
+
+SECAGG_GROUP = "secagg"
+"""Actor concurrency group of the key and masking calls (one thread beside training)."""
+
+SEALED_METRIC = "sealed"
+"""Receipt metric: 1.0 when the update is held for masking, 0.0 when it was refused."""
+
+MAX_SEALED = 32
+"""Sealed updates a participant keeps at most, so memory stays bounded when its updates
+keep being turned away (late, rejected); the driver never buffers more than this many
+from one participant."""
 
 
 @dataclass
@@ -63,23 +86,64 @@ class MaskingKey:
         return apply_masks(np.zeros(size, np.uint64), signed)
 
 
-def protect(
-    payload: np.ndarray, num_examples: int, instructions: Instructions, me: str, key: MaskingKey
+def contribution(
+    held: list[tuple[np.ndarray, int, float]], clip_norm: float | None
 ) -> np.ndarray:
-    """The payload to send: unchanged, or masked when the task asks for secure aggregation.
+    """``sum [w n d, n]`` over a member's updates ``(d, n, w)`` in a cohort (float64), so the
+    decoded sum divides into FedAvg's ``sum(w n d) / sum(n)``. With ``clip_norm`` (DP-FedAvg)
+    each delta is clipped and counts once, ``[w clip(d), 1]``, as in DP-FedAvg without masks."""
+    size = held[0][0].size
+    out = np.zeros(size + 1, np.float64)
+    for payload, num_examples, weight in held:
+        values = payload.astype(np.float64)
+        if clip_norm is not None:
+            values *= min(1.0, clip_norm / max(float(np.linalg.norm(values)), 1e-12))
+            scale, count = weight, 1.0
+        else:
+            scale, count = weight * num_examples, float(num_examples)
+        out[:size] += scale * values
+        out[size] += count
+    return out
 
-    A non-finite payload is refused here, because after masking nobody can check it.
+
+class SealedUpdates:
+    """Plaintext updates a participant holds back until the driver names their cohort.
+
+    Written by the training thread, read by the masking thread, hence the lock.
     """
-    cohort = instructions.options.get(SECAGG_OPTION)
-    if cohort is None:
-        return payload
-    if not np.isfinite(payload).all():
-        raise ValueError(f"participant {me}: refusing to mask a non-finite update")
-    values, weight = payload.astype(np.float64), float(num_examples)
-    clip = cohort.get("clip_norm")
-    if clip is not None:  # DP-FedAvg: bounded, equally weighted contributions
-        norm = float(np.linalg.norm(values))
-        values, weight = values * min(1.0, clip / max(norm, 1e-12)), 1.0
-    plain = encode(np.concatenate([values * weight, [weight]]))
-    peers: dict[str, bytes] = cohort["peers"]
-    return plain + key.masks_with(me, sorted(peers), peers, int(cohort["cohort_id"]), plain.size)
+
+    def __init__(self) -> None:
+        self._held: OrderedDict[int, tuple[np.ndarray, int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def hold(self, task_id: int, payload: np.ndarray, num_examples: int) -> bool:
+        """Keep a finite update for masking; a non-finite one is refused (after masking
+        nobody could check it), and the receipt says so."""
+        if not np.isfinite(payload).all():
+            return False
+        with self._lock:
+            self._held[task_id] = (np.array(payload, dtype=np.float32), num_examples)
+            while len(self._held) > MAX_SEALED:
+                self._held.popitem(last=False)
+        return True
+
+    def mask(
+        self,
+        me: str,
+        key: MaskingKey,
+        cohort_id: int,
+        peers: dict[str, bytes],
+        weights: dict[int, float],
+        clip_norm: float | None = None,
+    ) -> np.ndarray:
+        """The masked vector of this member's tasks ``weights`` (task id -> staleness weight)."""
+        with self._lock:
+            missing = sorted(t for t in weights if t not in self._held)
+            if missing:  # e.g. the actor restarted and lost them: it drops out of the cohort
+                raise LookupError(f"participant {me}: holds no sealed update for task(s) {missing}")
+            held = [(*self._held.pop(t), float(w)) for t, w in sorted(weights.items())]
+            # tasks finish in order, so older ones not asked for now were turned away for good
+            for stale in [t for t in self._held if t < max(weights)]:
+                del self._held[stale]
+        plain = encode(contribution(held, clip_norm))
+        return plain + key.masks_with(me, sorted(peers), peers, cohort_id, plain.size)

@@ -111,6 +111,19 @@ class ModelSpec(BaseModel):
         return dict(self.model_extra or {})
 
 
+class DPSGD(Strict):
+    """Local DP-SGD (Abadi et al., CCS 2016) with Opacus: every example's gradient is
+    clipped and Gaussian noise is added inside the participant, so its update is
+    differentially private before it leaves the silo, whoever runs the driver."""
+
+    noise_multiplier: float = Field(
+        ..., ge=0, description="noise std on each step's summed gradients = multiplier * max_grad_norm"
+    )
+    max_grad_norm: float = Field(..., gt=0, description="each example's gradient is clipped to this L2 norm")
+    delta: float = Field(1e-5, gt=0, lt=1, description="the delta that epsilon is reported for; "
+                         "keep it below 1 / local examples")
+
+
 class TrainSpec(Strict):
     local_epochs: int = Field(1, ge=1)
     local_steps: int | None = Field(None, ge=1, description="if set, overrides local_epochs")
@@ -119,6 +132,7 @@ class TrainSpec(Strict):
     optimizer: Literal["sgd", "adam"] = "sgd"
     momentum: float = Field(0.0, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
+    dp_sgd: DPSGD | None = Field(None, description="train with local DP-SGD (weight/delta strategies only)")
 
 
 class SpeedDistribution(Strict):

@@ -204,6 +204,9 @@ class Privacy(Strict):
     """What the driver may learn about any one participant's update."""
 
     secure_aggregation: bool = Field(False, description="pairwise-masked updates; the driver sees only their sum")
+    min_cohort: int = Field(
+        2, ge=1, description="fewest distinct participants whose masked sum the driver may decode "
+        "(the sum of one is its update); smaller cohorts wait for more updates or are aborted")
     dp: DifferentialPrivacy | None = None
 
 
@@ -250,17 +253,13 @@ class RunConfig(Strict):
             )
         if self.schedule.min_participants > total:
             raise ValueError(f"schedule.min_participants exceeds the {total} participants")
-        if self.privacy.secure_aggregation and self.schedule.mode != "sync":
-            raise ValueError(
-                f"privacy.secure_aggregation needs schedule.mode 'sync', not {self.schedule.mode!r}: "
-                "under 'async' every update is its own aggregation (its 'sum' is the update itself), "
-                "and per-buffer cohorts for 'buffered' are not implemented yet"
-            )
+        self._check_privacy()
         if self.evaluation.path is None and self.dataset is None:
             raise ValueError(
                 "evaluation needs a test set: give evaluation.path, or a top-level 'dataset'"
             )
         self._check_heterogeneous()
+        self._check_dp_sgd()
         return self
 
     def _check_heterogeneous(self) -> None:
@@ -273,13 +272,51 @@ class RunConfig(Strict):
                 "(e.g. 200 held-out training examples)"
             )
         heterogeneous = needs_public or hasattr(cls, "sharing")
-        if heterogeneous and self.privacy.secure_aggregation:
+        private = [f for f in ("secure_aggregation", "dp") if getattr(self.privacy, f) not in (False, None)]
+        if heterogeneous and private:
             raise ValueError(
-                f"privacy.secure_aggregation is not supported with strategy {self.strategy.name!r} "
+                f"privacy.{private[0]} is not supported with strategy {self.strategy.name!r} "
                 "(its updates differ in layout per participant); use a weight strategy such as fedavg"
             )
         if all(g.join_at > 0 for g in self.groups):
             raise ValueError("every group has join_at > 0: at least one group must start at version 0")
+
+    def _check_privacy(self) -> None:
+        privacy, schedule = self.privacy, self.schedule
+        if privacy.secure_aggregation and schedule.mode == "async":
+            raise ValueError(
+                "privacy.secure_aggregation needs schedule.mode 'sync' or 'buffered', not 'async': "
+                "under 'async' every update is its own aggregation, so its 'sum' is the update itself"
+            )
+        if privacy.secure_aggregation:
+            cohort = (schedule.clients_per_round or self.num_participants if schedule.mode == "sync"
+                      else self.num_participants)
+            if privacy.min_cohort > cohort:
+                where = "schedule.clients_per_round" if schedule.mode == "sync" else "the participants"
+                raise ValueError(
+                    f"privacy.min_cohort={privacy.min_cohort} exceeds the {cohort} of {where}: "
+                    "no aggregation could ever be decoded")
+        cls = get_strategy_class(self.strategy.name)
+        if (privacy.secure_aggregation or privacy.dp is not None) and cls.needs_individual_updates:
+            raise ValueError(
+                f"strategy {self.strategy.name!r} inspects each update, but privacy.secure_aggregation "
+                "and privacy.dp hand the strategy one combined update; use a mean-based strategy "
+                "(fedavg, fedavgm, fedadam, fedyogi, fedadagrad, fedprox, fedsgd)"
+            )
+
+    def _check_dp_sgd(self) -> None:
+        """Local DP-SGD protects the weight/delta a participant trains with plain local SGD;
+        FedSGD's raw gradient, soft labels and partial sharing take other training paths."""
+        cls = get_strategy_class(self.strategy.name)
+        if cls.payload == "delta" and not hasattr(cls, "sharing"):
+            return
+        for i, group in enumerate(self.groups):
+            if group.train.dp_sgd is not None:
+                raise ValueError(
+                    f"groups[{i}].train.dp_sgd is not supported with strategy {self.strategy.name!r} "
+                    f"(payload {cls.payload!r}{', partial sharing' if hasattr(cls, 'sharing') else ''}); "
+                    "use a weight/delta strategy such as fedavg, fedprox or fedadam"
+                )
 
     @property
     def num_participants(self) -> int:

@@ -1,39 +1,44 @@
 """The driver's side of privacy: secure-aggregation cohorts and DP-FedAvg, around a batch.
 
 Both turn a batch of updates into ONE aggregate update before the strategy sees it:
-- secure aggregation: the driver sums masked ring vectors it cannot read, asks survivors
-  for the masks of cohort members that dropped out, and decodes only the sum
-  ``(sum n_i d_i, sum n_i)``; the strategy receives the example-weighted mean;
+- secure aggregation: the batch's participants form a cohort; the driver relays their
+  public keys, collects one masked ring vector per member (each holding its sealed
+  updates scaled by their staleness weights, see ``actors/secure_aggregation.py``), asks
+  survivors for the masks of members that dropped out meanwhile, and decodes only the
+  sum ``(sum w n d, sum n)``; the strategy receives the example-weighted mean, exactly
+  what FedAvg would have computed from the plain updates;
 - DP-FedAvg: each update is clipped to ``clip_norm`` (by the participant, under secure
   aggregation) and Gaussian noise calibrated by ``noise_multiplier`` is added to the sum.
-So they suit strategies that aggregate by (weighted) mean, like FedAvg; a robust
-strategy (median, Krum) needs the individual updates these features hide. Under secure
-aggregation the schedule's per-update staleness weight cannot be applied (the driver
-never sees one update); a cohort is a sync round, so its updates are fresh anyway.
+So they suit strategies that aggregate by (weighted) mean; the config refuses the robust
+ones (median, Krum), which need the individual updates these features hide.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import ray
 
-from actors.secure_aggregation import SECAGG_OPTION
+from actors.secure_aggregation import MAX_SEALED, SEALED_METRIC, SECAGG_GROUP, SECAGG_OPTION
 from orchestrator.config import Privacy, RunConfig
-from strategies.privacy import DPParams, PrivacyAccountant, noisy_mean
+from strategies.privacy import DPParams, PrivacyAccountant, gaussian_noise, noisy_mean
 from strategies.secure_aggregation import unmask_sum
 from strategies.types import Layout, Update
 
 KEY_TIMEOUT_S = 60.0
-"""How long the driver waits for cohort members' public keys or recovered masks."""
+"""How long the driver waits for cohort members' public keys, masked updates or recovered
+masks; these calls are quick and run beside training, so only a dead or wedged member waits
+this long."""
 
 
 class SecureAggregationAbort(RuntimeError):
-    """The cohort's sum cannot be decoded (a survivor failed during mask recovery)."""
+    """The cohort's sum cannot be decoded safely: too few members answered, or a survivor
+    failed during mask recovery. The aggregation is skipped and recorded."""
 
 
 class PrivacyHooks:
@@ -50,96 +55,132 @@ class PrivacyHooks:
                            if self.dp is not None else None)
         self.public_keys: dict[str, bytes] = {}
         self.cohort_ids = itertools.count(1)
-        self.cohort: dict[str, Any] | None = None
-        self.task_cohort: dict[int, int] = {}
 
     @property
     def active(self) -> bool:
         return self.secure or self.dp is not None
 
-    # -- secure aggregation: cohorts ----------------------------------------------------
-    def open_cohort(self, members: Sequence[Any]) -> list[Any]:
-        """Fix the cohort of a round and relay its public keys; returns who can join."""
-        if not self.secure or not members:
-            return list(members)
-        missing = {m.handle.public_key.remote(): m for m in members if m.name not in self.public_keys}
-        if missing:
-            ready, _ = ray.wait(list(missing), num_returns=len(missing), timeout=KEY_TIMEOUT_S)
-            for ref in ready:
-                with contextlib.suppress(ray.exceptions.RayError):  # it sits the round out
-                    self.public_keys[missing[ref].name] = ray.get(ref)
-        joined = [m for m in members if m.name in self.public_keys]
-        self.cohort = {"cohort_id": next(self.cohort_ids),
-                       "peers": {m.name: self.public_keys[m.name] for m in joined},
-                       "handles": {m.name: m.handle for m in joined}}
-        return joined
+    # -- secure aggregation ------------------------------------------------------------
+    def actor_class(self, participant_cls: type) -> Any:
+        """``ray.remote(Participant)``, with a thread for masking calls beside training."""
+        if self.secure:
+            return ray.remote(concurrency_groups={SECAGG_GROUP: 1})(participant_cls)
+        return ray.remote(participant_cls)
+
+    def task_options(self) -> dict[str, Any]:
+        return {SECAGG_OPTION: True} if self.secure else {}
 
     def forget(self, name: str) -> None:
-        """A failed actor may come back with a new key: fetch it again next round."""
+        """A failed actor may come back with a new key: fetch it again next time."""
         self.public_keys.pop(name, None)
 
-    def task_options(self, task_id: int) -> dict[str, Any]:
-        if not self.secure or self.cohort is None:
-            return {}
-        self.task_cohort[task_id] = self.cohort["cohort_id"]
-        options: dict[str, Any] = {"cohort_id": self.cohort["cohort_id"], "peers": self.cohort["peers"]}
-        if self.dp is not None:
-            options["clip_norm"] = self.dp.clip_norm  # the driver cannot clip a masked update
-        return {SECAGG_OPTION: options}
-
-    def check(self, update: Update, layout: Layout) -> str | None:
-        """Hygiene for masked updates (the plaintext checks ran on the participant)."""
-        payload = update.payload
-        if not isinstance(payload, np.ndarray) or payload.dtype != np.uint64:
-            return "secure aggregation expects a masked uint64 vector"
-        if payload.shape != (layout.size + 1,):
-            return f"masked vector has {payload.size} values, expected {layout.size + 1}"
-        if self.cohort is None or self.task_cohort.get(update.task_id) != self.cohort["cohort_id"]:
-            return "masked update from an earlier cohort: its masks cannot cancel"
+    def check(self, update: Update) -> str | None:
+        """Hygiene for a sealed update's receipt (the participant checked the plaintext)."""
+        if update.payload.size != 0:
+            return "secure aggregation expects a sealed update, got a plaintext payload"
+        if update.metrics.get(SEALED_METRIC) != 1.0:
+            return "non-finite update: the participant refused to seal it"
         return None
 
+    def hold_back(self, buffer: Sequence[Update], full: bool) -> set[str]:
+        """Participants not to give new work now: those whose sealed updates would exceed
+        what they keep, and, while a full buffer waits for more participants to mix in,
+        those already in it (more updates of theirs would not help the cohort)."""
+        if not self.secure:
+            return set()
+        counts = Counter(u.participant for u in buffer)
+        out = {name for name, count in counts.items() if count >= MAX_SEALED}
+        if full and len(counts) < self.config.min_cohort:
+            out |= set(counts)
+        return out
+
+    def cohort_too_small(self, batch: Sequence[Update]) -> bool:
+        """Whether decoding this batch's sum would reveal too little-mixed a total."""
+        return self.secure and len({u.participant for u in batch}) < self.config.min_cohort
+
     # -- aggregation ----------------------------------------------------------------------
-    def combine(self, batch: list[Update], layout: Layout) -> list[Update]:
-        """The batch the strategy sees: unchanged, or one private aggregate update."""
+    def combine(self, batch: list[Update], layout: Layout, handles: dict[str, Any]) -> tuple[list[Update], list[str]]:
+        """The batch the strategy sees (unchanged, or one private aggregate update) and the
+        cohort members that dropped out of secure aggregation (their masks were recovered)."""
         if not self.active or not batch:
-            return batch
+            return batch, []
+        dropped: list[str] = []
         if self.secure:
-            # the sum of [n_i d_i, n_i]; under DP participants send [clip(d_i), 1] instead
-            total, count = self._unmask(batch, layout.size)
+            # the sum of [w n d, n]; under DP participants send [w clip(d), w] instead
+            total, count, dropped = self._secure_sum(batch, layout.size, handles)
+            batch = [u for u in batch if u.participant not in dropped]
             if self.dp is not None:
-                total = total + self.rng.normal(0.0, self.dp.noise_multiplier * self.dp.clip_norm, total.size)
+                total = total + gaussian_noise(total.size, self.dp, self.rng)
             payload = total / max(count, 1e-12)
-            total_examples = float(sum(u.num_examples for u in batch))
-        else:
-            payload = noisy_mean([u.payload for u in batch], self.dp, self.rng) if self.dp else None
-            total_examples = float(sum(u.num_examples for u in batch))
+        elif self.dp is not None:
+            payload = noisy_mean([u.payload for u in batch], self.dp, self.rng)
         if self.accountant is not None:
-            self.accountant.step(sample_rate=len(batch) / self.num_participants)
+            cohort = len({u.participant for u in batch})
+            self.accountant.step(sample_rate=cohort / self.num_participants)
         first = batch[0]
         return [Update(
             participant=f"<{len(batch)} combined>", base_version=min(u.base_version for u in batch),
             kind=first.kind, payload=np.asarray(payload, dtype=np.float32), layout=layout,
-            num_examples=int(round(total_examples)), task_id=first.task_id,
+            num_examples=sum(u.num_examples for u in batch), task_id=first.task_id,
             staleness=max(u.staleness for u in batch), weight=1.0,
-        )]
+        )], dropped
 
-    def _unmask(self, batch: list[Update], size: int) -> tuple[np.ndarray, float]:
-        assert self.cohort is not None
-        arrived = {u.participant for u in batch}
-        dropped = sorted(set(self.cohort["peers"]) - arrived)
-        recovered = []
-        if dropped:
-            refs = [self.cohort["handles"][name].unmask_dropped.remote(
-                self.cohort["cohort_id"], dropped, self.cohort["peers"], size + 1) for name in sorted(arrived)]
-            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=KEY_TIMEOUT_S)
-            if len(ready) < len(refs):
-                raise SecureAggregationAbort(f"survivors did not return masks for {dropped} in time")
-            try:
-                recovered = ray.get(refs)
-            except ray.exceptions.RayError as exc:
-                raise SecureAggregationAbort(f"mask recovery for {dropped} failed: {exc}") from None
-        total = unmask_sum([u.payload for u in batch], recovered)
-        return total[:size], float(total[size])
+    def _secure_sum(
+        self, batch: list[Update], size: int, handles: dict[str, Any]
+    ) -> tuple[np.ndarray, float, list[str]]:
+        """Mask, collect, recover, decode. Raises :class:`SecureAggregationAbort` when the
+        sum cannot be decoded safely; returns ``(sum, count, dropped members)``."""
+        members = sorted({u.participant for u in batch})
+        missing = [n for n in members if n not in self.public_keys]
+        keys = self._collect({self._call(handles[n], "public_key"): n for n in missing})
+        self.public_keys |= keys
+        cohort = [n for n in members if n in self.public_keys]
+        peers = {n: self.public_keys[n] for n in cohort}
+        cohort_id = next(self.cohort_ids)
+        weights: dict[str, dict[int, float]] = {n: {} for n in cohort}
+        for u in batch:
+            if u.participant in weights:
+                weights[u.participant][u.task_id] = float(u.weight)
+        clip = self.dp.clip_norm if self.dp is not None else None
+        masked = self._collect({self._call(handles[n], "masked_update", cohort_id, peers, weights[n], clip): n
+                                for n in cohort})
+        survivors = sorted(masked)
+        dropped = sorted(set(members) - set(survivors))
+        for name in dropped:
+            self.forget(name)
+        if len(survivors) < self.config.min_cohort:
+            raise SecureAggregationAbort(
+                f"only {len(survivors)} of cohort {cohort_id} sent masked updates "
+                f"(privacy.min_cohort={self.config.min_cohort}); dropped: {dropped}")
+        lost = sorted(set(cohort) - set(survivors))  # masked with these: their masks must go
+        recovered: list[np.ndarray] = []
+        if lost:
+            refs = {self._call(handles[n], "unmask_dropped", cohort_id, lost, peers, size + 1): n
+                    for n in survivors}
+            answers = self._collect(refs)
+            if len(answers) < len(refs):
+                raise SecureAggregationAbort(
+                    f"cohort {cohort_id}: survivors {sorted(set(survivors) - set(answers))} did not "
+                    f"return the masks of dropped members {lost}")
+            recovered = list(answers.values())
+        total = unmask_sum([masked[n] for n in survivors], recovered)
+        return total[:size], float(total[size]), dropped
+
+    @staticmethod
+    def _call(handle: Any, method: str, *args: Any) -> ray.ObjectRef:
+        return getattr(handle, method).options(concurrency_group=SECAGG_GROUP).remote(*args)
+
+    @staticmethod
+    def _collect(refs: dict[ray.ObjectRef, str]) -> dict[str, Any]:
+        """Results by member name of the calls that answered within the timeout without error."""
+        if not refs:
+            return {}
+        ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=KEY_TIMEOUT_S)
+        out = {}
+        for ref in ready:
+            with contextlib.suppress(ray.exceptions.RayError):  # a dead or failing member drops out
+                out[refs[ref]] = ray.get(ref)
+        return out
 
     # -- reporting and checkpoints ----------------------------------------------------------
     def epsilon(self) -> float | None:

@@ -166,18 +166,12 @@ class Orchestrator:
                 return reason
             self._reap_timeouts(now)
             alive = [m for m in self.members.values() if not m.lost]
-            idle = [m.name for m in alive if not m.busy and m.retry_at <= now
+            held = self.privacy.hold_back(self.buffer, self.schedule.ready(len(self.buffer), now))
+            idle = [m.name for m in alive if not m.busy and m.retry_at <= now and m.name not in held
                     and self.version >= self.join_at[m.group]]  # late joiners wait
             busy = sum(m.busy for m in alive)
-            picked = [self.members[n] for n in self.schedule.select(idle, busy, len(alive), now)]
-            joined = self.privacy.open_cohort(picked)  # secure-aggregation cohort
-            for member in picked:
-                if member in joined:
-                    self._dispatch(member)
-                else:  # its public key did not arrive: it sits this round out
-                    self.schedule.task_finished(Task(member.name, -1, self.version, self.schedule.round, now))
-                    self.history.record("failure", participant=member.name, group=member.group,
-                                        version=self.version, detail="no public key for secure aggregation")
+            for name in self.schedule.select(idle, busy, len(alive), now):
+                self._dispatch(self.members[name])
 
             if not self.in_flight:
                 if self.buffer or self.schedule.ready(0, now):
@@ -216,7 +210,7 @@ class Orchestrator:
             local_steps=self.adaptive.steps_for(member.name) if self.adaptive is not None else None,
             options={"run_start": self.run_start_epoch, **strategy_options,
                      **self.global_model.task_options(member.name),
-                     **self.privacy.task_options(self.next_task_id)},
+                     **self.privacy.task_options()},
         )
         ref = member.handle.train.remote(self.state_ref, instructions)
         task = Task(member.name, self.next_task_id, self.version, self.schedule.round, self.history_time())
@@ -268,6 +262,8 @@ class Orchestrator:
         where |= {"staleness": staleness, "num_examples": update.num_examples, "bytes": update.nbytes,
                   "train_seconds": update.train_seconds, "simulated_seconds": update.simulated_seconds,
                   "loss": update.metrics.get("train_loss"), "samples": update.metrics.get("samples")}
+        if "dp_sgd_epsilon" in update.metrics:  # local DP-SGD: the participant's budget spent so far
+            where["epsilon"] = update.metrics["dp_sgd_epsilon"]
         problem = self._check(update, member)
         if problem:
             self.history.record("rejected", **where, detail=problem)
@@ -288,8 +284,8 @@ class Orchestrator:
         if update.participant != member.name:
             known = "" if update.participant in self.members else " (not a participant of this run)"
             return f"update claims to be from {update.participant!r}{known}, task went to {member.name!r}"
-        if self.privacy.secure:  # masked vectors; the participant checked the plaintext
-            return self.privacy.check(update, self.layout)
+        if self.privacy.secure:  # sealed: the participant checked the plaintext
+            return self.privacy.check(update)
         problem = rejection_reason(update, self.global_model.expected_layout(member.name))
         clip = self.config.updates.clip_norm
         if problem is None and clip is not None:
@@ -338,6 +334,9 @@ class Orchestrator:
 
     # ------------------------------------------------------------------ aggregation
     def _aggregate(self) -> None:
+        if (self.privacy.cohort_too_small(self.buffer) and self.in_flight
+                and self.config.schedule.mode == "buffered"):
+            return  # FedBuff: wait for updates from more participants before decoding a sum
         batch = sorted(self.buffer, key=lambda u: u.task_id)  # arrival order must not matter
         self.buffer = []
         self.schedule.aggregated(self.history_time())
@@ -345,10 +344,20 @@ class Orchestrator:
             self.history.record("round_skipped", version=self.version, detail="no update arrived in time")
             return
         try:  # secure aggregation / DP hand the strategy one private aggregate
-            private_batch = self.privacy.combine(batch, self.layout)
+            if self.privacy.cohort_too_small(batch):
+                raise SecureAggregationAbort(
+                    f"{len({u.participant for u in batch})} participant(s) in the cohort, fewer than "
+                    f"privacy.min_cohort={self.config.privacy.min_cohort}: their sum would reveal too much")
+            handles = {name: m.handle for name, m in self.members.items()}
+            private_batch, dropped = self.privacy.combine(batch, self.layout, handles)
         except SecureAggregationAbort as exc:
-            self.history.record("aggregation_aborted", version=self.version, detail=str(exc))
+            self.history.record("aggregation_aborted", version=self.version, detail=str(exc),
+                                num_examples=sum(u.num_examples for u in batch))
             return
+        for name in dropped:  # left the cohort after their update arrived; masks recovered
+            self.history.record("secagg_dropout", participant=name, group=self.members[name].group,
+                                version=self.version, detail="no masked update; survivors recovered its masks")
+        batch = [u for u in batch if u.participant not in dropped]
         new_params = self.strategy.aggregate(self.params, private_batch)
         if self.privacy.accountant is not None:
             self.history.record("privacy", version=self.version, epsilon=self.privacy.epsilon(),
@@ -466,18 +475,19 @@ class Orchestrator:
                     partition_index=partition_index if is_partition else None,
                     num_partitions=num_partitions, num_threads=max(1, int(group.resources.num_cpus)),
                     speed=float(speeds[i]), system=group.system,
-                    state_dir=self._private_state_dir(participant_name(group, i)),
+                    state_dir=self._private_state_dir(participant_name(group, i), group),
                 )
                 out.append((spec, group))
                 partition_index += is_partition
                 index += 1
         return out
 
-    def _private_state_dir(self, name: str) -> str | None:
-        """Where a participant keeps its private state, on its own node (relative
-        paths resolve against that node's temp dir), or None when checkpoints are off."""
+    def _private_state_dir(self, name: str, group: Any) -> str | None:
+        """Where a participant keeps its private state, on its own node (relative paths
+        resolve against that node's temp dir), or None when checkpoints are off. Under
+        local DP-SGD always, so a restarted actor keeps counting its privacy budget."""
         policy = self.config.checkpoint
-        if policy.every is None:
+        if policy.every is None and group.train.dp_sgd is None:
             return None
         template = policy.participant_dir or "fedray-state/{run_id}/{name}"
         return template.format(run_id=self.run_id, name=name)
@@ -489,7 +499,7 @@ class Orchestrator:
             self.placements = Placements(self.config.groups)
         except PlacementError as exc:
             raise RunError(str(exc)) from None
-        actor_cls = ray.remote(Participant)
+        actor_cls = self.privacy.actor_class(Participant)
         pending = {}
         for index, (spec, group) in enumerate(self.participant_specs()):
             res = group.resources
@@ -582,6 +592,11 @@ class Orchestrator:
             "target_accuracy": self.config.stop.target_accuracy,
             "time_to_target": self.time_to_target,
         }
+        dp_sgd = [g.train.dp_sgd for g in self.config.groups if g.train.dp_sgd is not None]
+        if dp_sgd:  # local DP-SGD: the most any participant has spent (each one's only grows)
+            spent = updates.get("epsilon", pd.Series(dtype=float)).dropna()
+            self.summary |= {"dp_sgd_epsilon_max": float(spent.max()) if len(spent) else 0.0,
+                             "dp_sgd_delta": max(d.delta for d in dp_sgd)}
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)

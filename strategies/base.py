@@ -32,6 +32,9 @@ class Strategy:
     name: ClassVar[str]
     payload: ClassVar[PayloadKind] = "delta"
     Params: ClassVar[type] = NoParams
+    needs_individual_updates: ClassVar[bool] = False
+    """True for rules that inspect each update (median, Krum): secure aggregation and
+    DP-FedAvg hand them one combined update instead, so the config refuses the pairing."""
 
     def __init__(self, params: Any = None) -> None:
         self.params = params if params is not None else self.Params()

@@ -45,6 +45,7 @@ class Median(Strategy):
     """
 
     name = "median"
+    needs_individual_updates = True
 
     def aggregate(self, global_params: np.ndarray, updates: Sequence[Update]) -> np.ndarray:
         if not updates:
@@ -87,6 +88,7 @@ class TrimmedMean(Strategy):
     """
 
     name = "trimmed_mean"
+    needs_individual_updates = True
     Params = TrimmedMeanParams
 
     def aggregate(self, global_params: np.ndarray, updates: Sequence[Update]) -> np.ndarray:
@@ -166,6 +168,7 @@ class Krum(Strategy):
     """
 
     name = "krum"
+    needs_individual_updates = True
     Params = KrumParams
 
     def __init__(self, params=None) -> None:

@@ -92,11 +92,29 @@ def test_a_bad_value_in_a_valid_config_is_reported_at_its_field(tmp_path_factory
         assert any(n in str(result) for n in named), (path, str(result))
 
 
-@pytest.mark.parametrize("mode", ["async", "buffered"])
-def test_secure_aggregation_is_refused_outside_sync(mode):
-    raw = digits_config(schedule={"mode": mode}, privacy={"secure_aggregation": True})
-    with pytest.raises(ConfigError, match=f"secure_aggregation needs schedule.mode 'sync', not '{mode}'"):
-        load_config(raw)
+def test_secure_aggregation_is_refused_under_async_and_accepted_under_buffered():
+    with pytest.raises(ConfigError, match="secure_aggregation needs schedule.mode 'sync' or 'buffered', not 'async'"):
+        load_config(digits_config(schedule={"mode": "async"}, privacy={"secure_aggregation": True}))
+    cfg = load_config(digits_config(schedule={"mode": "buffered", "buffer_size": 2},
+                                    privacy={"secure_aggregation": True}))
+    assert cfg.privacy.min_cohort == 2
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"schedule": {"clients_per_round": 2}, "privacy": {"secure_aggregation": True, "min_cohort": 3}},
+         r"privacy.min_cohort=3 exceeds the 2 of schedule.clients_per_round"),
+        ({"strategy": {"name": "krum"}, "privacy": {"secure_aggregation": True}},
+         r"strategy 'krum' inspects each update.*use a mean-based strategy"),
+        ({"strategy": {"name": "median"}, "privacy": {"dp": {"clip_norm": 1.0, "noise_multiplier": 1.0}}},
+         r"strategy 'median' inspects each update"),
+        ({"privacy": {"secure_aggregation": True, "min_cohort": 0}}, r"privacy.min_cohort"),
+    ],
+)
+def test_privacy_settings_that_cannot_work_are_refused(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(digits_config(**overrides))
 
 
 def _spec(**kw) -> FileData:
