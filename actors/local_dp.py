@@ -98,6 +98,26 @@ def poisson_batch(n: int, rate: float, generator: torch.Generator, device: torch
     return (torch.rand(n, generator=generator, device=device) < rate).nonzero().squeeze(1)
 
 
+class PrivacyBudgetSpent(RuntimeError):
+    """The participant refused a task: it would take its epsilon past ``max_epsilon``."""
+
+
+def check_budget(
+    accountant: PrivacyAccountant, dp: DPSGD, n: int, spec: TrainSpec, epochs: int, steps: int | None, who: str
+) -> None:
+    """Refuse *before* training when this task's steps would overspend the silo's budget,
+    so the budget is never exceeded, not just noticed afterwards."""
+    if dp.max_epsilon is None or n == 0:
+        return
+    after = PrivacyAccountant(accountant.noise_multiplier, accountant.delta, list(accountant.history))
+    after.step(min(1.0, spec.batch_size / n), steps=num_steps(n, spec.batch_size, epochs, steps))
+    if after.epsilon() > dp.max_epsilon:
+        raise PrivacyBudgetSpent(
+            f"participant {who}: privacy budget spent (epsilon {accountant.epsilon():.3g} now, "
+            f"{after.epsilon():.3g} after this task > max_epsilon {dp.max_epsilon:g})"
+        )
+
+
 def train_dp_sgd(
     model: nn.Module,
     x: torch.Tensor,

@@ -23,7 +23,7 @@ from actors import private_state
 from actors.attacks import apply_attack
 from actors.data import LocalData, load_participant_data
 from actors.distillation import consensus_term, distill, load_public_set, predict_logits
-from actors.local_dp import check_supported, train_dp_sgd
+from actors.local_dp import check_budget, check_supported, train_dp_sgd
 from actors.models import build_model
 from actors.params import get_flat, layout_of, set_flat
 from actors.personalised import load_shared, shared_delta, test_split, train_fedrep
@@ -164,12 +164,11 @@ class Participant:
             payload = torch.cat([g.reshape(-1).float().cpu() for g in grads]).numpy()
             metrics = {"train_loss": loss, "samples": float(min(train.batch_size, len(self.y)))}
         elif self.dp_accountant is not None:  # clipped + noised here, before the delta leaves
-            metrics = train_dp_sgd(
-                self.model, self.x, self.y, train, self.dp_accountant,
-                epochs=instructions.local_epochs or train.local_epochs,
-                steps=instructions.local_steps or train.local_steps,
-                proximal_mu=instructions.proximal_mu,
-            )
+            epochs = instructions.local_epochs or train.local_epochs
+            steps = instructions.local_steps or train.local_steps
+            check_budget(self.dp_accountant, train.dp_sgd, len(self.y), train, epochs, steps, self.spec.name)
+            metrics = train_dp_sgd(self.model, self.x, self.y, train, self.dp_accountant, epochs=epochs,
+                                   steps=steps, proximal_mu=instructions.proximal_mu)
             payload = get_flat(self.model, state.layout) - np.asarray(state.params, np.float32)
         else:
             metrics = train_locally(

@@ -122,6 +122,9 @@ class DPSGD(Strict):
     max_grad_norm: float = Field(..., gt=0, description="each example's gradient is clipped to this L2 norm")
     delta: float = Field(1e-5, gt=0, lt=1, description="the delta that epsilon is reported for; "
                          "keep it below 1 / local examples")
+    max_epsilon: float | None = Field(
+        None, gt=0, description="the silo's budget: it refuses any task that would take its epsilon "
+        "past this, and leaves the run")
 
 
 class TrainSpec(Strict):

@@ -2,8 +2,10 @@
 
 Events: ``dispatch``, ``update`` (accepted), ``rejected``, ``late`` (dropped for being
 late or too stale), ``failure``, ``dropout``, ``unavailable``, ``timeout``,
-``aggregation``, ``evaluation``, ``participant_lost``, ``stop``. Appending a dict is
-cheap enough for the hot loop; the DataFrame is built once when someone asks.
+``aggregation``, ``round_skipped``, ``aggregation_aborted`` and ``secagg_dropout``
+(secure aggregation), ``privacy`` (DP-FedAvg's epsilon), ``evaluation``,
+``participant_lost``, ``checkpoint``, ``resumed``, ``stop``. Appending a dict is cheap
+enough for the hot loop; the DataFrame is built once when someone asks.
 """
 
 from __future__ import annotations

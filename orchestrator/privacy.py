@@ -106,7 +106,7 @@ class PrivacyHooks:
             return batch, []
         dropped: list[str] = []
         if self.secure:
-            # the sum of [w n d, n]; under DP participants send [w clip(d), w] instead
+            # the sum of [w n d, n]; under DP participants send [w clip(d), 1] instead
             total, count, dropped = self._secure_sum(batch, layout.size, handles)
             batch = [u for u in batch if u.participant not in dropped]
             if self.dp is not None:

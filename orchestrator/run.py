@@ -28,6 +28,7 @@ import pandas as pd
 import ray
 import yaml
 
+from actors.local_dp import PrivacyBudgetSpent
 from actors.participant import Participant
 from actors.spec import ParticipantSpec, PartitionData
 from actors.system import SimulatedDropout, Unavailable, draw_speeds
@@ -251,6 +252,10 @@ class Orchestrator:
             member.retry_at = exc.retry_at
             self.history.record("unavailable", **where, detail=str(exc))
             return
+        except PrivacyBudgetSpent as exc:  # the silo's choice, not a failure: it leaves for good
+            member.lost = True
+            self.history.record("participant_lost", **where, detail=_first_line(exc))
+            return
         except ray.exceptions.RayError as exc:  # actor/task errors, and Ray's OOM kills too
             self._failed(member, where, exc)
             return
@@ -354,9 +359,9 @@ class Orchestrator:
             self.history.record("aggregation_aborted", version=self.version, detail=str(exc),
                                 num_examples=sum(u.num_examples for u in batch))
             return
-        for name in dropped:  # left the cohort after their update arrived; masks recovered
+        for name in dropped:  # left the cohort after their update arrived
             self.history.record("secagg_dropout", participant=name, group=self.members[name].group,
-                                version=self.version, detail="no masked update; survivors recovered its masks")
+                                version=self.version, detail="sent no masked update; left out of the sum")
         batch = [u for u in batch if u.participant not in dropped]
         new_params = self.strategy.aggregate(self.params, private_batch)
         if self.privacy.accountant is not None:

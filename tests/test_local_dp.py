@@ -252,6 +252,40 @@ def test_state_saved_before_dp_sgd_existed_loads_with_an_empty_history(tmp_path)
     assert private_state.load(str(tmp_path)).dp_sgd_history == p.dp_accountant.history != []
 
 
+# -- budget -----------------------------------------------------------------------------------
+
+
+def test_a_silo_refuses_the_task_that_would_overspend_its_budget():
+    unlimited = Participant(participant_spec())
+    spent = [task(unlimited, t).metrics["dp_sgd_epsilon"] for t in range(4)]
+    cap = (spent[1] + spent[2]) / 2  # room for two tasks, not three
+    capped = Participant(participant_spec(train=TrainSpec(batch_size=32, dp_sgd=DPSGD(
+        noise_multiplier=1.0, max_grad_norm=1.0, max_epsilon=cap))))
+    eps = [task(capped, t).metrics["dp_sgd_epsilon"] for t in range(2)]
+    assert eps == pytest.approx(spent[:2])
+    before = list(capped.dp_accountant.history)
+    with pytest.raises(local_dp.PrivacyBudgetSpent, match=r"participant site-0: privacy budget spent .* > max_epsilon"):
+        task(capped, 2)
+    assert capped.dp_accountant.history == before  # refused before training: nothing more spent
+    assert capped.dp_accountant.epsilon() <= cap
+
+
+def test_silos_that_spent_their_budget_leave_the_run(ray_session):
+    from orchestrator.run import Orchestrator
+
+    raw = with_dp_sgd({"noise_multiplier": 1.0, "max_grad_norm": 1.0, "max_epsilon": 5.0},  # ~3 tasks
+                      stop={"max_aggregations": 50}, schedule={"min_participants": 1})
+    orch = Orchestrator(load_config(raw))
+    history = orch.run()
+    lost = history[history.event == "participant_lost"]
+    assert len(lost) == 4 and lost.detail.str.contains("privacy budget spent").all()
+    assert orch.summary["stop_reason"].startswith("only 0 participants left")
+    updates = history[history.event == "update"]
+    assert len(updates) >= 8 and (updates.epsilon <= 5.0).all()
+    assert orch.summary["dp_sgd_epsilon_max"] <= 5.0
+    assert orch.summary["num_aggregations"] < 50
+
+
 # -- config -----------------------------------------------------------------------------------
 
 
