@@ -175,7 +175,7 @@ class Orchestrator:
                 self._dispatch(self.members[name])
 
             if not self.in_flight:
-                if self.buffer or self.schedule.ready(0, now):
+                if (self.buffer or self.schedule.ready(0, now)) and not self._waiting_for_cohort(now):
                     self._aggregate()  # nothing more can arrive: use what we have
                     continue
                 waiting = [m.retry_at for m in alive if m.retry_at > now]
@@ -338,10 +338,16 @@ class Orchestrator:
             )
 
     # ------------------------------------------------------------------ aggregation
+    def _waiting_for_cohort(self, now: float) -> bool:
+        """FedBuff under secure aggregation: the buffer mixes too few participants to decode,
+        and more can still arrive (a task in flight, or a participant back soon)."""
+        if self.config.schedule.mode != "buffered" or not self.privacy.cohort_too_small(self.buffer):
+            return False
+        return bool(self.in_flight) or any(m.retry_at > now for m in self.members.values() if not m.lost)
+
     def _aggregate(self) -> None:
-        if (self.privacy.cohort_too_small(self.buffer) and self.in_flight
-                and self.config.schedule.mode == "buffered"):
-            return  # FedBuff: wait for updates from more participants before decoding a sum
+        if self._waiting_for_cohort(self.history_time()):
+            return  # wait for updates from more participants before decoding a sum
         batch = sorted(self.buffer, key=lambda u: u.task_id)  # arrival order must not matter
         self.buffer = []
         self.schedule.aggregated(self.history_time())
