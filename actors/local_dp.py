@@ -88,6 +88,11 @@ def num_steps(n: int, batch_size: int, epochs: int, steps: int | None) -> int:
     return steps if steps is not None else math.ceil(n / batch_size) * epochs
 
 
+def sample_rate(n: int, batch_size: int) -> float:
+    """Poisson sampling probability of each example: ``batch_size / n`` examples per step."""
+    return min(1.0, batch_size / n)
+
+
 def secret_generator(device: torch.device) -> torch.Generator:
     """A generator the driver cannot reproduce: seeded from the operating system."""
     return torch.Generator(device=device).manual_seed(secrets.randbits(63))
@@ -110,7 +115,7 @@ def check_budget(
     if dp.max_epsilon is None or n == 0:
         return
     after = PrivacyAccountant(accountant.noise_multiplier, accountant.delta, list(accountant.history))
-    after.step(min(1.0, spec.batch_size / n), steps=num_steps(n, spec.batch_size, epochs, steps))
+    after.step(sample_rate(n, spec.batch_size), steps=num_steps(n, spec.batch_size, epochs, steps))
     if after.epsilon() > dp.max_epsilon:
         raise PrivacyBudgetSpent(
             f"participant {who}: privacy budget spent (epsilon {accountant.epsilon():.3g} now, "
@@ -146,7 +151,7 @@ def train_dp_sgd(
         return {"train_loss": float("nan"), "samples": 0.0, "dp_sgd_steps": 0.0,
                 "dp_sgd_epsilon": accountant.epsilon()}
     total_steps = num_steps(n, spec.batch_size, epochs, steps)
-    rate = min(1.0, spec.batch_size / n)
+    rate = sample_rate(n, spec.batch_size)
     gen = generator if generator is not None else secret_generator(x.device)
     model.train()
     gsm = GradSampleModule(model, batch_first=True, loss_reduction="mean", strict=True)

@@ -120,8 +120,11 @@ def test_too_few_participants_left_raises_a_run_error_naming_the_file(ray_sessio
     assert "hospital-0" not in message
 
 
-def test_a_diverging_participants_nan_update_is_rejected_not_averaged(ray_session, tmp_path):
-    config = digits_config(stop={"max_aggregations": 3})
+@pytest.mark.parametrize(("privacy", "reason"), [({}, "non-finite values"),
+                                                  ({"secure_aggregation": True}, "refused to seal it")])
+def test_a_diverging_participants_nan_update_is_rejected_not_averaged(ray_session, tmp_path, privacy, reason):
+    """Under secure aggregation the driver cannot look: the participant checks and refuses."""
+    config = digits_config(stop={"max_aggregations": 3}, privacy=privacy)
     config["groups"][0]["count"] = 2
     wild = {**config["groups"][0], "name": "wild", "count": 1,
             "train": {"local_epochs": 1, "batch_size": 32, "lr": 1e30}}  # SGD blows up to NaN
@@ -130,7 +133,7 @@ def test_a_diverging_participants_nan_update_is_rejected_not_averaged(ray_sessio
 
     rejected = history[history.event == "rejected"]
     assert rejected.participant.tolist() == ["wild-0"] * 3
-    assert rejected.detail.str.contains("non-finite values").all()
+    assert rejected.detail.str.contains(reason).all()
     updates = history[history.event == "update"]
     assert "wild-0" not in set(updates.participant) and len(updates) == 3 * 2
     params = np.load(tmp_path / "global_params.npy")
