@@ -292,9 +292,10 @@ class RunConfig(Strict):
             cohort = (schedule.clients_per_round or self.num_participants if schedule.mode == "sync"
                       else self.num_participants)
             if privacy.min_cohort > cohort:
-                where = "schedule.clients_per_round" if schedule.mode == "sync" else "the participants"
+                where = ("schedule.clients_per_round" if schedule.mode == "sync" and schedule.clients_per_round
+                         else "participants in the run")
                 raise ValueError(
-                    f"privacy.min_cohort={privacy.min_cohort} exceeds the {cohort} of {where}: "
+                    f"privacy.min_cohort={privacy.min_cohort} exceeds the {cohort} {where}: "
                     "no aggregation could ever be decoded")
         cls = get_strategy_class(self.strategy.name)
         if (privacy.secure_aggregation or privacy.dp is not None) and cls.needs_individual_updates:

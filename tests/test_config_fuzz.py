@@ -104,7 +104,9 @@ def test_secure_aggregation_is_refused_under_async_and_accepted_under_buffered()
     ("overrides", "message"),
     [
         ({"schedule": {"clients_per_round": 2}, "privacy": {"secure_aggregation": True, "min_cohort": 3}},
-         r"privacy.min_cohort=3 exceeds the 2 of schedule.clients_per_round"),
+         r"privacy.min_cohort=3 exceeds the 2 schedule.clients_per_round"),
+        ({"privacy": {"secure_aggregation": True, "min_cohort": 5}},
+         r"privacy.min_cohort=5 exceeds the 4 participants in the run"),
         ({"strategy": {"name": "krum"}, "privacy": {"secure_aggregation": True}},
          r"strategy 'krum' inspects each update.*use a mean-based strategy"),
         ({"strategy": {"name": "median"}, "privacy": {"dp": {"clip_norm": 1.0, "noise_multiplier": 1.0}}},
