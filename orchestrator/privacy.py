@@ -90,7 +90,7 @@ class PrivacyHooks:
             return set()
         counts = Counter(u.participant for u in buffer)
         out = {name for name, count in counts.items() if count >= MAX_SEALED}
-        if full and len(counts) < self.config.min_cohort:
+        if full and self.cohort_too_small(buffer):
             out |= set(counts)
         return out
 
