@@ -106,11 +106,11 @@ def load_participant_data(spec: ParticipantSpec) -> LocalData:
     full = load_shared_dataset(spec.dataset)
     idx = split_indices(spec.dataset, full.y_train, spec.num_partitions)[spec.partition_index]
     x = apply_view(full.x_train[idx], data.view, full.image_shape)
+    source = f"{spec.dataset.name} shard {spec.partition_index}/{spec.num_partitions}"
+    if data.test_fraction > 0:
+        return _hold_out(x, full.y_train[idx], data.test_fraction, full.num_classes, spec.seed, source)
     empty = np.zeros((0, *x.shape[1:]), np.float32)
-    return LocalData(
-        x, full.y_train[idx], empty, np.zeros(0, np.int64), full.num_classes,
-        f"{spec.dataset.name} shard {spec.partition_index}/{spec.num_partitions}",
-    )
+    return LocalData(x, full.y_train[idx], empty, np.zeros(0, np.int64), full.num_classes, source)
 
 
 def read_table(path: Path, spec: FileData, who: str) -> tuple[np.ndarray, np.ndarray]:

@@ -35,6 +35,7 @@ from __future__ import annotations
 import math
 import secrets
 import warnings
+from typing import Any
 
 import torch
 from torch import nn
@@ -123,6 +124,18 @@ def check_budget(
         )
 
 
+def _attach_proximal(opt: Any, mu: float) -> None:
+    """FedProx's pull towards the start point, added after clipping and noise (it depends
+    on no example, so it costs no privacy)."""
+    anchor = [p.detach().clone() for p in opt.params]
+
+    def proximal(optimizer: Any) -> None:  # runs after clip + noise, before the step
+        for p, a in zip(optimizer.params, anchor):
+            p.grad.add_(p.detach() - a, alpha=mu)
+
+    opt.attach_step_hook(proximal)
+
+
 def train_dp_sgd(
     model: nn.Module,
     x: torch.Tensor,
@@ -148,7 +161,7 @@ def train_dp_sgd(
         raise ValueError("train_dp_sgd needs spec.dp_sgd")
     n = len(y)
     if n == 0:
-        return {"train_loss": float("nan"), "samples": 0.0, "dp_sgd_steps": 0.0,
+        return {"train_loss": float("nan"), "samples": 0.0, "steps": 0.0, "dp_sgd_steps": 0.0,
                 "dp_sgd_epsilon": accountant.epsilon()}
     total_steps = num_steps(n, spec.batch_size, epochs, steps)
     rate = sample_rate(n, spec.batch_size)
@@ -161,13 +174,7 @@ def train_dp_sgd(
         loss_reduction="mean", generator=gen, secure_mode=True,
     )
     if proximal_mu > 0:
-        anchor = [p.detach().clone() for p in opt.params]
-
-        def proximal(optimizer: DPOptimizer) -> None:  # runs after clip + noise, before the step
-            for p, a in zip(optimizer.params, anchor):
-                p.grad.add_(p.detach() - a, alpha=proximal_mu)
-
-        opt.attach_step_hook(proximal)
+        _attach_proximal(opt, proximal_mu)
     total, seen = 0.0, 0
     try:
         with warnings.catch_warnings():  # torch warns at every backward that the first
@@ -175,16 +182,8 @@ def train_dp_sgd(
             warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
             for _ in range(total_steps):
                 idx = poisson_batch(n, rate, gen, x.device)
-                opt.zero_grad(set_to_none=True)
-                if len(idx) == 0:  # noise-only step: no per-example gradient, noise still added
-                    for p in opt.params:
-                        p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
-                else:
-                    loss = F.cross_entropy(gsm(x[idx]), y[idx])
-                    loss.backward()
-                    total += float(loss.detach()) * len(idx)
-                    seen += len(idx)
-                opt.step()
+                total += _dp_step(gsm, opt, x, y, idx)
+                seen += len(idx)
     finally:
         opt.zero_grad(set_to_none=True)
         gsm._close()  # remove hooks and Opacus' attributes: the raw model is what stays
@@ -192,5 +191,21 @@ def train_dp_sgd(
             if hasattr(p, "summed_grad"):
                 del p.summed_grad
     accountant.step(rate, steps=total_steps)
-    return {"train_loss": total / max(seen, 1), "samples": float(seen),
+    return {"train_loss": total / max(seen, 1), "samples": float(seen), "steps": float(total_steps),
             "dp_sgd_steps": float(total_steps), "dp_sgd_epsilon": accountant.epsilon()}
+
+
+def _dp_step(gsm: Any, opt: Any, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> float:
+    """One clipped, noised step on the sampled batch ``idx``; returns its summed loss.
+    An empty sample still takes a noise-only step: no per-example gradient, noise added."""
+    opt.zero_grad(set_to_none=True)
+    total = 0.0
+    if len(idx) == 0:
+        for p in opt.params:
+            p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
+    else:
+        loss = F.cross_entropy(gsm(x[idx]), y[idx])
+        loss.backward()
+        total = float(loss.detach()) * len(idx)
+    opt.step()
+    return total

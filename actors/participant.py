@@ -22,16 +22,12 @@ import torch
 from actors import private_state
 from actors.attacks import apply_attack
 from actors.data import LocalData, load_participant_data
-from actors.distillation import consensus_term, distill, load_public_set, predict_logits
-from actors.local_dp import check_budget, check_supported, train_dp_sgd
-from actors.models import build_model
-from actors.params import get_flat, layout_of, set_flat
-from actors.personalised import load_shared, shared_delta, test_split, train_fedrep
-from actors.secure_aggregation import SEALED_METRIC, SECAGG_OPTION, MaskingKey, SealedUpdates
+from actors.local_model import TorchLocalModel
+from actors.secure_aggregation import SEALED_METRIC, MaskingKey, SealedUpdates
 from actors.spec import ParticipantSpec
 from actors.system import SimulatedDropout, Unavailable, online_until, sleep_until, task_duration
-from actors.training import evaluate, local_gradient, to_tensors, train_locally
-from strategies.privacy import PrivacyAccountant
+from strategies import build_strategy
+from strategies.client import Work
 from strategies.types import GlobalState, Instructions, Layout, Update
 
 HANG_SECONDS = 3600.0
@@ -44,7 +40,7 @@ def pick_device() -> torch.device:
 
 
 class Participant:
-    """One federated participant.
+    """One federated participant: its data, its model, and the strategy's client half.
 
     >>> # on Ray: handle = ray.remote(Participant).options(num_cpus=1).remote(spec)
     >>> # update = ray.get(handle.train.remote(state_ref, instructions))
@@ -52,18 +48,35 @@ class Participant:
 
     def __init__(self, spec: ParticipantSpec) -> None:
         self.spec = spec
+        # secure aggregation: a fresh key per actor (a restarted one gets a new one)
+        self.secagg_key = MaskingKey.generate()
+        self.sealed = SealedUpdates()
+        self._set_up = False
+        self._local: TorchLocalModel | None = None
+
+    def _ensure_set_up(self) -> None:
+        """Load data, build the model and restore private state, once per process.
+
+        This runs in the first call rather than in ``__init__``, so that a bad data path
+        reaches the driver as the participant's own typed error (a ``DataError`` it can
+        tell from a crash), and a restarted actor sets itself up again the same way.
+        """
+        if self._set_up:
+            return
+        spec = self.spec
         torch.set_num_threads(max(1, spec.num_threads))
         torch.manual_seed(spec.seed)
         random.seed(spec.seed)
         np.random.seed(spec.seed % 2**32)
         self.device = pick_device()
         self.data: LocalData = load_participant_data(spec)
-        self.model = build_model(
-            spec.model.name, spec.model.options, self.data.input_shape, self.data.num_classes
-        ).to(self.device)
-        self.layout = layout_of(self.model)
-        self.x, self.y = to_tensors(self.data.x_train, self.data.y_train, self.device)
-        self.x_test, self.y_test = to_tensors(self.data.x_test, self.data.y_test, self.device)
+        self._local = TorchLocalModel(spec, self.data, self.device)
+        self.strategy = build_strategy(spec.strategy, spec.strategy_options)
+        if spec.train.dp_sgd is not None and not self.strategy.supports_dp_sgd:
+            raise ValueError(  # the silo enforces its own privacy, whatever the driver asks for
+                f"participant {spec.name}: train.dp_sgd protects plain local training of the "
+                f"weights; strategy {spec.strategy!r} does other local work")
+        self.client = self.strategy.client()
         self._rng = np.random.default_rng(spec.seed + 7919)
         availability = spec.system.availability
         self._phase = 0.0
@@ -72,45 +85,39 @@ class Participant:
             self._phase = availability.phase_s if availability.phase_s is not None else float(
                 self._rng.uniform(0, period)
             )
-        # A restarted actor picks up its private state from its own node.
+        # A restarted actor picks up its private state from its own node: the simulator's
+        # random state, the client half's state, the privacy budget it has spent.
         self.private = private_state.load(spec.state_dir)
         if self.private.rng_state is not None:
             self._rng.bit_generator.state = self.private.rng_state
-        # local DP-SGD: refuse a model Opacus cannot handle now, not at the first task; a
-        # restarted actor goes on counting its privacy budget from its saved history
-        self.dp_accountant: PrivacyAccountant | None = None
-        if (dp := spec.train.dp_sgd) is not None:
-            check_supported(self.model, spec.name, spec.model.name)
-            self.dp_accountant = PrivacyAccountant(
-                dp.noise_multiplier, dp.delta, history=list(getattr(self.private, "dp_sgd_history", []))
-            )
-        # secure aggregation: a fresh key per actor (a restarted one gets a new one)
-        self.secagg_key = MaskingKey.generate()
-        self.sealed = SealedUpdates()
-        self._warm_up()
+        # (getattr: a state file written before a field existed lacks it)
+        self.client.load_state_dict(getattr(self.private, "client_state", {}))
+        if self._local.dp_accountant is not None:
+            self._local.dp_accountant.history = list(getattr(self.private, "dp_sgd_history", []))
+        self._local.warm_up()
+        self._initial = self._local.get()
+        self._set_up = True
 
-    def _warm_up(self) -> None:
-        """One throwaway training step, undone afterwards, so torch's lazy first-call set-up
-        (seconds on a busy machine) happens at start-up instead of inside the first timed
-        task, where it would swamp simulated speeds and time-to-accuracy."""
-        if len(self.y) == 0:
-            return
-        saved = get_flat(self.model, self.layout)
-        with torch.random.fork_rng(devices=[]):
-            train_locally(self.model, self.x[:2], self.y[:2], self.spec.train, seed=0, epochs=1, steps=1)
-            if (dp := self.spec.train.dp_sgd) is not None:  # Opacus' first step too; nothing leaves
-                train_dp_sgd(self.model, self.x[:2], self.y[:2], self.spec.train,
-                             PrivacyAccountant(dp.noise_multiplier, dp.delta), epochs=1, steps=1)
-        set_flat(self.model, saved, self.layout)
+    @property
+    def local(self) -> TorchLocalModel:
+        """Its model and data, set up on first use."""
+        self._ensure_set_up()
+        return self._local
+
+    @property
+    def layout(self) -> Layout:
+        """The layout of this participant's whole model."""
+        return self.local.layout
 
     # -- introspection -------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
         """Facts the driver records once: sizes, shapes, where the actor runs."""
+        self._ensure_set_up()
         info: dict[str, Any] = {
             "name": self.spec.name,
             "group": self.spec.group,
-            "num_examples": len(self.y),
-            "num_test_examples": len(self.y_test),
+            "num_examples": self.local.num_examples,
+            "num_test_examples": len(self.data.y_test),
             "input_shape": self.data.input_shape,
             "num_classes": self.data.num_classes,
             "num_parameters": self.layout.size,
@@ -138,139 +145,53 @@ class Participant:
         return info
 
     def initial_parameters(self) -> np.ndarray:
-        return get_flat(self.model, self.layout)
+        """The weights the model was built with (the driver starts the global state from
+        these), whatever the participant has trained since."""
+        self._ensure_set_up()
+        return self._initial.copy()
 
     # -- work ----------------------------------------------------------------------
     def train(self, state: GlobalState, instructions: Instructions) -> Update:
-        """Start from the global state, work locally, return the payload asked for."""
+        """Run the strategy's client half on the global state; return its update."""
+        self._ensure_set_up()
         started = time.perf_counter()
-        run_clock = time.time() - instructions.options.get("run_start", time.time())
+        run_clock = time.time() - instructions.run_start if instructions.run_start else 0.0
         self._check_online(run_clock)
-        if self.dp_accountant is not None and (instructions.payload != "delta" or "sharing" in instructions.options):
-            raise ValueError(  # the silo enforces its own privacy, whatever the driver asks for
-                f"participant {self.spec.name}: train.dp_sgd protects only the 'delta' payload, "
-                f"refusing to send {instructions.payload!r}"
-                + (f" with sharing {instructions.options['sharing']!r}" if "sharing" in instructions.options else "")
-            )
-        if instructions.payload == "logits" or "sharing" in instructions.options:
-            return self._train_heterogeneous(state, instructions, started, run_clock)
-        set_flat(self.model, state.params, state.layout)
         train = self.spec.train
-        seed = instructions.seed
-        if instructions.payload == "gradient":
-            loss = local_gradient(self.model, self.x, self.y, train.batch_size, seed)
-            params = dict(self.model.named_parameters())
-            grads = [params[n].grad for n in state.layout.names]
-            payload = torch.cat([g.reshape(-1).float().cpu() for g in grads]).numpy()
-            metrics = {"train_loss": loss, "samples": float(min(train.batch_size, len(self.y)))}
-        elif self.dp_accountant is not None:  # clipped + noised here, before the delta leaves
-            epochs = instructions.local_epochs or train.local_epochs
-            steps = instructions.local_steps or train.local_steps
-            check_budget(self.dp_accountant, train.dp_sgd, len(self.y), train, epochs, steps, self.spec.name)
-            metrics = train_dp_sgd(self.model, self.x, self.y, train, self.dp_accountant, epochs=epochs,
-                                   steps=steps, proximal_mu=instructions.proximal_mu)
-            payload = get_flat(self.model, state.layout) - np.asarray(state.params, np.float32)
-        else:
-            metrics = train_locally(
-                self.model, self.x, self.y, train, seed,
-                epochs=instructions.local_epochs or train.local_epochs,
-                steps=instructions.local_steps or train.local_steps,
-                proximal_mu=instructions.proximal_mu,
-            )
-            payload = get_flat(self.model, state.layout) - np.asarray(state.params, np.float32)
-        payload = apply_attack(payload, self.spec.system.attack, seed)  # honest unless configured
+        work = Work(instructions.seed, train.local_epochs, instructions.local_steps or train.local_steps)
+        result = self.client.work(self.local, state, work)
+        payload = apply_attack(result.payload, self.spec.system.attack, instructions.seed)  # honest unless configured
+        payload = payload.astype(np.float32, copy=False)
+        metrics = dict(result.metrics)
         real = time.perf_counter() - started
         simulated = self._simulate(real, int(metrics["samples"]), run_clock)
-        self._remember(instructions.task_id, state)
-        payload = payload.astype(np.float32, copy=False)
-        if SECAGG_OPTION in instructions.options:  # kept here until its cohort is masked
-            metrics[SEALED_METRIC] = float(self.sealed.hold(instructions.task_id, payload, len(self.y)))
+        self._remember(instructions.task_id)
+        if instructions.seal:  # kept here until its cohort is masked
+            metrics[SEALED_METRIC] = float(self.sealed.hold(instructions.task_id, payload, self.local.num_examples))
             payload = np.zeros(0, np.float32)
         return Update(
             participant=self.spec.name,
             base_version=state.version,
-            kind=instructions.payload,
+            kind=self.strategy.payload,
             payload=payload,
-            layout=state.layout,
-            num_examples=len(self.y),
+            layout=result.layout,
+            num_examples=self.local.num_examples,
             task_id=instructions.task_id,
             metrics=metrics,
             train_seconds=real,
             simulated_seconds=simulated,
+            extras=result.extras,
         )
-
-    def evaluate(self, state: GlobalState | None = None) -> dict[str, float]:
-        """Accuracy of the global model (or the current local one) on local test data."""
-        if state is not None:
-            set_flat(self.model, state.params, state.layout)
-        return evaluate(self.model, self.x_test, self.y_test)
-
-    # -- heterogeneous architectures ------------------------------------------
-    def _train_heterogeneous(
-        self, state: GlobalState, instructions: Instructions, started: float, run_clock: float
-    ) -> Update:
-        """Soft labels (distill the consensus, train, predict the public set) or partial
-        sharing (load the shared part, train, send only its delta). Personal parameters
-        stay in ``self.model``; the update reports this model's own test accuracy."""
-        train, opts, seed = self.spec.train, instructions.options, instructions.seed
-        epochs = instructions.local_epochs or train.local_epochs
-        steps = instructions.local_steps or train.local_steps
-        metrics: dict[str, float] = {}
-        tested: dict[str, float] | None = None  # set early when the global model is what it holds
-        if instructions.payload == "logits":
-            public, keep = self._public_set(), None
-            if state.version > 0:  # version 0 has no consensus yet, only zeros
-                teacher = torch.tensor(np.asarray(state.params).reshape(len(public), -1), device=self.device)
-                metrics["distill_loss"] = distill(
-                    self.model, public, teacher, train, opts["temperature"], opts["distill_epochs"], seed
-                )
-                if opts.get("revisit_kd_weight", 0.0) > 0:
-                    keep = consensus_term(public, teacher, opts["temperature"], opts["revisit_kd_weight"], seed)
-            metrics |= train_locally(self.model, self.x, self.y, train, seed, epochs=epochs, steps=steps,
-                                     extra_loss=keep)
-            logits = predict_logits(self.model, public)
-            payload = logits.reshape(-1).float().cpu().numpy()
-            layout = Layout(("logits",), (tuple(logits.shape),))
-        else:
-            layout, start = load_shared(self.model, self.layout, opts["sharing"], state)
-            if opts["sharing"] == "all":  # no personal part: the model it holds is the global one
-                tested = evaluate(self.model, *self._test_tensors())
-            if "head_epochs" in opts:
-                metrics |= train_fedrep(self.model, self.x, self.y, train, seed, opts["head_epochs"], epochs, steps)
-            else:
-                metrics |= train_locally(self.model, self.x, self.y, train, seed, epochs=epochs, steps=steps)
-            payload = shared_delta(self.model, layout, start)
-        tested = tested or evaluate(self.model, *self._test_tensors())
-        metrics |= {f"test_{k}": v for k, v in tested.items()}
-        real = time.perf_counter() - started
-        simulated = self._simulate(real, int(metrics["samples"]), run_clock)
-        return Update(
-            participant=self.spec.name, base_version=state.version, kind=instructions.payload,
-            payload=payload.astype(np.float32, copy=False), layout=layout, num_examples=len(self.y),
-            task_id=instructions.task_id, metrics=metrics, train_seconds=real, simulated_seconds=simulated,
-        )
-
-    def _public_set(self) -> torch.Tensor:
-        if getattr(self, "_public", None) is None:
-            if self.spec.dataset is None:
-                raise ValueError(f"participant {self.spec.name}: soft labels need a run-level dataset with public_size")
-            self._public = torch.as_tensor(load_public_set(self.spec.dataset, self.spec.data.view), device=self.device)
-        return self._public
-
-    def _test_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if getattr(self, "_test", None) is None:
-            self._test = to_tensors(*test_split(self.spec, self.data), self.device)
-        return self._test
 
     # -- private state and secure aggregation --------------------------------
-    def _remember(self, task_id: int, state: GlobalState) -> None:
+    def _remember(self, task_id: int) -> None:
         """Save what this participant must not lose if its actor is restarted."""
         self.private.tasks_done += 1
         self.private.last_task_id = task_id
         self.private.rng_state = self._rng.bit_generator.state
-        self.private.personal_params = get_flat(self.model, state.layout)
-        if self.dp_accountant is not None:  # the budget spent must survive a restart
-            self.private.dp_sgd_history = list(self.dp_accountant.history)
+        self.private.client_state = self.client.state_dict()
+        if self.local.dp_accountant is not None:  # the budget spent must survive a restart
+            self.private.dp_sgd_history = list(self.local.dp_accountant.history)
         private_state.save(self.spec.state_dir, self.private)
 
     def public_key(self) -> bytes:

@@ -2,8 +2,8 @@
 
 What a participant learns locally and must not lose when its actor crashes and Ray
 restarts it (``resources.max_restarts``): how many tasks it has done, its simulator's
-random state, and its last locally trained parameters (the personal model that partial
-sharing strategies keep), and the privacy budget local DP-SGD has spent. None of it ever
+random state, its strategy's client state (a personal model, a control variate), and the
+privacy budget local DP-SGD has spent. None of it ever
 goes to the driver. The file is written atomically (temp file + ``os.replace``) after
 every task, so a crash mid-write leaves the previous state intact.
 """
@@ -28,12 +28,20 @@ class PrivateState:
 
     tasks_done: int = 0
     rng_state: dict[str, Any] | None = None
-    personal_params: np.ndarray | None = None
+    client_state: dict[str, np.ndarray] = field(default_factory=dict)
+    """The strategy client half's ``state_dict()``: personal parameters (FedPer, FedRep,
+    LG-FedAvg, Ditto, soft labels), SCAFFOLD's control variate."""
     last_task_id: int = -1
     dp_sgd_history: list[tuple[float, float, int]] = field(default_factory=list)
     """Local DP-SGD's accountant history (noise multiplier, sample rate, steps): the budget
     a restarted actor has already spent."""
     restored: bool = field(default=False, compare=False)
+
+
+class PrivateStateError(RuntimeError):
+    """A private state file exists but cannot be used (torn, foreign, unreadable). Raised
+    instead of starting afresh, which would forget the DP-SGD budget already spent; move
+    or delete the named file by hand to really start afresh."""
 
 
 def resolve_dir(state_dir: str) -> Path:
@@ -43,7 +51,12 @@ def resolve_dir(state_dir: str) -> Path:
 
 
 def load(state_dir: str | None) -> PrivateState:
-    """The saved state, or a fresh one (also when the file is unreadable: it is only ours)."""
+    """The saved state, or a fresh one only when none was ever saved (no file).
+
+    An unreadable or foreign file raises :class:`PrivateStateError` rather than starting
+    afresh: a fresh state would silently reset the silo's local DP-SGD budget. Saves are
+    atomic, so such a file is not a crash mid-write but something to look at by hand.
+    """
     if state_dir is None:
         return PrivateState()
     path = resolve_dir(state_dir) / STATE_FILE
@@ -52,10 +65,14 @@ def load(state_dir: str | None) -> PrivateState:
     try:
         with open(path, "rb") as fh:
             state = pickle.load(fh)
-    except Exception:  # noqa: BLE001 - a torn or foreign file: start afresh rather than die
-        return PrivateState()
+    except Exception as exc:  # noqa: BLE001 - unpickling a torn file raises almost anything
+        raise PrivateStateError(
+            f"cannot read the participant's private state file {path}: "
+            f"{type(exc).__name__}: {exc}") from exc
     if not isinstance(state, PrivateState):
-        return PrivateState()
+        raise PrivateStateError(
+            f"the participant's private state file {path} holds a {type(state).__name__}, "
+            "not a PrivateState")
     state.restored = True
     return state
 

@@ -38,9 +38,6 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from strategies.secure_aggregation import apply_masks, encode, expand_mask, mask_sign
 
-SECAGG_OPTION = "secure_aggregation"
-"""Key in ``Instructions.options``: present when the update must be sealed, not sent."""
-
 SECAGG_GROUP = "secagg"
 """Actor concurrency group of the key and masking calls (one thread beside training)."""
 

@@ -51,6 +51,9 @@ class PartitionData(Strict):
 
     source: Literal["partition"] = "partition"
     view: View = Field("flat", description="flat vectors, (C,H,W) images or (rows, features) sequences")
+    test_fraction: float = Field(
+        0.0, ge=0, lt=1, description="rows of this participant's shard held out as its own test "
+        "split (how personalised models are judged); 0 evaluates on the dataset's test split")
 
 
 class FileData(Strict):
@@ -212,6 +215,8 @@ class ParticipantSpec(Strict):
     num_threads: int = 1
     speed: float = 1.0
     system: SystemSpec = SystemSpec()
+    strategy: str = Field("fedavg", description="the run's strategy: its client half runs here")
+    strategy_options: dict[str, Any] = Field(default_factory=dict)
     state_dir: str | None = Field(
         None, description="private state kept on the participant's own node (relative: "
         "under that node's temp dir); a restarted actor reloads it",

@@ -42,33 +42,42 @@ def train_locally(
     seed: int,
     epochs: int,
     steps: int | None = None,
-    proximal_mu: float = 0.0,
+    proximal: tuple[float, list[torch.Tensor]] | None = None,
+    gradient_offset: list[torch.Tensor] | None = None,
     extra_loss=None,
 ) -> dict[str, float]:
-    """SGD/Adam over local batches; returns mean loss and the number of samples seen.
+    """SGD/Adam over local batches; returns the mean loss, samples seen and steps taken.
 
-    ``proximal_mu`` adds FedProx's ``mu/2 * ||w - w_start||^2`` (Li et al., 2020), which
-    keeps local models near the global one on skewed data.
+    The client half's loss terms arrive here as tensors, one per trainable parameter:
+    ``proximal = (mu, anchor)`` adds ``mu/2 * ||w - anchor||^2`` (FedProx, Ditto);
+    ``gradient_offset`` is added to every gradient, the gradient of a linear term
+    (SCAFFOLD's ``c - c_i``); ``extra_loss(model, idx)`` is any other term (a consensus
+    KD loss). Frozen parameters (``requires_grad`` off) are left out of the optimizer.
     """
     model.train()
     opt = make_optimizer(model, spec)
-    anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
+    trainable = [p for p in model.parameters() if p.requires_grad]
     gen = torch.Generator().manual_seed(seed)
-    total, seen = 0.0, 0
+    total, seen, taken = 0.0, 0, 0
     for idx in batches(len(y), spec.batch_size, gen, steps, epochs):
         xb, yb = x[idx], y[idx]
         opt.zero_grad(set_to_none=True)
         loss = F.cross_entropy(model(xb), yb)
         if extra_loss is not None:
             loss = loss + extra_loss(model, idx)
-        if anchor is not None:
-            prox = sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor))
-            loss = loss + 0.5 * proximal_mu * prox
+        if proximal is not None:
+            mu, anchor = proximal
+            prox = sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor) if p.requires_grad)
+            loss = loss + 0.5 * mu * prox
         loss.backward()
+        if gradient_offset is not None:
+            for p, offset in zip(trainable, gradient_offset):
+                p.grad.add_(offset)
         opt.step()
         total += float(loss.detach()) * len(idx)
         seen += len(idx)
-    return {"train_loss": total / max(seen, 1), "samples": float(seen)}
+        taken += 1
+    return {"train_loss": total / max(seen, 1), "samples": float(seen), "steps": float(taken)}
 
 
 def local_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int) -> float:

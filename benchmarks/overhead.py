@@ -107,7 +107,7 @@ def run_hand_written(config: RunConfig) -> tuple[float, float, float]:
         for index, handle in enumerate(actors):
             # the per-task seed formula of orchestrator/run.py::_dispatch
             seed = int(np.random.SeedSequence([config.seed, index, version]).generate_state(1)[0])
-            refs.append(handle.train.remote(state, Instructions(task_id, version, seed)))
+            refs.append(handle.train.remote(state, Instructions(task_id, seed)))
             task_id += 1
         updates = ray.get(refs)
         counts = np.array([u.num_examples for u in updates], np.float64)

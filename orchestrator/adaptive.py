@@ -11,6 +11,8 @@ Pure bookkeeping, no Ray: the run loop feeds it timings and asks it for step cou
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
+from typing import Any
 
 
 class AdaptiveLocalWork:
@@ -37,6 +39,13 @@ class AdaptiveLocalWork:
         rate = samples / seconds
         old = self.rates.get(name)
         self.rates[name] = rate if old is None else (1 - self.smoothing) * old + self.smoothing * rate
+
+    @classmethod
+    def for_participants(cls, members: Iterable[Any]) -> AdaptiveLocalWork:
+        """Each participant's configured work, from its spec and its reported data size."""
+        return cls({m.name: base_steps(m.info.get("num_examples", 1), m.spec.train.batch_size,
+                                       m.spec.train.local_epochs, m.spec.train.local_steps)
+                    for m in members})
 
     def steps_for(self, name: str) -> int:
         """The local steps ``name``'s next task should do."""

@@ -1,4 +1,5 @@
-"""``fedray``: the command line. ``fedray run`` with no config runs the built-in demo."""
+"""``fedray``: the command line. ``fedray run`` or ``fedray submit`` with no config runs the
+built-in demo."""
 
 from __future__ import annotations
 

@@ -8,13 +8,20 @@ message names the field path and what is allowed, never a traceback.
 
 from __future__ import annotations
 
-import dataclasses
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    model_validator,
+)
 
 from actors.spec import (
     DatasetSpec,
@@ -26,7 +33,8 @@ from actors.spec import (
     SystemSpec,
     TrainSpec,
 )
-from strategies import get_strategy_class
+from orchestrator.schedules import Async, Buffered, SchedulePolicy, SyncRounds
+from strategies import Strategy, build_strategy, get_strategy_class, names_where
 from strategies.staleness import StalenessFunction
 
 
@@ -94,29 +102,28 @@ class StrategyConfig(BaseModel):
     @model_validator(mode="after")
     def _known(self) -> StrategyConfig:
         try:
-            cls = get_strategy_class(self.name)
+            build_strategy(self.name, self.options)
         except KeyError as exc:
             raise ValueError(exc.args[0]) from None
-        options = dict(self.model_extra or {})
-        allowed = {f.name for f in dataclasses.fields(cls.Params)}
-        unknown = set(options) - allowed
-        if unknown:
-            raise ValueError(
-                f"strategy {self.name!r} has no option(s) {sorted(unknown)}; "
-                f"allowed: {', '.join(sorted(allowed)) or 'none'}"
-            )
-        try:
-            TypeAdapter(cls.Params).validate_python(options)
         except ValidationError as exc:
             raise ValueError(
                 _flatten_errors(exc, prefix=f"strategy {self.name!r} option ").strip()
             ) from None
         return self
 
-    def build(self):
+    @property
+    def options(self) -> dict[str, Any]:
+        """The strategy's hyperparameters as written (its ``Params`` fields)."""
+        return dict(self.model_extra or {})
+
+    @property
+    def cls(self) -> type[Strategy]:
+        """The strategy class, whose declared capabilities the checks below read."""
+        return get_strategy_class(self.name)
+
+    def build(self) -> Strategy:
         """A fresh strategy instance with its validated hyperparameters."""
-        cls = get_strategy_class(self.name)
-        return cls(TypeAdapter(cls.Params).validate_python(dict(self.model_extra or {})))
+        return build_strategy(self.name, self.options)
 
 
 class Staleness(Strict):
@@ -128,19 +135,16 @@ class Staleness(Strict):
         return StalenessFunction(self.kind, self.a, self.b)
 
 
-class Schedule(Strict):
-    """*When* to aggregate. See ``orchestrator/schedules.py`` for the three modes."""
+class ScheduleBase(Strict):
+    """*When* to aggregate: what every mode shares. One subclass per ``mode``, so a setting
+    of another mode is an error instead of being silently ignored. See
+    ``orchestrator/schedules.py`` for the three modes."""
 
-    mode: Literal["sync", "buffered", "async"] = "sync"
-    # sync
-    clients_per_round: int | None = Field(None, ge=1, description="default: all")
-    over_select: float = Field(0.0, ge=0, description="extra fraction dispatched per round")
-    deadline_s: float | None = Field(None, gt=0)
-    late_updates: Literal["drop", "carry"] = "drop"
-    # buffered / async
-    concurrency: int | None = Field(None, ge=1, description="participants kept busy; default: all")
-    buffer_size: int = Field(4, ge=1)
-    alpha: float = Field(0.6, gt=0, le=1, description="FedAsync mixing weight")
+    policy: ClassVar[type[SchedulePolicy]]
+    """The policy class that runs this mode; its capabilities drive the config checks."""
+
+    mode: str = Field(..., description="the union tag; each subclass narrows it to one mode")
+    # staleness discount: every buffered/async update, and sync's carried late updates
     staleness: Staleness = Staleness()
     max_staleness: int | None = Field(None, ge=0, description="older updates are dropped")
     # adaptive local work: slow participants do fewer local steps
@@ -151,6 +155,60 @@ class Schedule(Strict):
     task_timeout_s: float | None = Field(None, gt=0)
     max_failures: int = Field(3, ge=1, description="consecutive failures before a participant is dropped")
     min_participants: int = Field(1, ge=1)
+
+
+class SyncSchedule(ScheduleBase):
+    """Rounds, with over-selection, a deadline, and late updates dropped or carried."""
+
+    policy: ClassVar[type[SchedulePolicy]] = SyncRounds
+    mode: Literal["sync"] = "sync"
+    clients_per_round: int | None = Field(None, ge=1, description="default: all")
+    over_select: float = Field(0.0, ge=0, description="extra fraction dispatched per round")
+    deadline_s: float | None = Field(None, gt=0)
+    late_updates: Literal["drop", "carry"] = "drop"
+
+
+class BufferedSchedule(ScheduleBase):
+    """FedBuff: keep ``concurrency`` participants busy, aggregate every ``buffer_size``."""
+
+    policy: ClassVar[type[SchedulePolicy]] = Buffered
+    mode: Literal["buffered"] = "buffered"
+    concurrency: int | None = Field(None, ge=1, description="participants kept busy; default: all")
+    buffer_size: int = Field(4, ge=1)
+
+
+class AsyncSchedule(ScheduleBase):
+    """FedAsync: every update is its own aggregation, mixed in with weight ``alpha``."""
+
+    policy: ClassVar[type[SchedulePolicy]] = Async
+    mode: Literal["async"] = "async"
+    concurrency: int | None = Field(None, ge=1, description="participants kept busy; default: all")
+    alpha: float = Field(0.6, gt=0, le=1, description="FedAsync mixing weight")
+
+
+_SCHEDULE_MODES: dict[str, type[ScheduleBase]] = {
+    "sync": SyncSchedule, "buffered": BufferedSchedule, "async": AsyncSchedule,
+}
+
+
+def _schedule_mode(value: Any) -> str:
+    """The union tag: ``mode`` as written, ``sync`` when omitted. Anything but a mapping
+    goes to sync, whose own validation then says what was expected."""
+    if isinstance(value, ScheduleBase):
+        return value.mode
+    if isinstance(value, dict) and "mode" in value:
+        mode = value["mode"]
+        return mode if isinstance(mode, str) else repr(mode)  # an unknown tag either way
+    return "sync"
+
+
+Schedule = Annotated[
+    Annotated[SyncSchedule, Tag("sync")]
+    | Annotated[BufferedSchedule, Tag("buffered")]
+    | Annotated[AsyncSchedule, Tag("async")],
+    Discriminator(_schedule_mode),
+]
+"""``schedule:``, one model per ``mode`` (default ``sync``)."""
 
 
 class Stop(Strict):
@@ -228,7 +286,7 @@ class RunConfig(Strict):
     dataset: DatasetSpec | None = None
     groups: list[Group] = Field(..., min_length=1)
     strategy: StrategyConfig = StrategyConfig()
-    schedule: Schedule = Schedule()
+    schedule: Schedule = SyncSchedule()
     stop: Stop = Stop()
     evaluation: Evaluation = Evaluation()
     updates: UpdatePolicy = UpdatePolicy()
@@ -246,7 +304,8 @@ class RunConfig(Strict):
         if self.dataset is None and any(isinstance(g.data, PartitionData) for g in self.groups):
             raise ValueError("groups with data source 'partition' need a top-level 'dataset'")
         total = self.num_participants
-        if self.schedule.clients_per_round and self.schedule.clients_per_round > total:
+        if (isinstance(self.schedule, SyncSchedule) and self.schedule.clients_per_round
+                and self.schedule.clients_per_round > total):
             raise ValueError(
                 f"schedule.clients_per_round={self.schedule.clients_per_round} exceeds the "
                 f"{total} participants"
@@ -264,59 +323,56 @@ class RunConfig(Strict):
 
     def _check_heterogeneous(self) -> None:
         """Soft-label strategies and FedDF need the public set; late joiners a start."""
-        cls = get_strategy_class(self.strategy.name)
-        needs_public = cls.payload == "logits" or getattr(cls, "per_family", False)
-        if needs_public and (self.dataset is None or self.dataset.public_size == 0):
+        cls = self.strategy.cls
+        if cls.needs_public_set and (self.dataset is None or self.dataset.public_size == 0):
             raise ValueError(
                 f"strategy {self.strategy.name!r} distills on a public set: set dataset.public_size "
                 "(e.g. 200 held-out training examples)"
             )
-        heterogeneous = needs_public or hasattr(cls, "sharing")
         private = [f for f in ("secure_aggregation", "dp") if getattr(self.privacy, f) not in (False, None)]
-        if heterogeneous and private:
+        if private and not cls.supports_private_aggregation:
+            why = ("its updates differ in layout per participant" if cls.heterogeneous()
+                   else f"its updates carry {', '.join(cls.update_extras)} beside the payload")
             raise ValueError(
-                f"privacy.{private[0]} is not supported with strategy {self.strategy.name!r} "
-                "(its updates differ in layout per participant); use a weight strategy such as fedavg"
+                f"privacy.{private[0]} is not supported with strategy {self.strategy.name!r} ({why}); "
+                f"use one of: {', '.join(names_where(supports_private_aggregation=True))}"
             )
         if all(g.join_at > 0 for g in self.groups):
             raise ValueError("every group has join_at > 0: at least one group must start at version 0")
 
     def _check_privacy(self) -> None:
-        privacy, schedule = self.privacy, self.schedule
-        if privacy.secure_aggregation and schedule.mode == "async":
+        privacy, schedule, policy = self.privacy, self.schedule, self.schedule.policy
+        if privacy.secure_aggregation and not policy.supports_secure_aggregation:
+            able = [m for m, cls in _SCHEDULE_MODES.items() if cls.policy.supports_secure_aggregation]
             raise ValueError(
-                "privacy.secure_aggregation needs schedule.mode 'sync' or 'buffered', not 'async': "
-                "under 'async' every update is its own aggregation, so its 'sum' is the update itself"
+                f"privacy.secure_aggregation needs schedule.mode {_one_of(able)}, not {schedule.mode!r}: "
+                f"under {schedule.mode!r} {policy.no_secure_aggregation_because}"
             )
         if privacy.secure_aggregation:
-            cohort = (schedule.clients_per_round or self.num_participants if schedule.mode == "sync"
-                      else self.num_participants)
+            cohort, where = policy.max_cohort(schedule, self.num_participants)
             if privacy.min_cohort > cohort:
-                where = ("schedule.clients_per_round" if schedule.mode == "sync" and schedule.clients_per_round
-                         else "participants in the run")
                 raise ValueError(
                     f"privacy.min_cohort={privacy.min_cohort} exceeds the {cohort} {where}: "
                     "no aggregation could ever be decoded")
-        cls = get_strategy_class(self.strategy.name)
-        if (privacy.secure_aggregation or privacy.dp is not None) and cls.needs_individual_updates:
+        if (privacy.secure_aggregation or privacy.dp is not None) and self.strategy.cls.needs_individual_updates:
+            mean_based = names_where(needs_individual_updates=False, supports_private_aggregation=True)
             raise ValueError(
                 f"strategy {self.strategy.name!r} inspects each update, but privacy.secure_aggregation "
                 "and privacy.dp hand the strategy one combined update; use a mean-based strategy "
-                "(fedavg, fedavgm, fedadam, fedyogi, fedadagrad, fedprox, fedsgd)"
+                f"({', '.join(mean_based)})"
             )
 
     def _check_dp_sgd(self) -> None:
         """Local DP-SGD protects the weight/delta a participant trains with plain local SGD;
-        FedSGD's raw gradient, soft labels and partial sharing take other training paths."""
-        cls = get_strategy_class(self.strategy.name)
-        if cls.payload == "delta" and not hasattr(cls, "sharing"):
+        strategies whose client half does other local work declare ``supports_dp_sgd=False``."""
+        if self.strategy.cls.supports_dp_sgd:
             return
         for i, group in enumerate(self.groups):
             if group.train.dp_sgd is not None:
                 raise ValueError(
                     f"groups[{i}].train.dp_sgd is not supported with strategy {self.strategy.name!r} "
-                    f"(payload {cls.payload!r}{', partial sharing' if hasattr(cls, 'sharing') else ''}); "
-                    "use a weight/delta strategy such as fedavg, fedprox or fedadam"
+                    f"(its client half does more than plain local training of the weights); "
+                    f"use one of: {', '.join(names_where(supports_dp_sgd=True))}"
                 )
 
     @property
@@ -414,9 +470,18 @@ def _flatten_errors(exc: ValidationError, prefix: str = "") -> str:
     for err in exc.errors():
         loc = _format_loc(err["loc"])
         msg = err["msg"]
+        tagged = _TAGGED_UNIONS.get(err["loc"][-1]) if err["loc"] else None
         if err["type"] == "extra_forbidden":
             allowed = _fields_at(err["loc"][:-1])
-            msg = "unknown field" + (f"; allowed: {', '.join(allowed)}" if allowed else "")
+            tag = _tag_at(err["loc"][:-1])
+            msg = ("unknown field" + (f" for {tag}" if tag else "")
+                   + (f"; allowed: {', '.join(allowed)}" if allowed else ""))
+        elif err["type"] == "union_tag_invalid" and tagged and isinstance(err["input"], dict):
+            key, tags = tagged  # report it at the tag's field, as for any other Literal
+            loc = _format_loc((*err["loc"], key))
+            msg = f"Input should be {_one_of(list(tags))} (got {err['input'].get(key)!r})"
+        elif err["type"] == "union_tag_not_found" and tagged:
+            loc, msg = _format_loc((*err["loc"], tagged[0])), "required field is missing"
         elif err["type"] == "missing":
             msg = "required field is missing"
         elif "input" in err and err["type"] not in ("model_type", "dict_type") and not isinstance(err["input"], dict):
@@ -427,33 +492,57 @@ def _flatten_errors(exc: ValidationError, prefix: str = "") -> str:
 
 
 def _format_loc(loc: tuple) -> str:
-    out = ""
+    out, previous = "", None
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("partition", "file") and out.endswith(".data"):
-            continue  # the discriminator tag pydantic inserts; users never write it
+        elif _is_tag(previous, part):
+            pass  # the discriminator tag pydantic inserts; users never write it
         else:
             out += f".{part}" if out else str(part)
+        previous = part
     return out
 
 
-_DATA_SOURCES = {"partition": PartitionData, "file": FileData}
+_TAGGED_UNIONS: dict[str, tuple[str, dict[str, type[BaseModel]]]] = {
+    "data": ("source", {"partition": PartitionData, "file": FileData}),
+    "schedule": ("mode", dict(_SCHEDULE_MODES)),
+}
+"""Fields holding a tagged union: the tag's own field, and the model behind each tag."""
+
+
+def _is_tag(field: Any, part: Any) -> bool:
+    """Whether ``part``, right after ``field`` in an error path, is a union tag."""
+    return isinstance(field, str) and field in _TAGGED_UNIONS and part in _TAGGED_UNIONS[field][1]
+
+
+def _tag_at(loc: tuple) -> str:
+    """``mode 'sync'`` when ``loc`` ends in a union tag (names the variant), else ''."""
+    if len(loc) >= 2 and _is_tag(loc[-2], loc[-1]):
+        return f"{_TAGGED_UNIONS[loc[-2]][0]} {loc[-1]!r}"
+    return ""
+
+
+def _one_of(names: list[str]) -> str:
+    """``'a', 'b' or 'c'``, as pydantic words a Literal."""
+    quoted = [repr(n) for n in names]
+    return " or ".join([", ".join(quoted[:-1]), quoted[-1]] if len(quoted) > 1 else quoted)
 
 
 def _fields_at(loc: tuple) -> list[str]:
     """Field names allowed at ``loc`` inside RunConfig, to suggest after a typo."""
     cls: Any = RunConfig
+    previous = None
     for part in loc:
         if isinstance(part, int):
             continue
-        if part in _DATA_SOURCES and cls in _DATA_SOURCES.values():
-            cls = _DATA_SOURCES[part]  # the discriminator tag pydantic puts in the path
+        if _is_tag(previous, part):
+            cls, previous = _TAGGED_UNIONS[previous][1][part], part  # the variant's model
             continue
         field = cls.model_fields.get(part) if _is_model(cls) else None
         if field is None:
             return []
-        cls = _model_in(field.annotation)
+        cls, previous = _model_in(field.annotation), part
     return sorted(cls.model_fields) if _is_model(cls) else []
 
 

@@ -24,17 +24,13 @@ from typing import Any
 
 import numpy as np
 import ray
-import torch
 
-from actors.distillation import distill, load_public_set, predict_logits
-from actors.models import build_model
-from actors.params import get_flat, layout_of, set_flat
-from actors.personalised import shared_part
-from actors.spec import TrainSpec
+from actors.server_models import FamilyModels
 from orchestrator.config import RunConfig
 from orchestrator.evaluation import ServerEvaluator
-from strategies.base import Strategy
-from strategies.partial import global_positions, union_layout
+from strategies import STRATEGIES
+from strategies.base import ServerContext, Strategy
+from strategies.partial import global_positions, shared_part, union_layout
 from strategies.types import Layout, Update
 
 
@@ -52,10 +48,6 @@ class GlobalModel:
         """The layout ``participant``'s updates must have (None: do not check)."""
         return self.layout
 
-    def task_options(self, participant: str) -> dict[str, Any]:
-        """Per-participant extras for its task instructions."""
-        return {}
-
     def observe(self, update: Update) -> None:
         """See every update that passed the checks (participants' own test metrics)."""
 
@@ -64,17 +56,19 @@ class GlobalModel:
 
 
 class SharedWeights(GlobalModel):
-    """One architecture for all: the foundation's path, server-side evaluation."""
+    """One architecture for all: the global vector is its parameters, evaluated on the
+    server's test set."""
 
-    def __init__(self, config: RunConfig, members: list[Any]) -> None:
+    def __init__(self, config: RunConfig, members: list[Any], strategy: Strategy) -> None:
         first = members[0]
         for m in members:
             if m.info["layout"] != first.info["layout"]:
+                mixed = ", ".join(sorted(n for n, c in STRATEGIES.items() if c.heterogeneous()))
                 raise GlobalStateError(
                     f"participants {first.name} and {m.name} have different model layouts "
                     f"({first.info['layout'].size} vs {m.info['layout'].size} parameters); "
-                    "weight-averaging strategies need one architecture for all groups "
-                    "(for mixed architectures use fedmd, dsfl, feddf, fedper, fedrep or lg_fedavg)"
+                    f"strategy {strategy.name!r} averages weights, so every group needs one "
+                    f"architecture (for mixed architectures use one of: {mixed})"
                 )
         self.layout = first.info["layout"]
         self.params = np.asarray(ray.get(first.handle.initial_parameters.remote()), dtype=np.float32)
@@ -84,7 +78,6 @@ class SharedWeights(GlobalModel):
 
     def evaluate(self, params: np.ndarray) -> dict[str, float]:
         return {**self.evaluator(params, self.layout), "num_examples": self.evaluator.num_examples}
-
 
 class ParticipantEvaluated(GlobalModel):
     """Evaluation = mean of each participant's latest self-reported test accuracy."""
@@ -110,24 +103,24 @@ class SharedParts(ParticipantEvaluated):
 
     def __init__(self, config: RunConfig, members: list[Any], strategy: Strategy) -> None:
         super().__init__()
-        sharing = strategy.sharing  # type: ignore[attr-defined]
-        per_family = getattr(strategy, "per_family", False)
-        self.expected = {m.name: shared_part(m.info["layout"], sharing) for m in members}
-        families: dict[Layout, Any] = {}  # distinct architectures, first member of each
+        per_family = strategy.global_state == "families"
+        self.expected = {m.name: shared_part(m.info["layout"], strategy.shares) for m in members}
+        firsts: dict[Layout, Any] = {}  # distinct architectures, first member of each
         for m in members:
-            families.setdefault(m.info["layout"], m)
+            firsts.setdefault(m.info["layout"], m)
         if per_family:
-            parts = [union_layout([lay], prefix=f"f{k}/") for k, lay in enumerate(families)]
+            parts = [union_layout([lay], prefix=f"f{k}/") for k, lay in enumerate(firsts)]
             self.layout = Layout(sum((p.names for p in parts), ()), sum((p.shapes for p in parts), ()))
-            self.prefixes = {lay: f"f{k}/" for k, lay in enumerate(families)}
+            self.prefixes = {lay: f"f{k}/" for k, lay in enumerate(firsts)}
         else:
             self.layout = union_layout(self.expected[m.name] for m in members)
-            self.prefixes = {lay: "" for lay in families}
+            self.prefixes = {lay: "" for lay in firsts}
+        self.families = [(self.prefixes[lay], m) for lay, m in firsts.items()]
         # start every shared coordinate from the first architecture that has it
         self.params = np.zeros(self.layout.size, np.float32)
         filled = np.zeros(self.layout.size, bool)
-        for lay, m in families.items():
-            part = lay if per_family else shared_part(lay, sharing)
+        for lay, m in firsts.items():
+            part = lay if per_family else shared_part(lay, strategy.shares)
             if not part.names:
                 continue
             init = np.asarray(ray.get(m.handle.initial_parameters.remote()), np.float32)
@@ -136,20 +129,24 @@ class SharedParts(ParticipantEvaluated):
             fresh = ~filled[pos]
             self.params[pos[fresh]] = values[fresh]
             filled[pos] = True
-        bind = strategy.bind  # type: ignore[attr-defined]
-        if per_family:
-            bind(self.layout, FamilyDistiller(config, families, self.prefixes, strategy.params, self.layout))
-        else:
-            bind(self.layout)
 
     def expected_layout(self, participant: str) -> Layout | None:
         return self.expected[participant]
+
+    def server_models(self, config: RunConfig) -> FamilyModels:
+        """One model per family, rebuilt on the driver for server-side distillation."""
+        assert config.dataset is not None
+        try:
+            return FamilyModels(config.dataset, [(prefix, m.spec, m.info["layout"], m.info["num_classes"])
+                                                 for prefix, m in self.families], config.seed)
+        except ValueError as exc:
+            raise GlobalStateError(f"{exc}") from None
 
 
 class SoftLabels(ParticipantEvaluated):
     """The consensus: logits on the public set, ``(public_size, num_classes)``, zeros at v0."""
 
-    def __init__(self, config: RunConfig, members: list[Any]) -> None:
+    def __init__(self, config: RunConfig, members: list[Any], strategy: Strategy) -> None:
         super().__init__()
         if config.dataset is None or config.dataset.public_size == 0:
             raise GlobalStateError("soft-label strategies need dataset.public_size > 0")
@@ -160,52 +157,19 @@ class SoftLabels(ParticipantEvaluated):
         self.params = np.zeros(self.layout.size, np.float32)
 
 
-class FamilyDistiller:
-    """FedDF's server side: distill the ensemble of received models into each family's
-    averaged model on the public set (each family sees it in its own view)."""
-
-    def __init__(self, config: RunConfig, families: dict[Layout, Any], prefixes: dict[Layout, str],
-                 params: Any, global_layout: Layout) -> None:
-        assert config.dataset is not None
-        torch.manual_seed(config.seed)
-        self.global_layout = global_layout
-        self.params = params
-        self.seed = config.seed
-        self.models: dict[str, tuple[torch.nn.Module, Layout, torch.Tensor]] = {}
-        for layout, member in families.items():
-            spec = member.spec
-            public = torch.as_tensor(load_public_set(config.dataset, spec.data.view))
-            model = build_model(spec.model.name, spec.model.options, tuple(public.shape[1:]),
-                                member.info["num_classes"])
-            if layout_of(model) != layout:
-                raise GlobalStateError(f"feddf: cannot rebuild {member.name}'s model on the server")
-            self.models[prefixes[layout]] = (model, layout, public)
-        self.calls = 0
-
-    def __call__(self, averaged: np.ndarray, received: list[tuple[str, np.ndarray]]) -> np.ndarray:
-        teacher = torch.stack([self._logits(prefix, vec) for prefix, vec in received]).mean(0)
-        out = averaged.copy()
-        spec = TrainSpec(optimizer="adam", lr=self.params.server_lr, batch_size=64)
-        for prefix, (model, layout, public) in self.models.items():
-            pos = global_positions(self.global_layout, layout, prefix)
-            set_flat(model, averaged[pos], layout)
-            distill(model, public, teacher, spec, self.params.temperature, self.params.server_epochs,
-                    self.seed + self.calls)
-            out[pos] = get_flat(model, layout)
-        self.calls += 1
-        return out
-
-    def _logits(self, prefix: str, vector: np.ndarray) -> torch.Tensor:
-        model, layout, public = self.models[prefix]
-        set_flat(model, vector, layout)
-        return predict_logits(model, public)
+GLOBAL_MODELS: dict[str, type[GlobalModel]] = {
+    "weights": SharedWeights, "parts": SharedParts, "families": SharedParts, "logits": SoftLabels,
+}
+"""What each declared ``Strategy.global_state`` is built by."""
 
 
 def build_global_model(config: RunConfig, members: list[Any], strategy: Strategy) -> GlobalModel:
-    """Pick the family from the strategy: logits -> soft labels, a ``sharing`` attribute ->
-    shared parts, anything else -> shared weights (the foundation's path)."""
-    if strategy.payload == "logits":
-        return SoftLabels(config, members)
-    if hasattr(strategy, "sharing"):
-        return SharedParts(config, members, strategy)
-    return SharedWeights(config, members)
+    """The global state the strategy declares, and the strategy set up for it."""
+    model = GLOBAL_MODELS[strategy.global_state](config, members, strategy)  # type: ignore[call-arg]
+    models = None
+    if strategy.needs_server_models:
+        if not isinstance(model, SharedParts):
+            raise GlobalStateError(f"strategy {strategy.name!r}: server models need a per-family global state")
+        models = model.server_models(config)
+    strategy.setup(ServerContext(model.layout, config.num_participants, models, config.seed))
+    return model

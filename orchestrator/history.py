@@ -41,7 +41,7 @@ class History:
     """Append-only event log of a run.
 
     >>> h = History()
-    >>> h.record("evaluation", version=1, accuracy=0.5)
+    >>> row = h.record("evaluation", version=1, accuracy=0.5)  # returns the row it logged
     >>> h.frame()[["event", "version", "accuracy"]].values.tolist()
     [['evaluation', 1, 0.5]]
     """

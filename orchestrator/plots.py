@@ -25,6 +25,7 @@ OUTCOMES = {  # timeline bar colour per task outcome, in legend order
     "rejected": "#9467bd",
     "failed": "#d62728",
     "unavailable": "#7f7f7f",
+    "interrupted": "#e377c2",  # in flight when a run was killed; ended at its ``resumed``
     "still running": "#c7c7c7",
 }
 DPI = 110
@@ -70,8 +71,11 @@ def plot_accuracy(runs: Sequence[tuple[str, pd.DataFrame]], path: Path, x: str =
 def task_outcomes(history: pd.DataFrame) -> pd.DataFrame:
     """One row per dispatched task: participant, start, end, outcome, staleness.
 
-    Pairs each ``dispatch`` with the event that ended the task (same ``task_id``); a
-    task with no ending event was still running when the run stopped.
+    Pairs each ``dispatch`` with the event that ended the task (same ``task_id``). A task
+    with no ending event that was dispatched before a ``resumed`` event was in flight when
+    the run was killed (the resumed run never hears of it again): it is ``interrupted`` and
+    ends at that resume. Any other task with no ending event was still running when the
+    run stopped.
     """
     with_task = history[history.task_id.notna()]
     starts = with_task[with_task.event == "dispatch"][["task_id", "participant", "time"]]
@@ -79,6 +83,13 @@ def task_outcomes(history: pd.DataFrame) -> pd.DataFrame:
     ends = ends.drop_duplicates("task_id", keep="first")
     tasks = starts.merge(ends, on="task_id", how="left", suffixes=("_start", "_end"))
     run_end = float(history.time.max())
+    resumes = np.sort(history.time[history.event == "resumed"].to_numpy(dtype=float))
+    # the first resume after each dispatch, if any; only open tasks end there
+    after = np.searchsorted(resumes, tasks.time_start.to_numpy(dtype=float), side="right")
+    resumed_at = pd.Series(np.append(resumes, np.nan)[after], index=tasks.index)
+    interrupted = tasks.event.isna() & resumed_at.notna()
+    tasks.loc[interrupted, "event"] = "interrupted"
+    tasks.loc[interrupted, "time_end"] = resumed_at[interrupted]
 
     def outcome(row: pd.Series) -> str:
         event = row.event

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import ray
 
-from actors.secure_aggregation import MAX_SEALED, SEALED_METRIC, SECAGG_GROUP, SECAGG_OPTION
+from actors.secure_aggregation import MAX_SEALED, SEALED_METRIC, SECAGG_GROUP
 from orchestrator.config import Privacy, RunConfig
 from strategies.privacy import DPParams, PrivacyAccountant, gaussian_noise, noisy_mean
 from strategies.secure_aggregation import unmask_sum
@@ -67,9 +67,6 @@ class PrivacyHooks:
             return ray.remote(concurrency_groups={SECAGG_GROUP: 1})(participant_cls)
         return ray.remote(participant_cls)
 
-    def task_options(self) -> dict[str, Any]:
-        return {SECAGG_OPTION: True} if self.secure else {}
-
     def forget(self, name: str) -> None:
         """A failed actor may come back with a new key: fetch it again next time."""
         self.public_keys.pop(name, None)
@@ -104,6 +101,10 @@ class PrivacyHooks:
         cohort members that dropped out of secure aggregation (their masks were recovered)."""
         if not self.active or not batch:
             return batch, []
+        if self.cohort_too_small(batch):
+            raise SecureAggregationAbort(
+                f"{len({u.participant for u in batch})} participant(s) in the cohort, fewer than "
+                f"privacy.min_cohort={self.config.min_cohort}: their sum would reveal too much")
         dropped: list[str] = []
         if self.secure:
             # the sum of [w n d, n]; under DP participants send [w clip(d), 1] instead
@@ -113,7 +114,10 @@ class PrivacyHooks:
                 total = total + gaussian_noise(total.size, self.dp, self.rng)
             payload = total / max(count, 1e-12)
         elif self.dp is not None:
-            payload = noisy_mean([u.payload for u in batch], self.dp, self.rng)
+            # each clipped delta scaled by its staleness weight, as participants do under
+            # secure aggregation: the combined update below carries weight 1
+            payload = noisy_mean([u.payload for u in batch], self.dp, self.rng,
+                                 weights=[u.weight for u in batch])
         if self.accountant is not None:
             cohort = len({u.participant for u in batch})
             self.accountant.step(sample_rate=cohort / self.num_participants)

@@ -46,12 +46,10 @@ def _rss(participant: Any) -> int:
 def measure(config: RunConfig, tasks: int = 3) -> pd.DataFrame:
     """One row per participant: where it ran, samples/s, task seconds, memory."""
     from orchestrator.placement import Placements, check_placement
-    from orchestrator.run import Orchestrator
+    from orchestrator.run import Orchestrator, connect_ray
 
-    started_ray = not ray.is_initialized()
     driver = Orchestrator(config)
-    if started_ray:
-        driver._connect_ray()
+    started_ray = connect_ray(config)
     check_placement(config.groups, ray.nodes())
     placements = Placements(config.groups)
     handles, specs = [], []
@@ -66,7 +64,7 @@ def measure(config: RunConfig, tasks: int = 3) -> pd.DataFrame:
         pending: dict[ray.ObjectRef, int] = {}
         for i, handle in enumerate(handles):  # an actor runs its tasks one after another
             for t in range(tasks):
-                pending[handle.train.remote(state, Instructions(task_id=i * tasks + t, version=0, seed=t))] = i
+                pending[handle.train.remote(state, Instructions(task_id=i * tasks + t, seed=t))] = i
         seconds: dict[int, list[float]] = {i: [] for i in range(len(handles))}
         samples: dict[int, float] = {}
         while pending:

@@ -26,16 +26,24 @@ participant learned. It also lets every strategy (server optimisers included) ru
 
 Every policy decision is a plain method call, so they are unit-tested by hand
 (``tests/test_schedules.py``); the run loop in ``orchestrator/run.py`` owns all waiting.
+
+What a policy can and cannot do is declared on its class (``supports_secure_aggregation``,
+``waits_for_cohort``, ``max_cohort``), so the config check and the run loop ask the policy
+rather than compare mode strings. Each config model in ``orchestrator/config.py`` names its
+policy class; this module imports the config only for type checking, so no import cycle.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from orchestrator.config import Schedule
+if TYPE_CHECKING:
+    from orchestrator.config import AsyncSchedule, BufferedSchedule, Schedule, SyncSchedule
 
 
 @dataclass
@@ -62,6 +70,14 @@ class Admission:
 class SchedulePolicy:
     """Shared machinery; subclasses decide selection, admission and readiness."""
 
+    supports_secure_aggregation: ClassVar[bool] = True
+    """Whether a batch this policy aggregates can be a secure-aggregation cohort."""
+    no_secure_aggregation_because: ClassVar[str] = ""
+    """Why not, when ``supports_secure_aggregation`` is False (ends the config error)."""
+    waits_for_cohort: ClassVar[bool] = False
+    """Under secure aggregation, whether a ready batch from fewer than ``min_cohort``
+    participants waits for more of them (True) or is aggregated, hence aborted (False)."""
+
     config: Schedule
     rng: np.random.Generator
     round: int = 0
@@ -69,6 +85,28 @@ class SchedulePolicy:
 
     def __post_init__(self) -> None:
         self.staleness_fn = self.config.staleness.function()
+
+    @classmethod
+    def max_cohort(cls, config: Schedule, num_participants: int) -> tuple[int, str]:
+        """The most distinct participants one aggregation can mix, and what sets that bound
+        (for the config-time ``privacy.min_cohort`` check)."""
+        return num_participants, "participants in the run"
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs to make the same decisions (config excluded: it
+        comes back from the run's config); plain data, copied, safe to pickle."""
+        return {"policy": type(self).__name__, "round": self.round,
+                "rng": copy.deepcopy(self.rng.bit_generator.state)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict` of the same policy class."""
+        if state["policy"] != type(self).__name__:
+            raise ValueError(
+                f"schedule state is for {state['policy']}, not {type(self).__name__}; "
+                "was schedule.mode changed?"
+            )
+        self.round = int(state["round"])
+        self.rng.bit_generator.state = copy.deepcopy(state["rng"])
 
     def select(self, idle: list[str], busy: int, alive: int, now: float) -> list[str]:
         raise NotImplementedError
@@ -111,9 +149,29 @@ class SyncRounds(SchedulePolicy):
     target: int = 0
     started_at: float = 0.0
 
+    config: SyncSchedule
+
     def __post_init__(self) -> None:
         super().__post_init__()
         self.selected, self.finished = set(), set()
+
+    @classmethod
+    def max_cohort(cls, config: SyncSchedule, num_participants: int) -> tuple[int, str]:
+        if config.clients_per_round:
+            return config.clients_per_round, "schedule.clients_per_round"
+        return super().max_cohort(config, num_participants)
+
+    def state_dict(self) -> dict[str, Any]:
+        return super().state_dict() | {
+            "open": self.open, "selected": sorted(self.selected), "finished": sorted(self.finished),
+            "received": self.received, "target": self.target, "started_at": self.started_at,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.open, self.received, self.target = bool(state["open"]), state["received"], state["target"]
+        self.selected, self.finished = set(state["selected"]), set(state["finished"])
+        self.started_at = float(state["started_at"])
 
     def select(self, idle: list[str], busy: int, alive: int, now: float) -> list[str]:
         if self.open:
@@ -161,6 +219,9 @@ class SyncRounds(SchedulePolicy):
 class Buffered(SchedulePolicy):
     """FedBuff: constant concurrency, aggregate every ``buffer_size`` arrivals."""
 
+    waits_for_cohort = True  # a buffer can keep filling until enough participants mix in
+    config: BufferedSchedule | AsyncSchedule
+
     def buffer_size(self) -> int:
         return self.config.buffer_size
 
@@ -180,6 +241,13 @@ class Buffered(SchedulePolicy):
 class Async(Buffered):
     """FedAsync: every update is its own aggregation, mixed in by ``alpha * s(staleness)``."""
 
+    supports_secure_aggregation = False
+    no_secure_aggregation_because = (
+        "every update is its own aggregation, so its 'sum' is the update itself"
+    )
+    waits_for_cohort = False  # a cohort of one never grows
+    config: AsyncSchedule
+
     def buffer_size(self) -> int:
         return 1
 
@@ -190,11 +258,10 @@ class Async(Buffered):
 
 
 def make_schedule(config: Schedule, seed: int) -> SchedulePolicy:
-    """The policy for ``config.mode``; ``seed`` makes participant selection reproducible.
+    """The policy ``config`` names; ``seed`` makes participant selection reproducible.
 
-    >>> from orchestrator.config import Schedule
-    >>> make_schedule(Schedule(mode="buffered", buffer_size=2), seed=0).ready(2, now=0.0)
+    >>> from orchestrator.config import BufferedSchedule
+    >>> make_schedule(BufferedSchedule(buffer_size=2), seed=0).ready(2, now=0.0)
     True
     """
-    cls = {"sync": SyncRounds, "buffered": Buffered, "async": Async}[config.mode]
-    return cls(config, np.random.default_rng(seed))
+    return config.policy(config, np.random.default_rng(seed))

@@ -188,9 +188,10 @@ def run_in_job(encoded_config: str) -> int:
 
 # ------------------------------------------------------------------ command line
 def add_parser(sub: Any) -> None:
-    """``fedray submit CONFIG --address http://HEAD:8265 [--out DIR]``."""
-    cmd = sub.add_parser("submit", help="run CONFIG on a Ray cluster through the Jobs API")
-    cmd.add_argument("config", help="YAML run config")
+    """``fedray submit [CONFIG] --address http://HEAD:8265 [--out DIR]``."""
+    cmd = sub.add_parser("submit", help="run CONFIG on a Ray cluster through the Jobs API "
+                         "(the built-in demo if no CONFIG)")
+    cmd.add_argument("config", nargs="?", help="YAML run config (default: the built-in demo)")
     cmd.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
                      help="the head's dashboard, e.g. http://HEAD:8265 (default: $RAY_ADDRESS)")
     cmd.add_argument("--out", help="where the results land here (default: runs/NAME-TIMESTAMP)")
@@ -202,10 +203,13 @@ def command(args: Any) -> int:
     if not args.address:
         print("fedray: submit needs --address http://HEAD:8265 (or RAY_ADDRESS)", file=sys.stderr)
         return 2
-    config = load_config(args.config)
+    from orchestrator.cli import demo_config_path  # here: cli imports this module
+
+    config_path = args.config or demo_config_path()  # as ``fedray run`` does without a config
+    config = load_config(config_path)
     out = Path(args.out) if args.out else Path("runs") / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
-        summary = submit(args.config, args.address, out, timeout_s=args.timeout)
+        summary = submit(config_path, args.address, out, timeout_s=args.timeout)
     except SubmitError as exc:
         print(f"fedray: {exc}", file=sys.stderr)
         return 1

@@ -198,6 +198,11 @@ def run_search(config: RunConfig, search: TuneSearch, out: Path) -> pd.DataFrame
     finally:
         if started_ray:
             ray.shutdown()
+    return _write_results(results, config, search, out, ascending=mode == "min")
+
+
+def _write_results(results: Any, config: RunConfig, search: TuneSearch, out: Path, ascending: bool) -> pd.DataFrame:
+    """``trials.csv``/``.parquet`` sorted best first, and ``best.yaml``."""
     errors = [r.error for r in results if r.error is not None]
     table = results.get_dataframe()
     if table.empty or "objective" not in table:
@@ -206,7 +211,7 @@ def run_search(config: RunConfig, search: TuneSearch, out: Path) -> pd.DataFrame
     table = table.rename(columns={p: p.removeprefix("config/") for p in params})
     keep = ["trial_id", *search.space, "objective", "reached", "time_to_target", "best_accuracy",
             "num_aggregations", "startup_seconds", "wall_seconds", "run_dir"]
-    table = table[[c for c in keep if c in table]].sort_values("objective", ascending=mode == "min")
+    table = table[[c for c in keep if c in table]].sort_values("objective", ascending=ascending)
     table = table.reset_index(drop=True)
     table.to_csv(out / "trials.csv", index=False)
     table.to_parquet(out / "trials.parquet", index=False)

@@ -13,12 +13,18 @@ can be checkpointed with :meth:`state_dict`.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, Protocol
 
 import numpy as np
 
-from strategies.types import PayloadKind, Update
+from strategies.client import Client, WeightsClient
+from strategies.types import Layout, PayloadKind, Sharing, Update
+
+GlobalKind = Literal["weights", "parts", "families", "logits"]
+"""What the global vector is: one architecture's parameters (``weights``), the union of
+the shared parameters matched by name and shape (``parts``), one model per architecture
+family under ``fK/`` prefixes (``families``), or consensus logits on the public set."""
 
 
 @dataclass(frozen=True)
@@ -26,33 +32,101 @@ class NoParams:
     """For strategies without hyperparameters."""
 
 
+class ServerModels(Protocol):
+    """Models the server half can run, for strategies that do model work on the server
+    (FedDF's ensemble distillation). Implemented in ``actors/server_models.py``; the
+    driver builds one only for strategies that declare ``needs_server_models``."""
+
+    prefixes: tuple[str, ...]
+    """One per architecture family, in the global layout's order."""
+
+    def layout(self, prefix: str) -> Layout: ...
+
+    def logits(self, prefix: str, vector: np.ndarray) -> np.ndarray:
+        """That family's model with parameters ``vector``, predicting the public set."""
+        ...
+
+    def distill(self, prefix: str, vector: np.ndarray, teacher: np.ndarray, temperature: float,
+                epochs: int, lr: float, seed: int) -> np.ndarray:
+        """Start from ``vector``, fit ``teacher``'s soft labels, return the new vector."""
+        ...
+
+
+@dataclass
+class ServerContext:
+    """What a strategy's server half learns once, before the first aggregation."""
+
+    layout: Layout
+    """The global vector's layout."""
+    num_participants: int
+    models: ServerModels | None = None
+    seed: int = 0
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
 class Strategy:
-    """Base class: subclasses set ``name``, ``Params`` and implement ``aggregate``."""
+    """Base class: subclasses set ``name``, ``Params`` and implement ``aggregate``.
+
+    Capabilities are declared here, once, as class attributes; config validation, the
+    global state and the participant read them instead of guessing from option names.
+    """
 
     name: ClassVar[str]
-    payload: ClassVar[PayloadKind] = "delta"
     Params: ClassVar[type] = NoParams
+    Client: ClassVar[type[Client]] = WeightsClient
+    """The client half: what a participant does with each task."""
+    payload: ClassVar[PayloadKind] = "delta"
+    """What each update carries."""
+    global_state: ClassVar[GlobalKind] = "weights"
+    shares: ClassVar[Sharing] = "all"
+    """Which of a participant's parameters travel (partial sharing sends fewer)."""
+    needs_public_set: ClassVar[bool] = False
+    """Distills on the run's unlabelled public set (``dataset.public_size``)."""
+    needs_server_models: ClassVar[bool] = False
+    """Runs models on the server (gets ``ServerContext.models``)."""
     needs_individual_updates: ClassVar[bool] = False
     """True for rules that inspect each update (median, Krum): secure aggregation and
     DP-FedAvg hand them one combined update instead, so the config refuses the pairing."""
+    supports_private_aggregation: ClassVar[bool] = True
+    """Whether its updates can be summed under secure aggregation or DP-FedAvg: one
+    layout for all, nothing beside the payload."""
+    supports_dp_sgd: ClassVar[bool] = True
+    """Whether its client half is plain local training that local DP-SGD can replace."""
+    update_extras: ClassVar[tuple[str, ...]] = ()
+    """Names of the vectors each update carries beside its payload (``Update.extras``),
+    each of the payload's size; the driver rejects updates without them."""
 
     def __init__(self, params: Any = None) -> None:
         self.params = params if params is not None else self.Params()
         self.state: dict[str, np.ndarray] = {}
+        self.context: ServerContext | None = None
+
+    def setup(self, context: ServerContext) -> None:
+        """Called once by the driver before the first aggregation."""
+        self.context = context
 
     def aggregate(self, global_params: np.ndarray, updates: Sequence[Update]) -> np.ndarray:
         """Return the next global parameter vector; must not modify its inputs."""
         raise NotImplementedError
 
-    def task_options(self) -> dict[str, Any]:
-        """Extra instructions every participant gets with a task (FedProx's ``mu``, say)."""
+    def broadcast(self) -> dict[str, np.ndarray]:
+        """What the client halves need besides the parameters (``GlobalState.extra``)."""
         return {}
+
+    def client(self) -> Client:
+        """A fresh client half for one participant."""
+        return self.Client(self)
 
     def state_dict(self) -> dict[str, np.ndarray]:
         return {k: v.copy() for k, v in self.state.items()}
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         self.state = {k: np.array(v, dtype=np.float32) for k, v in state.items()}
+
+    @classmethod
+    def heterogeneous(cls) -> bool:
+        """Whether participants may run different architectures under this strategy."""
+        return cls.global_state != "weights"
 
 
 BLOCK = 1 << 18

@@ -16,8 +16,9 @@ example, whatever the architecture.
 - ``FedDF`` (Lin et al., "Ensemble Distillation for Robust Model Fusion in Federated
   Learning", NeurIPS 2020): participants send weights; the server averages them per
   architecture family, then distills the ensemble of the received models into each
-  family's average on the public set. The server-side distillation needs models, which
-  live in ``actors``, so the orchestrator hands this class a ``distiller`` callable.
+  family's average on the public set. The ensemble logic lives here; the models it runs
+  come from ``ServerContext.models`` (``actors/server_models.py``), which the driver
+  builds because the class declares ``needs_server_models``.
 
 Under FedBuff/FedAsync schedules the consensus moves like weights do: by the
 example-weighted mean of ``(update - consensus)``, each scaled by its staleness weight; in
@@ -26,15 +27,24 @@ synchronous rounds with fresh updates that is exactly the mean.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 
 from strategies.base import Strategy
-from strategies.partial import average_by_name, family_prefix, global_positions
-from strategies.types import Layout, Update
+from strategies.client import (
+    ConsensusKD,
+    LocalModel,
+    PersonalClient,
+    Result,
+    Term,
+    Work,
+    with_test_metrics,
+)
+from strategies.partial import SharedPartClient, average_by_name, family_prefix, global_positions
+from strategies.types import GlobalState, Layout, Update
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -71,15 +81,40 @@ class DistillParams:
     "digest, then revisit" (an extension, off by default)."""
 
 
+class DistillClient(PersonalClient):
+    """Digest the consensus, revisit the private data, predict the public set.
+
+    Version 0 has no consensus yet (only zeros), so the first task skips distillation.
+    """
+
+    def work(self, model: LocalModel, state: GlobalState, work: Work) -> Result:
+        self.restore(model)
+        p = self.params
+        metrics: dict[str, float] = {}
+        terms: tuple[Term, ...] = ()
+        if state.version > 0:
+            teacher = np.asarray(state.params, dtype=np.float32).reshape(state.layout.shapes[0])
+            metrics["distill_loss"] = model.distill(teacher, p.temperature, p.distill_epochs, work.seed)
+            if p.revisit_kd_weight > 0:
+                terms = (ConsensusKD(teacher, p.temperature, p.revisit_kd_weight),)
+        metrics |= model.train(work, terms)
+        logits = np.asarray(model.public_logits(), dtype=np.float32)
+        tested = model.evaluate()
+        self.keep(model)
+        layout = Layout(("logits",), (tuple(logits.shape),))
+        return Result(logits.reshape(-1), layout, with_test_metrics(metrics, tested))
+
+
 class SoftLabelStrategy(Strategy):
-    """Shared machinery: payload ``logits``; participants get the distillation knobs."""
+    """Shared machinery: payload ``logits`` on the public set, a distilling client."""
 
     payload = "logits"
+    global_state = "logits"
     Params: ClassVar[type] = DistillParams
-
-    def task_options(self) -> dict:
-        return {"temperature": self.params.temperature, "distill_epochs": self.params.distill_epochs,
-                "revisit_kd_weight": self.params.revisit_kd_weight}
+    Client = DistillClient
+    needs_public_set = True
+    supports_private_aggregation = False
+    supports_dp_sgd = False
 
 
 class FedMD(SoftLabelStrategy):
@@ -120,17 +155,14 @@ class DSFL(SoftLabelStrategy):
     Params = DSFLParams
 
     def aggregate(self, global_params: np.ndarray, updates: Sequence[Update]) -> np.ndarray:
+        if not updates:  # before reading the class count off the first update
+            raise ValueError("cannot aggregate an empty batch of updates")
         num_classes = updates[0].layout.shapes[0][-1]
         current = softmax(global_params.reshape(-1, num_classes)).reshape(-1)
         probs = [softmax(u.payload.reshape(-1, num_classes)).reshape(-1) for u in updates]
         mean = np.clip(mix_towards(current, probs, updates), 1e-8, None).reshape(-1, num_classes)
         sharpened = softmax(np.log(mean) / np.float32(self.params.era_temperature))
         return np.log(np.clip(sharpened, 1e-8, None)).reshape(-1).astype(np.float32)
-
-
-Distiller = Callable[[np.ndarray, list[tuple[str, np.ndarray]]], np.ndarray]
-"""``(averaged global vector, [(family prefix, one received model's full vector)])`` ->
-the global vector after server-side ensemble distillation."""
 
 
 @dataclass(frozen=True)
@@ -145,33 +177,39 @@ class FedDFParams:
 
 class FedDF(Strategy):
     """Per-family FedAvg, then ensemble distillation of all received models into each
-    family's average (the orchestrator provides the ``distiller`` that runs the models).
-
-    Without a distiller it is FedAvg within each architecture family.
+    family's average on the public set. Without server models it is FedAvg within each
+    architecture family.
     """
 
     name = "feddf"
     Params = FedDFParams
-    sharing: ClassVar[str] = "all"
-    per_family: ClassVar[bool] = True
-    global_layout: Layout | None = None
-    distiller: Distiller | None = None
-
-    def bind(self, global_layout: Layout, distiller: Distiller | None = None) -> None:
-        self.global_layout, self.distiller = global_layout, distiller
-
-    def task_options(self) -> dict:
-        return {"sharing": self.sharing}
+    Client = SharedPartClient
+    global_state = "families"
+    shares = "all"
+    needs_public_set = True
+    needs_server_models = True
+    supports_private_aggregation = False
+    supports_dp_sgd = False
 
     def aggregate(self, global_params: np.ndarray, updates: Sequence[Update]) -> np.ndarray:
-        if self.global_layout is None:
-            raise RuntimeError("feddf: bind(global_layout) before aggregating")
-        averaged = average_by_name(global_params, self.global_layout, updates, per_family=True)
-        if self.distiller is None:
+        if self.context is None:
+            raise RuntimeError("feddf: setup(context) before aggregating")
+        layout, models = self.context.layout, self.context.models
+        averaged = average_by_name(global_params, layout, updates, per_family=True)
+        if models is None:
             return averaged
         received = []
-        for u in updates:
-            prefix = family_prefix(self.global_layout, u.layout)
-            base = global_params[global_positions(self.global_layout, u.layout, prefix)]
-            received.append((prefix, base + u.payload))
-        return self.distiller(averaged, received)
+        for u in updates:  # each received model, whole, run by its own family's network
+            prefix = family_prefix(layout, u.layout)
+            base = global_params[global_positions(layout, u.layout, prefix)]
+            received.append(models.logits(prefix, base + u.payload))
+        teacher = np.mean(np.stack(received), axis=0, dtype=np.float32)
+        calls = int(self.state.get("distill_calls", np.zeros(1))[0])
+        self.state["distill_calls"] = np.array([calls + 1], dtype=np.float32)
+        out = averaged.copy()
+        p = self.params
+        for prefix in models.prefixes:
+            pos = global_positions(layout, models.layout(prefix), prefix)
+            out[pos] = models.distill(prefix, averaged[pos], teacher, p.temperature, p.server_epochs,
+                                      p.server_lr, self.context.seed + calls)
+        return out

@@ -4,16 +4,20 @@ Li et al., "Federated Optimization in Heterogeneous Networks", MLSys 2020.
 
 The server side is FedAvg's weighted average; what differs is the local objective,
 ``loss + mu/2 * ||w - w_global||^2``, which keeps each local model near the global one
-when data or local work is heterogeneous. ``mu`` travels with every task through
-:meth:`FedProx.task_options` and ``actors/training.py::train_locally`` applies it.
+when data or local work is heterogeneous. The client half below adds that term; the
+participant's training loop applies it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
+import numpy as np
+
+from strategies.client import Proximal, Term, WeightsClient
 from strategies.fedavg import FedAvg
+from strategies.types import GlobalState
 
 
 @dataclass(frozen=True)
@@ -31,15 +35,24 @@ class FedProxParams:
             raise ValueError(f"mu must be >= 0, got {self.mu}")
 
 
-class FedProx(FedAvg):
-    """FedAvg aggregation; ``mu`` goes out with each task.
+class FedProxClient(WeightsClient):
+    """Local training with the proximal term anchored at the global model it started from.
 
-    >>> FedProx(FedProxParams(mu=0.1)).task_options()
-    {'proximal_mu': 0.1}
+    >>> from strategies.types import GlobalState, Layout
+    >>> state = GlobalState(0, np.ones(2, np.float32), Layout(("w",), ((2,),)))
+    >>> [t.mu for t in FedProxClient(FedProx(FedProxParams(mu=0.1))).terms(state)]
+    [0.1]
     """
+
+    def terms(self, state: GlobalState) -> Sequence[Term]:
+        if self.params.mu == 0:
+            return ()
+        return (Proximal(self.params.mu, np.asarray(state.params, dtype=np.float32)),)
+
+
+class FedProx(FedAvg):
+    """FedAvg aggregation; the client half adds ``mu/2 ||w - w_global||^2``."""
 
     name = "fedprox"
     Params = FedProxParams
-
-    def task_options(self) -> dict[str, Any]:
-        return {"proximal_mu": float(self.params.mu)}
+    Client = FedProxClient

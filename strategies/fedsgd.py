@@ -17,6 +17,7 @@ from typing import Literal
 import numpy as np
 
 from strategies.base import Strategy, weighted_mean
+from strategies.client import GradientClient
 from strategies.server_optimizers import adam_step, momentum_step
 from strategies.types import Update
 
@@ -64,6 +65,8 @@ class FedSGD(Strategy):
     name = "fedsgd"
     payload = "gradient"
     Params = FedSGDParams
+    Client = GradientClient
+    supports_dp_sgd = False  # DP-SGD protects a trained delta, not a raw gradient
 
     def aggregate(self, global_params: np.ndarray, updates: Sequence[Update]) -> np.ndarray:
         p = self.params

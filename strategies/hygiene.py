@@ -12,17 +12,23 @@ import numpy as np
 from strategies.types import Layout, Update
 
 
-def rejection_reason(update: Update, expected: Layout | None) -> str | None:
+def rejection_reason(update: Update, expected: Layout | None, extras: tuple[str, ...] = ()) -> str | None:
     """Why ``update`` must not be aggregated, or ``None`` if it is fine.
 
     ``expected`` is the layout the driver wants for this payload kind; ``None`` skips the
-    layout check (soft labels, whose layout is the public set's).
+    layout check (soft labels, whose layout is the public set's). ``extras`` names the
+    vectors the strategy needs beside the payload, each checked like the payload.
+
+    >>> from strategies.types import Layout, Update
+    >>> lay = Layout(("w",), ((2,),))
+    >>> up = Update("a", 0, "delta", np.zeros(2, np.float32), lay, 1)
+    >>> rejection_reason(up, lay, extras=("control",))
+    "missing 'control' beside the payload"
     """
     payload = update.payload
-    if not isinstance(payload, np.ndarray) or payload.ndim != 1:
-        return f"payload must be a 1-D array, got {type(payload).__name__}"
-    if payload.dtype != np.float32:
-        return f"payload dtype is {payload.dtype}, expected float32"
+    problem = _vector_problem("payload", payload)
+    if problem:
+        return problem
     if payload.size != update.layout.size:
         return f"payload has {payload.size} values but its layout describes {update.layout.size}"
     if expected is not None and update.layout != expected:
@@ -34,6 +40,25 @@ def rejection_reason(update: Update, expected: Layout | None) -> str | None:
         return f"payload has {bad} non-finite values"
     if update.num_examples < 0:
         return f"negative example count {update.num_examples}"
+    for name in extras:
+        if name not in update.extras:
+            return f"missing {name!r} beside the payload"
+        vector = update.extras[name]
+        problem = _vector_problem(name, vector)
+        if problem is None and vector.size != payload.size:
+            problem = f"{name} has {vector.size} values, the payload {payload.size}"
+        if problem is None and not np.isfinite(vector).all():
+            problem = f"{name} has {int((~np.isfinite(vector)).sum())} non-finite values"
+        if problem:
+            return problem
+    return None
+
+
+def _vector_problem(what: str, vector: object) -> str | None:
+    if not isinstance(vector, np.ndarray) or vector.ndim != 1:
+        return f"{what} must be a 1-D array, got {type(vector).__name__}"
+    if vector.dtype != np.float32:
+        return f"{what} dtype is {vector.dtype}, expected float32"
     return None
 
 

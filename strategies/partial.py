@@ -22,14 +22,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Literal
 
 import numpy as np
 
 from strategies.base import Strategy
-from strategies.types import Layout, Update
-
-Sharing = Literal["all", "body", "head", "none"]
+from strategies.client import LocalModel, PersonalClient, Result, Work, with_test_metrics
+from strategies.types import GlobalState, Layout, Sharing, Update
 
 
 def shared_names(layout: Layout, sharing: Sharing) -> list[str]:
@@ -39,6 +37,11 @@ def shared_names(layout: Layout, sharing: Sharing) -> list[str]:
     if sharing == "none":
         return []
     return [n for n in layout.names if n.startswith(f"{sharing}.")]
+
+
+def shared_part(layout: Layout, sharing: Sharing) -> Layout:
+    """The sub-layout a participant sends under ``sharing``; the rest is personal."""
+    return layout.subset(shared_names(layout, sharing))
 
 
 def _shape_tag(shape: tuple[int, ...]) -> str:
@@ -134,25 +137,58 @@ def average_by_name(
     return (global_params + step).astype(np.float32, copy=False)
 
 
-class PartialSharing(Strategy):
-    """Shared machinery: ``sharing`` says which parameters leave the participant.
+def load_shared(model: LocalModel, part: Layout, state: GlobalState) -> np.ndarray:
+    """Copy the shared part of ``state`` into ``model``; return those values.
 
-    The orchestrator calls :meth:`bind` with the union layout before the first aggregation.
+    The first task of a participant that joins late is exactly this: a warm start of its
+    shared part from whatever the others have learnt so far.
+    """
+    if not part.names:
+        return np.zeros(0, np.float32)
+    per_family = any("/" in n for n in state.layout.names)
+    prefix = family_prefix(state.layout, model.layout) if per_family else ""
+    values = np.array(state.params[global_positions(state.layout, part, prefix)], dtype=np.float32)
+    model.set(values, part)
+    return values
+
+
+class SharedPartClient(PersonalClient):
+    """Keep the personal part, load the shared part, train, send the shared part's delta.
+
+    Without one global model the participant evaluates its own model on its test split
+    and reports it with the update (``test_accuracy``). When everything is shared (FedDF)
+    the model it holds after loading is the global one, so that is what it evaluates.
     """
 
-    sharing: ClassVar[Sharing] = "body"
-    global_layout: Layout | None = None
+    def work(self, model: LocalModel, state: GlobalState, work: Work) -> Result:
+        self.restore(model)
+        part = shared_part(model.layout, self.strategy.shares)
+        start = load_shared(model, part, state)
+        tested = model.evaluate() if self.strategy.shares == "all" else None
+        metrics = self.train(model, work)
+        payload = model.get(part) - start if part.names else np.zeros(0, np.float32)
+        tested = tested or model.evaluate()
+        self.keep(model)
+        return Result(payload, part, with_test_metrics(metrics, tested))
 
-    def bind(self, global_layout: Layout) -> None:
-        self.global_layout = global_layout
+    def train(self, model: LocalModel, work: Work) -> dict[str, float]:
+        return model.train(work)
+
+
+class PartialSharing(Strategy):
+    """Shared machinery: ``shares`` says which parameters leave the participant; the
+    global vector is the union of what is shared, so architectures may differ."""
+
+    shares = "body"
+    global_state = "parts"
+    Client = SharedPartClient
+    supports_private_aggregation = False  # layouts differ per participant
+    supports_dp_sgd = False
 
     def aggregate(self, global_params: np.ndarray, updates: Sequence[Update]) -> np.ndarray:
-        if self.global_layout is None:
-            raise RuntimeError(f"{self.name}: bind(global_layout) before aggregating")
-        return average_by_name(global_params, self.global_layout, updates)
-
-    def task_options(self) -> dict:
-        return {"sharing": self.sharing}
+        if self.context is None:
+            raise RuntimeError(f"{self.name}: setup(context) before aggregating")
+        return average_by_name(global_params, self.context.layout, updates)
 
 
 class FedPer(PartialSharing):
@@ -160,13 +196,23 @@ class FedPer(PartialSharing):
     Personalization Layers", 2019)."""
 
     name = "fedper"
-    sharing = "body"
+    shares = "body"
 
 
 @dataclass(frozen=True)
 class FedRepParams:
     head_epochs: int = 1
     """Local epochs fitting the personal head (body frozen) before the body epochs."""
+
+
+class FedRepClient(SharedPartClient):
+    """Fit the head with the body frozen, then the body with the head frozen."""
+
+    def train(self, model: LocalModel, work: Work) -> dict[str, float]:
+        head = model.train(Work(work.seed, self.params.head_epochs, work.steps), trainable="head.")
+        body = model.train(Work(work.seed + 1, work.epochs, work.steps), trainable="body.")
+        return {"train_loss": body["train_loss"], "head_loss": head["train_loss"],
+                "samples": head["samples"] + body["samples"], "steps": head["steps"] + body["steps"]}
 
 
 class FedRep(PartialSharing):
@@ -176,18 +222,16 @@ class FedRep(PartialSharing):
     group's ``local_epochs`` with the head frozen."""
 
     name = "fedrep"
-    sharing = "body"
+    shares = "body"
     Params = FedRepParams
-
-    def task_options(self) -> dict:
-        return {"sharing": self.sharing, "head_epochs": self.params.head_epochs}
+    Client = FedRepClient
 
 
 class LGFedAvg(PartialSharing):
     """Shared head, personal body (Liang et al., "Think Locally, Act Globally", 2020)."""
 
     name = "lg_fedavg"
-    sharing = "head"
+    shares = "head"
 
 
 class LocalOnly(PartialSharing):
@@ -195,4 +239,4 @@ class LocalOnly(PartialSharing):
     and heterogeneous methods; updates are empty, so the global state never changes."""
 
     name = "local"
-    sharing = "none"
+    shares = "none"

@@ -41,12 +41,28 @@ def clip_rows(payloads: Sequence[np.ndarray], clip_norm: float) -> np.ndarray:
 
 
 def noisy_mean(
-    payloads: Sequence[np.ndarray], params: DPParams, rng: np.random.Generator
+    payloads: Sequence[np.ndarray],
+    params: DPParams,
+    rng: np.random.Generator,
+    weights: Sequence[float] | None = None,
 ) -> np.ndarray:
-    """DP-FedAvg's aggregate: ``(sum(clip(d_i)) + N(0, (z C)^2 I)) / m``, float32."""
+    """DP-FedAvg's aggregate: ``(sum(w_i clip(d_i)) + N(0, (z C)^2 I)) / m``, float32.
+
+    ``weights`` are the schedule's staleness weights (``Update.weight``; 1 if omitted), applied
+    after clipping exactly as participants do under secure aggregation, so a stale or
+    FedAsync-mixed update moves the model as little with DP as without it. Schedule weights
+    are at most 1, so each weighted row still has norm ``<= clip_norm`` and the noise stays
+    calibrated; a weighted row above the bound (a weight > 1) is clipped again to keep it so.
+    """
     if not payloads:
         raise ValueError("cannot aggregate an empty batch of updates")
-    total = clip_rows(payloads, params.clip_norm).sum(axis=0, dtype=np.float64)
+    rows = clip_rows(payloads, params.clip_norm)
+    if weights is not None:
+        w = np.asarray(weights, dtype=np.float32).reshape(-1, 1)
+        rows = rows * w
+        if float(w.max()) > 1.0:  # keep the sensitivity of the sum at clip_norm
+            rows = clip_rows(list(rows), params.clip_norm)
+    total = rows.sum(axis=0, dtype=np.float64)
     return ((total + gaussian_noise(total.size, params, rng)) / len(payloads)).astype(np.float32)
 
 

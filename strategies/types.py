@@ -86,9 +86,19 @@ class Layout:
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 
+Sharing = Literal["all", "body", "head", "none"]
+"""Which of a participant's parameters travel: every one, those named ``body.*`` or
+``head.*`` (see ``actors/models.py``), or none."""
+
+
 @dataclass
 class GlobalState:
-    """What the driver broadcasts: ``ray.put`` once per version, read by everyone."""
+    """What the driver broadcasts: ``ray.put`` once per version, read by everyone.
+
+    ``extra`` holds what the strategy's client half needs besides the parameters, as the
+    strategy's :meth:`~strategies.base.Strategy.broadcast` returns it (SCAFFOLD's server
+    control variate, say); empty for most strategies.
+    """
 
     version: int
     params: np.ndarray
@@ -98,16 +108,20 @@ class GlobalState:
 
 @dataclass(frozen=True)
 class Instructions:
-    """How one participant should do one task; small, so it travels with the call."""
+    """How one participant should do one task; small, so it travels with the call.
+
+    What the local work *is* comes from the strategy's client half, which the participant
+    built from the run's strategy; these are only the per-task facts the driver decides.
+    """
 
     task_id: int
-    version: int
     seed: int
-    payload: PayloadKind = "delta"
-    local_epochs: int | None = None
     local_steps: int | None = None
-    proximal_mu: float = 0.0
-    options: dict[str, Any] = field(default_factory=dict)
+    """Overrides the group's local work (``schedule.adaptive_local_work``)."""
+    run_start: float = 0.0
+    """The driver's epoch time at the start of the run: availability windows count from it."""
+    seal: bool = False
+    """Secure aggregation: keep the update in the actor and send only a receipt."""
 
 
 @dataclass
@@ -133,7 +147,10 @@ class Update:
     simulated_seconds: float = 0.0
     staleness: int = 0
     weight: float = 1.0
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
+    """Statistics beside the payload that the strategy declares in ``update_extras``
+    (SCAFFOLD's control-variate change), each a float32 vector of the payload's size."""
 
     @property
     def nbytes(self) -> int:
-        return int(self.payload.nbytes)
+        return int(self.payload.nbytes + sum(v.nbytes for v in self.extras.values()))

@@ -78,7 +78,7 @@ def test_an_attacker_sends_its_honest_delta_flipped_and_scaled():
     honest_twin = attacker.model_copy(update={"system": attacker.system.model_copy(update={"attack": None})})
     bad, good = Participant(attacker), Participant(honest_twin)
     state = GlobalState(0, good.initial_parameters(), good.layout)
-    task = Instructions(task_id=0, version=0, seed=5)
+    task = Instructions(task_id=0, seed=5)
     sent, honest = bad.train(state, task).payload, good.train(state, task).payload
     assert np.abs(honest).max() > 0
     np.testing.assert_allclose(sent, -10 * honest, rtol=1e-5, atol=1e-7)

@@ -13,17 +13,18 @@ from conftest import digits_config
 
 from actors import private_state
 from actors.participant import Participant
-from orchestrator.checkpoint import RunCheckpoint, list_checkpoints, read_latest, write_checkpoint
+from orchestrator.checkpoint import list_checkpoints, read_latest, write_checkpoint
 from orchestrator.config import load_config
 from orchestrator.run import Orchestrator
+from orchestrator.run_state import RunState
 from strategies.types import GlobalState, Instructions, Layout
 
 
-def _ckpt(version: int) -> RunCheckpoint:
-    return RunCheckpoint(
+def _ckpt(version: int) -> RunState:
+    return RunState(
         run_id="r", version=version, params=np.full(3, version, np.float32),
-        layout=Layout(("w",), ((3,),)), strategy_state={}, schedule_state={"round": version},
-        rng_state={}, members={}, buffer=[], counters={}, history_rows=[{"event": "x"}], elapsed=1.0,
+        layout=Layout(("w",), ((3,),)), owned={"schedule": {"round": version}},
+        history_rows=[{"event": "x"}], elapsed=1.0,
     )
 
 
@@ -50,28 +51,30 @@ def test_no_checkpoint_is_a_clear_error(tmp_path):
         read_latest(tmp_path)
 
 
-def test_private_state_round_trips_and_ignores_torn_files(tmp_path):
+def test_private_state_round_trips_and_refuses_torn_files(tmp_path):
     where = str(tmp_path / "p")
     assert private_state.load(where) == private_state.PrivateState()
     private_state.save(where, private_state.PrivateState(tasks_done=3, last_task_id=7))
     loaded = private_state.load(where)
     assert (loaded.tasks_done, loaded.last_task_id, loaded.restored) == (3, 7, True)
     (tmp_path / "p" / private_state.STATE_FILE).write_bytes(b"torn")
-    assert private_state.load(where).tasks_done == 0
+    with pytest.raises(private_state.PrivateStateError, match="private state file"):
+        private_state.load(where)  # a fresh state would forget the DP-SGD budget spent
 
 
 def test_restarted_participant_reloads_its_private_state(ray_session, tmp_path):
-    config = load_config(digits_config(
+    config = load_config(digits_config(  # FedPer: the personal head is client state
         checkpoint={"every": 1, "participant_dir": str(tmp_path / "{run_id}" / "{name}")},
+        strategy={"name": "fedper"},
     ))
     spec = Orchestrator(config).participant_specs()[0][0]
     assert spec.state_dir is not None and spec.name in spec.state_dir
     handle = ray.remote(Participant).options(num_cpus=0.5, max_restarts=1, max_task_retries=0).remote(spec)
     info = ray.get(handle.describe.remote(), timeout=120)
     assert info["tasks_done"] == 0 and not info["restored_state"]
-    state = GlobalState(0, ray.get(handle.initial_parameters.remote()), info["layout"])
+    state = GlobalState(0, ray.get(handle.initial_parameters.remote()), info["layout"])  # all shared
     for task_id in range(2):
-        ray.get(handle.train.remote(state, Instructions(task_id=task_id, version=0, seed=task_id)), timeout=120)
+        ray.get(handle.train.remote(state, Instructions(task_id=task_id, seed=task_id)), timeout=120)
 
     ray.kill(handle, no_restart=False)  # a real crash; Ray restarts the actor process
     after = info
@@ -85,6 +88,10 @@ def test_restarted_participant_reloads_its_private_state(ray_session, tmp_path):
     assert after["pid"] != info["pid"], "the actor was not restarted"
     assert after["restored_state"] and after["tasks_done"] == 2
     saved = private_state.load(spec.state_dir)
-    assert saved.last_task_id == 1 and saved.personal_params.shape == (info["layout"].size,)
+    assert saved.last_task_id == 1 and saved.client_state["model"].shape == (info["layout"].size,)
+    # restored, not only saved: the new process holds the personal model the old one trained
+    held = ray.get(handle.__ray_call__.remote(lambda self: self.client.state["model"]), timeout=120)
+    np.testing.assert_array_equal(held, saved.client_state["model"])
+    assert not np.array_equal(held, state.params)
     assert os.path.isdir(spec.state_dir)
     ray.kill(handle, no_restart=True)

@@ -70,3 +70,21 @@ def test_console_script_reports_without_traceback(tmp_path):
     assert "strategy: unknown strategy 'fedfoo'; known strategies:" in done.stderr
     assert "fedavg" in done.stderr
     assert "Traceback" not in done.stderr + done.stdout
+
+
+def test_submit_without_a_config_submits_the_demo_like_run(tmp_path, monkeypatch, capsys):
+    """``fedray run`` falls back to the built-in demo; ``fedray submit`` must too (the job
+    itself is replaced here: what matters is which config it is given)."""
+    from orchestrator import submit
+
+    submitted = []
+
+    def fake_submit(config_path, address, out, echo=print, timeout_s=None):
+        submitted.append((config_path, address, out))
+        return {"final_accuracy": 0.9, "stop_reason": "max_aggregations"}
+
+    monkeypatch.setattr(submit, "submit", fake_submit)
+    out = tmp_path / "out"
+    assert main(["submit", "--address", "http://127.0.0.1:8265", "--out", str(out)]) == 0
+    assert submitted == [(demo_config_path(), "http://127.0.0.1:8265", out)]
+    assert "final_accuracy=0.9" in capsys.readouterr().out

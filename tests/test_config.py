@@ -9,7 +9,16 @@ from pathlib import Path
 import pytest
 from conftest import digits_config
 
-from orchestrator.config import ConfigError, RunConfig, load_config, missing_data_files
+from orchestrator.config import (
+    AsyncSchedule,
+    BufferedSchedule,
+    ConfigError,
+    RunConfig,
+    SyncSchedule,
+    load_config,
+    missing_data_files,
+)
+from orchestrator.schedules import Async, Buffered
 
 
 def broken(edit) -> dict:
@@ -37,6 +46,29 @@ BAD_CONFIGS = {
     "bad-enum": (
         lambda c: c.update(schedule={"mode": "sometimes"}),
         r"schedule\.mode: Input should be 'sync', 'buffered' or 'async' \(got 'sometimes'\)",
+    ),
+    "buffer-size-under-sync": (
+        lambda c: c.update(schedule={"mode": "sync", "buffer_size": 2}),
+        r"schedule\.buffer_size: unknown field for mode 'sync'; allowed: adaptive_local_work, "
+        r"clients_per_round, deadline_s, late_updates, (\w+, )*mode, over_select, (\w+, )*task_timeout_s$",
+    ),
+    "buffer-size-with-mode-omitted": (
+        lambda c: c.update(schedule={"buffer_size": 2}),
+        r"schedule\.buffer_size: unknown field for mode 'sync'; allowed: (\w+, )*clients_per_round\b",
+    ),
+    "alpha-under-buffered": (
+        lambda c: c.update(schedule={"mode": "buffered", "alpha": 0.5}),
+        r"schedule\.alpha: unknown field for mode 'buffered'; allowed: adaptive_local_work, buffer_size, "
+        r"concurrency, (\w+, )*task_timeout_s$",
+    ),
+    "clients-per-round-under-async": (
+        lambda c: c.update(schedule={"mode": "async", "clients_per_round": 2}),
+        r"schedule\.clients_per_round: unknown field for mode 'async'; allowed: adaptive_local_work, "
+        r"alpha, concurrency\b",
+    ),
+    "bad-data-source": (
+        lambda c: c["groups"][0].update(data={"source": "ftp"}),
+        r"groups\[0\]\.data\.source: Input should be 'partition' or 'file' \(got 'ftp'\)",
     ),
     "bad-partition-kind": (
         lambda c: c["dataset"]["partition"].update(kind="zipf"),
@@ -123,6 +155,36 @@ def test_good_config_fills_every_default():
     assert config.num_participants == 4
     assert config.groups[0].resources.num_cpus == 0.5
     assert config.strategy.build().name == "fedavg"
+    assert config.schedule == SyncSchedule()
+
+
+@pytest.mark.parametrize(("schedule", "cls"), [
+    ({"deadline_s": 2.0}, SyncSchedule),  # mode omitted means sync
+    ({"mode": "sync", "late_updates": "carry", "max_staleness": 2}, SyncSchedule),
+    ({"mode": "buffered", "buffer_size": 2, "concurrency": 3}, BufferedSchedule),
+    ({"mode": "async", "alpha": 0.3, "staleness": {"kind": "hinge"}}, AsyncSchedule),
+])
+def test_each_schedule_mode_has_its_own_model_and_survives_a_dump(schedule, cls):
+    config = load_config(digits_config(schedule=schedule))
+    assert type(config.schedule) is cls and config.schedule.mode == cls().mode
+    # what the run directory's config.yaml holds must load again for --resume
+    assert load_config(config.model_dump(mode="json")) == config
+
+
+def test_privacy_check_asks_the_policy_not_the_mode_name(monkeypatch):
+    secure = {"secure_aggregation": True}
+    message = error_of(digits_config(schedule={"mode": "async"}, privacy=secure))
+    assert ("privacy.secure_aggregation needs schedule.mode 'sync' or 'buffered', not 'async': "
+            "under 'async' every update is its own aggregation") in message
+    monkeypatch.setattr(Buffered, "supports_secure_aggregation", False)
+    monkeypatch.setattr(Buffered, "no_secure_aggregation_because", "a test said so")
+    monkeypatch.setattr(Async, "supports_secure_aggregation", True)
+    message = error_of(digits_config(schedule={"mode": "buffered"}, privacy=secure))
+    assert "needs schedule.mode 'sync' or 'async', not 'buffered': under 'buffered' a test said so" in message
+    assert load_config(digits_config(schedule={"mode": "async"}, privacy=secure)).privacy.secure_aggregation
+    monkeypatch.setattr(Async, "max_cohort", classmethod(lambda cls, config, n: (1, "one at a time")))
+    message = error_of(digits_config(schedule={"mode": "async"}, privacy=secure))
+    assert "privacy.min_cohort=2 exceeds the 1 one at a time" in message
 
 
 def test_yaml_file_problems_name_the_file(tmp_path):

@@ -14,6 +14,7 @@ from actors.distillation import distill, kd_loss, load_public_set, predict_logit
 from actors.models import build_model
 from actors.participant import Participant
 from actors.spec import DatasetSpec, ModelSpec, ParticipantSpec, PartitionData, TrainSpec
+from strategies.base import ServerContext
 from strategies.distillation import DSFL, FedDF, FedMD, softmax
 from strategies.partial import union_layout
 from strategies.types import GlobalState, Instructions, Layout, Update
@@ -82,29 +83,50 @@ def test_dsfl_with_temperature_one_is_the_plain_probability_mean():
     np.testing.assert_allclose(np.exp(out).reshape(2, 2), expected, rtol=1e-5)
 
 
+def test_dsfl_refuses_an_empty_batch_like_every_strategy():
+    with pytest.raises(ValueError, match="cannot aggregate an empty batch of updates"):
+        DSFL().aggregate(np.zeros(4, np.float32), [])
+
+
+class SumModels:
+    """Server models reduced to numbers: a model's "logits" are the sum of its parameters,
+    and distilling adds the teacher's mean. Enough to check FedDF's ensemble logic."""
+
+    prefixes = ("f0/", "f1/")
+
+    def __init__(self, layouts):
+        self.layouts, self.seen = layouts, []
+
+    def layout(self, prefix):
+        return self.layouts[prefix]
+
+    def logits(self, prefix, vector):
+        self.seen.append((prefix, vector.copy()))
+        return np.array([[vector.sum()]], np.float32)
+
+    def distill(self, prefix, vector, teacher, temperature, epochs, lr, seed):
+        return vector + teacher.mean()
+
+
 def test_feddf_averages_within_each_family_and_distills_received_models():
     small = Layout(("body.w", "head.w"), ((2,), (1,)))
     big = Layout(("body.w", "head.w"), ((3,), (1,)))
     glob = Layout(union_layout([small], "f0/").names + union_layout([big], "f1/").names,
                   small.shapes + big.shapes)
-    seen = []
-
-    def distiller(averaged, received):
-        seen.extend(received)
-        return averaged + 1.0
-
     strategy = FedDF()
-    strategy.bind(glob)
+    strategy.setup(ServerContext(glob, num_participants=3))
     ups = [Update("a", 0, "delta", np.array([1, 1, 1], np.float32), small, 1),
            Update("b", 0, "delta", np.array([3, 3, 3], np.float32), small, 1),
            Update("c", 0, "delta", np.array([5, 5, 5, 5], np.float32), big, 1)]
     plain = strategy.aggregate(np.zeros(7, np.float32), ups)
     np.testing.assert_allclose(plain, [2, 2, 2, 5, 5, 5, 5])  # no mixing across families
-    strategy.bind(glob, distiller)
+    models = SumModels({"f0/": small, "f1/": big})
+    strategy.setup(ServerContext(glob, num_participants=3, models=models))
     out = strategy.aggregate(np.zeros(7, np.float32), ups)
-    np.testing.assert_allclose(out, [3, 3, 3, 6, 6, 6, 6])
-    assert [p for p, _ in seen] == ["f0/", "f0/", "f1/"]
-    np.testing.assert_allclose(seen[2][1], [5, 5, 5, 5])
+    # the teacher is the mean of every received model's logits: (3 + 9 + 20) / 3
+    np.testing.assert_allclose(out, plain + 32 / 3, rtol=1e-6)
+    assert [p for p, _ in models.seen] == ["f0/", "f0/", "f1/"]  # each by its own family
+    np.testing.assert_allclose(models.seen[2][1], [5, 5, 5, 5])
 
 
 def test_public_set_is_held_out_of_the_training_split():
@@ -132,27 +154,26 @@ def test_distill_moves_a_student_towards_the_teacher():
     assert after < 0.5 * before
 
 
-def _spec(model: dict, view: str, public: int = 60) -> ParticipantSpec:
+def _spec(model: dict, view: str, public: int = 60, **options) -> ParticipantSpec:
     return ParticipantSpec(
         name="p-0", group="p", index_in_group=0, seed=1, model=ModelSpec(**model),
         data=PartitionData(view=view), train=TrainSpec(lr=0.1),
         dataset=DatasetSpec(public_size=public), partition_index=0, num_partitions=4,
+        strategy="fedmd", strategy_options=options,
     )
 
 
 def test_participant_soft_label_task_sends_logits_on_the_public_set_in_its_view():
-    p = Participant(_spec({"name": "cnn", "channels": [4], "hidden": 16}, "image"))
+    p = Participant(_spec({"name": "cnn", "channels": [4], "hidden": 16}, "image",
+                          temperature=2.0, distill_epochs=5))
     layout = Layout(("logits",), ((60, 10),))
-    opts = {"temperature": 2.0, "distill_epochs": 1}
-    first = p.train(GlobalState(0, np.zeros(600, np.float32), layout),
-                    Instructions(0, 0, seed=1, payload="logits", options=opts))
+    first = p.train(GlobalState(0, np.zeros(600, np.float32), layout), Instructions(0, seed=1))
     assert first.kind == "logits" and first.layout == layout and first.payload.dtype == np.float32
     assert first.nbytes == 60 * 10 * 4
     assert "distill_loss" not in first.metrics  # version 0: nothing to distill yet
     assert 0.0 <= first.metrics["test_accuracy"] <= 1.0
     consensus = np.tile(np.eye(10, dtype=np.float32)[3] * 5, 60)  # "everything is a 3"
-    second = p.train(GlobalState(1, consensus, layout),
-                     Instructions(1, 1, seed=2, payload="logits", options=opts | {"distill_epochs": 5}))
+    second = p.train(GlobalState(1, consensus, layout), Instructions(1, seed=2))
     assert "distill_loss" in second.metrics
     assert second.nbytes == first.nbytes  # soft labels do not grow with the model
 
@@ -168,7 +189,7 @@ def test_soft_label_state_rejects_misshapen_or_nan_logits_and_averages_reports()
 
     config = load_config(digits_config(
         dataset={"name": "digits", "public_size": 50}, strategy={"name": "fedmd"}))
-    state = SoftLabels(config, [SimpleNamespace(name="site-0", info={"num_classes": 10})])
+    state = SoftLabels(config, [SimpleNamespace(name="site-0", info={"num_classes": 10})], config.strategy.build())
     assert state.layout == Layout(("logits",), ((50, 10),)) and not state.params.any()
     expected = state.expected_layout("site-0")
     good = Update("site-0", 0, "logits", np.zeros(500, np.float32), expected, 10)

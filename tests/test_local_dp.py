@@ -51,7 +51,7 @@ def participant_spec(index: int = 0, **overrides) -> ParticipantSpec:
 
 def task(p: Participant, task_id: int = 0, seed: int = 5, **kw):
     state = GlobalState(task_id, p.initial_parameters(), p.layout)
-    return p.train(state, Instructions(task_id=task_id, version=task_id, seed=seed, **kw))
+    return p.train(state, Instructions(task_id=task_id, seed=seed, **kw))
 
 
 # -- (a) clipping ---------------------------------------------------------------------------
@@ -193,18 +193,20 @@ def test_fedprox_term_still_pulls_towards_the_global_model():
 
 def test_participant_reports_epsilon_and_keeps_its_model_unwrapped():
     p = Participant(participant_spec())
-    names = [n for n, _ in p.model.named_parameters()]
+    p.describe()
+    names = [n for n, _ in p.local.model.named_parameters()]
     first, second = task(p, 0).metrics, task(p, 1).metrics
     assert 0 < first["dp_sgd_epsilon"] < second["dp_sgd_epsilon"]
-    assert [n for n, _ in p.model.named_parameters()] == names and layout_of(p.model) == p.layout
-    assert not any(m._forward_hooks or m._backward_hooks for m in p.model.modules())
-    assert not any(hasattr(q, "grad_sample") or hasattr(q, "summed_grad") for q in p.model.parameters())
+    model = p.local.model
+    assert [n for n, _ in model.named_parameters()] == names and layout_of(model) == p.layout
+    assert not any(m._forward_hooks or m._backward_hooks for m in model.modules())
+    assert not any(hasattr(q, "grad_sample") or hasattr(q, "summed_grad") for q in model.parameters())
 
 
-def test_participant_refuses_payloads_dp_sgd_does_not_protect():
-    p = Participant(participant_spec())
-    with pytest.raises(ValueError, match=r"site-0.*dp_sgd.*'gradient'"):
-        task(p, payload="gradient")
+def test_participant_refuses_strategies_dp_sgd_does_not_protect():
+    p = Participant(participant_spec(strategy="fedsgd"))  # sends a raw gradient
+    with pytest.raises(ValueError, match=r"site-0.*dp_sgd.*'fedsgd'"):
+        p.describe()
 
 
 # -- (d) unsupported models -----------------------------------------------------------------
@@ -221,7 +223,7 @@ def test_unsupported_models_are_named_with_their_modules(name, module):
 
 def test_participant_refuses_a_gru_at_start_up_and_accepts_mlp_and_cnn():
     with pytest.raises(ValueError, match=r"participant site-0: model 'gru'.*body\.rnn \(GRU\)"):
-        Participant(participant_spec(model=ModelSpec(name="gru"), data=PartitionData(view="sequence")))
+        Participant(participant_spec(model=ModelSpec(name="gru"), data=PartitionData(view="sequence"))).describe()
     check_supported(build_model("mlp", {}, (64,), 10), "a", "mlp")
     check_supported(build_model("cnn", {}, (1, 8, 8), 10), "a", "cnn")
 
@@ -234,10 +236,10 @@ def test_a_restarted_participant_keeps_counting_its_budget(tmp_path):
     before = Participant(spec)
     eps = [task(before, t).metrics["dp_sgd_epsilon"] for t in range(2)]
     restarted = Participant(spec)
-    assert restarted.dp_accountant.history == before.dp_accountant.history != []
+    assert restarted.local.dp_accountant.history == before.local.dp_accountant.history != []
     after = task(restarted, 2).metrics["dp_sgd_epsilon"]
     assert eps[0] < eps[1] < after
-    assert private_state.load(spec.state_dir).dp_sgd_history == restarted.dp_accountant.history
+    assert private_state.load(spec.state_dir).dp_sgd_history == restarted.local.dp_accountant.history
     fresh = task(Participant(participant_spec()), 0).metrics["dp_sgd_epsilon"]
     assert fresh == pytest.approx(eps[0]) and fresh < after
 
@@ -247,9 +249,9 @@ def test_state_saved_before_dp_sgd_existed_loads_with_an_empty_history(tmp_path)
     del old.dp_sgd_history  # what unpickling a file from before the field existed gives
     private_state.save(str(tmp_path), old)
     p = Participant(participant_spec(state_dir=str(tmp_path)))
-    assert p.dp_accountant.history == [] and p.private.tasks_done == 3
+    assert p.local.dp_accountant.history == [] and p.private.tasks_done == 3
     task(p)
-    assert private_state.load(str(tmp_path)).dp_sgd_history == p.dp_accountant.history != []
+    assert private_state.load(str(tmp_path)).dp_sgd_history == p.local.dp_accountant.history != []
 
 
 # -- budget -----------------------------------------------------------------------------------
@@ -263,11 +265,11 @@ def test_a_silo_refuses_the_task_that_would_overspend_its_budget():
         noise_multiplier=1.0, max_grad_norm=1.0, max_epsilon=cap))))
     eps = [task(capped, t).metrics["dp_sgd_epsilon"] for t in range(2)]
     assert eps == pytest.approx(spent[:2])
-    before = list(capped.dp_accountant.history)
+    before = list(capped.local.dp_accountant.history)
     with pytest.raises(local_dp.PrivacyBudgetSpent, match=r"participant site-0: privacy budget spent .* > max_epsilon"):
         task(capped, 2)
-    assert capped.dp_accountant.history == before  # refused before training: nothing more spent
-    assert capped.dp_accountant.epsilon() <= cap
+    assert capped.local.dp_accountant.history == before  # refused before training: nothing more spent
+    assert capped.local.dp_accountant.epsilon() <= cap
 
 
 def test_silos_that_spent_their_budget_leave_the_run(ray_session):

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from actors.models import build_model
-from actors.params import get_flat, layout_of
+from actors.params import layout_of
 from actors.participant import Participant
-from actors.personalised import load_shared, shared_part, train_fedrep
 from actors.spec import DatasetSpec, ModelSpec, ParticipantSpec, PartitionData, TrainSpec
 from strategies.partial import (
     FedPer,
@@ -18,7 +16,9 @@ from strategies.partial import (
     LocalOnly,
     average_by_name,
     global_positions,
+    load_shared,
     shared_names,
+    shared_part,
     union_layout,
 )
 from strategies.types import GlobalState, Instructions, Layout, Update
@@ -68,52 +68,63 @@ def test_sharing_selects_body_or_head_by_name():
     assert shared_names(layout, "body") == ["body.1.weight", "body.1.bias"]
     assert shared_names(layout, "head") == ["head.weight", "head.bias"]
     assert shared_names(layout, "none") == []
-    assert FedPer.sharing == "body" and LGFedAvg.sharing == "head" and LocalOnly.sharing == "none"
+    assert FedPer.shares == "body" and LGFedAvg.shares == "head" and LocalOnly.shares == "none"
+
+
+def _participant(strategy: str = "fedper", **options) -> Participant:
+    p = Participant(ParticipantSpec(
+        name="p-0", group="p", index_in_group=0, seed=1, model=ModelSpec(name="mlp", hidden=[16]),
+        data=PartitionData(view="flat"), train=TrainSpec(lr=0.1, batch_size=32),
+        dataset=DatasetSpec(), partition_index=0, num_partitions=4,
+        strategy=strategy, strategy_options=options,
+    ))
+    p.describe()  # sets itself up (data, model) on its first call
+    return p
+
+
+def _body_state(p: Participant, version: int = 0) -> GlobalState:
+    body = shared_part(p.layout, "body")
+    start = np.asarray(p.initial_parameters()[global_positions(p.layout, body)])
+    return GlobalState(version, start, union_layout([body]))
 
 
 def test_load_shared_replaces_only_the_shared_part():
-    torch.manual_seed(0)
-    model = build_model("mlp", {"hidden": [8]}, (4,), 3)
-    layout = layout_of(model)
-    head_before = get_flat(model, shared_part(layout, "head")).copy()
-    glob = union_layout([shared_part(layout, "body")])
-    state = GlobalState(3, np.full(glob.size, 0.5, np.float32), glob)
-    part, values = load_shared(model, layout, "body", state)
-    np.testing.assert_allclose(get_flat(model, part), 0.5)
-    np.testing.assert_array_equal(get_flat(model, shared_part(layout, "head")), head_before)
+    p = _participant()
+    layout = p.layout
+    head_before = p.local.get(shared_part(layout, "head")).copy()
+    part = shared_part(layout, "body")
+    glob = union_layout([part])
+    values = load_shared(p.local, part, GlobalState(3, np.full(glob.size, 0.5, np.float32), glob))
+    np.testing.assert_allclose(p.local.get(part), 0.5)
+    np.testing.assert_array_equal(values, p.local.get(part))
+    np.testing.assert_array_equal(p.local.get(shared_part(layout, "head")), head_before)
 
 
 def test_fedrep_fits_the_head_with_the_body_frozen_then_the_body():
-    torch.manual_seed(0)
-    model = build_model("mlp", {"hidden": [8]}, (4,), 3)
-    layout = layout_of(model)
+    p = _participant("fedrep", head_epochs=2)
+    model, layout = p.local.model, p.layout
     phases: list[tuple[bool, bool]] = []  # (body trainable, head trainable) at each forward
     model.register_forward_pre_hook(lambda m, _: phases.append(
         (m.body[1].weight.requires_grad, m.head.weight.requires_grad)))
-    x, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
-    body0 = get_flat(model, shared_part(layout, "body")).copy()
-    head0 = get_flat(model, shared_part(layout, "head")).copy()
-    metrics = train_fedrep(model, x, y, TrainSpec(lr=0.1, batch_size=16), seed=0, head_epochs=2, body_epochs=1)
-    assert phases == [(False, True)] * 8 + [(True, False)] * 4  # 2 head epochs, then 1 body epoch
-    assert {"train_loss", "head_loss"} <= set(metrics) and metrics["samples"] == 3 * 64
-    assert not np.allclose(get_flat(model, shared_part(layout, "head")), head0)
-    assert not np.allclose(get_flat(model, shared_part(layout, "body")), body0)
-    assert all(p.requires_grad for p in model.parameters())  # unfrozen afterwards
+    state = _body_state(p)
+    head0 = p.local.get(shared_part(layout, "head")).copy()
+    update = p.train(state, Instructions(0, seed=0))
+    steps = -(-p.local.num_examples // 32)  # batches per epoch
+    training = [ph for ph in phases if ph != (True, True)]  # evaluation forwards train nothing
+    assert training == [(False, True)] * (2 * steps) + [(True, False)] * steps  # 2 head epochs, then body
+    assert {"train_loss", "head_loss"} <= set(update.metrics)
+    assert update.metrics["samples"] == 3 * p.local.num_examples
+    assert not np.allclose(p.local.get(shared_part(layout, "head")), head0)
+    assert np.abs(update.payload).sum() > 0  # the body moved
+    assert all(q.requires_grad for q in model.parameters())  # unfrozen afterwards
 
 
 def test_participant_sends_only_its_body_under_fedper():
-    spec = ParticipantSpec(
-        name="p-0", group="p", index_in_group=0, seed=1, model=ModelSpec(name="mlp", hidden=[16]),
-        data=PartitionData(view="flat"), train=TrainSpec(lr=0.1),
-        dataset=DatasetSpec(), partition_index=0, num_partitions=4,
-    )
-    p = Participant(spec)
+    p = _participant()
     body = shared_part(p.layout, "body")
-    glob = union_layout([body])
-    start = np.asarray(p.initial_parameters()[global_positions(p.layout, body)])
-    update = p.train(GlobalState(0, start, glob), Instructions(0, 0, seed=3, options={"sharing": "body"}))
+    update = p.train(_body_state(p), Instructions(0, seed=3))
     assert update.layout == body
     assert all(n.startswith("body.") for n in update.layout.names)
     assert update.payload.size == body.size < p.layout.size
-    head = get_flat(p.model, shared_part(p.layout, "head"))
+    head = p.local.get(shared_part(p.layout, "head"))
     assert not np.isin(head, update.payload).any()  # no head value leaves

@@ -49,3 +49,38 @@ def test_dp_run_reports_epsilon_in_history_and_summary(ray_session):
     assert len(eps) == 4 and all(b > a > 0 for a, b in zip(eps, eps[1:]))
     assert orch.summary["dp_epsilon"] == pytest.approx(eps[-1])
     assert orch.summary["dp_delta"] == 1e-4
+
+
+def test_plain_dp_applies_staleness_weights_like_secure_dp():
+    """Without secure aggregation DP-FedAvg must still scale each clipped delta by its
+    schedule weight: under ``async`` with alpha=0.1 the step was 10x too large."""
+    from orchestrator.privacy import PrivacyHooks
+    from strategies.types import Layout, Update
+
+    config = load_config(digits_config(
+        schedule={"mode": "async", "alpha": 0.1},
+        privacy={"dp": {"clip_norm": 1.0, "noise_multiplier": 0.0}}))
+    hooks = PrivacyHooks(config.privacy, config)
+    assert not hooks.secure and hooks.dp is not None
+    layout = Layout(("w",), ((2,),))
+    small = np.array([0.3, 0.4], np.float32)  # norm 0.5: not clipped
+    big = np.array([3.0, 4.0], np.float32)  # norm 5: clipped to [0.6, 0.8]
+    batch = [Update("a", 0, "delta", small, layout, 10, task_id=1, weight=0.1)]
+    (combined,), dropped = hooks.combine(batch, layout, {})
+    assert dropped == []
+    # the strategy sees one update of weight 1, so its payload must already be w * clip(d)
+    assert combined.weight == 1.0
+    assert combined.payload.tolist() == pytest.approx((0.1 * small).tolist())
+    batch = [Update("a", 0, "delta", small, layout, 10, task_id=2, weight=0.1),
+             Update("b", 0, "delta", big, layout, 10, task_id=3, weight=0.5)]
+    (combined,), _ = hooks.combine(batch, layout, {})
+    expected = (0.1 * small + 0.5 * np.array([0.6, 0.8])) / 2
+    assert combined.payload.tolist() == pytest.approx(expected.tolist())
+
+
+def test_a_weight_above_one_cannot_raise_the_sensitivity_above_the_clip_norm():
+    params = DPParams(clip_norm=1.0, noise_multiplier=0.0)
+    d = np.array([0.3, 0.4], np.float32)  # norm 0.5: within the bound, 3x that is not
+    out = noisy_mean([d], params, np.random.default_rng(0), weights=[3.0])
+    assert np.linalg.norm(out) == pytest.approx(1.0)
+    assert out.tolist() == pytest.approx([0.6, 0.8])

@@ -192,3 +192,30 @@ def test_load_run_reads_the_csv_twin(runs, tmp_path):
     (tmp_path / "history.csv").write_bytes((runs["sync"] / "history.csv").read_bytes())
     run = load_run(tmp_path)
     assert participant_table(run.history)["accepted"].sum() == (run.history.event == "update").sum() == 2 * 2
+
+
+def test_timeline_ends_tasks_in_flight_at_a_kill_at_the_resume(tmp_path):
+    """After ``fedray run --resume`` the tasks the killed run had in flight never end in the
+    history; they ended at the ``resumed`` event, not at the end of the run."""
+    from orchestrator.history import History
+    from orchestrator.plots import plot_timeline
+
+    rows = [
+        {"time": 1.0, "event": "dispatch", "participant": "a", "task_id": 0},
+        {"time": 1.0, "event": "dispatch", "participant": "b", "task_id": 1},
+        {"time": 2.0, "event": "update", "participant": "a", "task_id": 0, "staleness": 0},
+        {"time": 2.5, "event": "dispatch", "participant": "a", "task_id": 2},  # lost at the kill
+        {"time": 3.0, "event": "resumed", "version": 1},
+        {"time": 3.5, "event": "dispatch", "participant": "a", "task_id": 3},
+        {"time": 4.0, "event": "dispatch", "participant": "b", "task_id": 4},
+        {"time": 5.0, "event": "update", "participant": "a", "task_id": 3, "staleness": 1},
+        {"time": 9.0, "event": "stop", "version": 2},
+    ]
+    history = History(rows).frame()
+    tasks = task_outcomes(history)  # in dispatch order
+    assert tasks.outcome.tolist() == ["accepted", "interrupted", "interrupted",
+                                      "accepted, stale", "still running"]
+    assert tasks.end.tolist() == [2.0, 3.0, 3.0, 5.0, 9.0]
+    assert "interrupted" in OUTCOMES and OUTCOMES["interrupted"] not in (
+        colour for outcome, colour in OUTCOMES.items() if outcome != "interrupted")
+    _image(plot_timeline(history, tmp_path / "timeline.png"))  # draws with the new outcome

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import TypeAdapter
 
-from orchestrator.config import Schedule
+from orchestrator.config import BufferedSchedule, Schedule, SyncSchedule
 from orchestrator.schedules import Async, Buffered, SyncRounds, Task, make_schedule
 
 NAMES = [f"p{i}" for i in range(6)]
+SCHEDULE = TypeAdapter(Schedule)
 
 
-def policy(**fields):
-    return make_schedule(Schedule(**fields), seed=0)
+def policy(seed: int = 0, **fields):
+    return make_schedule(SCHEDULE.validate_python(fields), seed=seed)
 
 
 def task(participant: str, round_: int, base_version: int = 0, task_id: int = 0) -> Task:
@@ -22,6 +24,18 @@ def test_make_schedule_picks_the_class_by_mode():
     assert type(policy(mode="sync")) is SyncRounds
     assert type(policy(mode="buffered")) is Buffered
     assert type(policy(mode="async")) is Async
+    assert type(policy()) is SyncRounds  # mode omitted
+
+
+def test_each_policy_declares_what_it_can_do():
+    assert SyncRounds.supports_secure_aggregation and Buffered.supports_secure_aggregation
+    assert not Async.supports_secure_aggregation and Async.no_secure_aggregation_because
+    # a too-small secure cohort: a FedBuff buffer waits for more, a sync round is aborted
+    assert Buffered.waits_for_cohort and not SyncRounds.waits_for_cohort
+    assert not Async.waits_for_cohort
+    assert SyncRounds.max_cohort(SyncSchedule(clients_per_round=3), 8) == (3, "schedule.clients_per_round")
+    assert SyncRounds.max_cohort(SyncSchedule(), 8) == (8, "participants in the run")
+    assert Buffered.max_cohort(BufferedSchedule(concurrency=2), 8) == (8, "participants in the run")
 
 
 # -- sync ---------------------------------------------------------------------------------
@@ -139,3 +153,50 @@ def test_selection_is_reproducible_from_the_seed():
     first = policy(mode="buffered", concurrency=3).select(NAMES, busy=0, alive=6, now=0.0)
     again = policy(mode="buffered", concurrency=3).select(NAMES, busy=0, alive=6, now=0.0)
     assert first == again
+
+
+# -- checkpoint state ---------------------------------------------------------------------
+
+
+def _sync_steps(p) -> list:
+    """Drive a sync policy through a round and a half; what it decides along the way."""
+    out = []
+    for now in (1.0, 2.0, 3.0):
+        picked = p.select(NAMES, busy=0, alive=6, now=now)
+        for name in picked[:2]:
+            p.task_finished(task(name, p.round))
+            out.append(p.admit(task(name, p.round), staleness=0).accepted)
+        out += [picked, p.round, p.ready(2, now=now + 0.5), p.deadline()]
+        p.aggregated(now=now + 0.5)
+    return out
+
+
+@pytest.mark.parametrize("fields", [
+    {"mode": "sync", "clients_per_round": 3, "over_select": 0.5, "deadline_s": 4.0},
+    {"mode": "buffered", "concurrency": 3, "buffer_size": 2},
+    {"mode": "async", "concurrency": 2},
+])
+def test_state_dict_round_trip_reproduces_the_same_future(fields):
+    p = policy(**fields)
+    p.select(NAMES, busy=0, alive=6, now=0.0)  # mid-run: a round open, the generator moved on
+    p.task_finished(task(NAMES[0], p.round))
+    state = p.state_dict()
+    expected = _sync_steps(p) if fields["mode"] == "sync" else [
+        p.select(NAMES, busy=b, alive=6, now=0.0) for b in (0, 1, 2, 0)]
+
+    q = policy(seed=99, **fields)  # another seed: only the state can make them agree
+    q.load_state_dict(state)
+    got = _sync_steps(q) if fields["mode"] == "sync" else [
+        q.select(NAMES, busy=b, alive=6, now=0.0) for b in (0, 1, 2, 0)]
+    assert got == expected
+
+
+def test_state_dict_is_a_copy_and_names_its_policy():
+    p = policy(mode="sync", clients_per_round=2)
+    p.select(NAMES, busy=0, alive=6, now=0.0)
+    state = p.state_dict()
+    p.aggregated(now=1.0)
+    p.select(NAMES, busy=0, alive=6, now=1.0)
+    assert state["round"] == 1 and state["open"] and len(state["selected"]) == 2
+    with pytest.raises(ValueError, match="schedule state is for SyncRounds, not Buffered"):
+        policy(mode="buffered").load_state_dict(state)

@@ -11,7 +11,6 @@ from conftest import digits_config
 from actors.participant import Participant
 from actors.secure_aggregation import (
     MAX_SEALED,
-    SECAGG_OPTION,
     MaskingKey,
     SealedUpdates,
     contribution,
@@ -129,8 +128,7 @@ def test_a_member_killed_after_its_update_arrived_is_recovered_on_ray(ray_sessio
     weights = [1.0, 0.5, 1.0, 0.25]
 
     def train(i: int, spec, secure: bool):
-        options = {SECAGG_OPTION: True} if secure else {}
-        return handles[spec.name].train.remote(state, Instructions(task_id=i, version=0, seed=i, options=options))
+        return handles[spec.name].train.remote(state, Instructions(task_id=i, seed=i, seal=secure))
 
     receipts = ray.get([train(i, s, True) for i, s in enumerate(specs)])
     assert all(r.payload.size == 0 and r.metrics["sealed"] == 1.0 for r in receipts)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import sys
 
 import numpy as np
@@ -19,7 +20,7 @@ from strategies.fedopt import FedAdagrad, FedAdam, FedOptParams, FedYogi
 from strategies.fedprox import FedProx, FedProxParams
 from strategies.fedsgd import FedSGD, FedSGDParams
 from strategies.hygiene import clip_to_norm, rejection_reason
-from strategies.types import Layout, Update
+from strategies.types import GlobalState, Layout, Update
 
 SIZE = 6
 
@@ -71,15 +72,31 @@ WEIGHT_FAMILY = ["fedavg", "fedsgd", "fedavgm", "fedprox", "fedadam", "fedyogi",
                  "median", "trimmed_mean", "krum", "multikrum"]
 
 
-@pytest.mark.parametrize("name", WEIGHT_FAMILY)
+CITATION_YEAR = re.compile(r"\b(19|20)\d{2}\b")
+"""A paper's year: four digits, 19xx or 20xx, standing alone (not "2" of "L2", not "200")."""
+
+
+def ready_to_aggregate(cls):
+    """An instance that can aggregate plain numbers, after the one-time setup the driver
+    gives every strategy (here with a one-tensor global layout)."""
+    from strategies.base import ServerContext
+
+    strategy = cls()
+    strategy.setup(ServerContext(layout=Layout(("w",), ((SIZE,),)), num_participants=3))
+    return strategy
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))  # every registered strategy, new ones too
 def test_every_param_is_documented_and_empty_batches_are_refused(name):
     cls = STRATEGIES[name]
-    module_doc = sys.modules[cls.__module__].__doc__
-    assert cls.__doc__ and cls.Params.__doc__ and "20" in module_doc  # cites a paper and year
+    module_doc = sys.modules[cls.__module__].__doc__ or ""
+    assert cls.__doc__ and cls.Params.__doc__
+    # cites a paper with its year, in the class or its module
+    assert CITATION_YEAR.search(cls.__doc__ + module_doc), name
     for field in dataclasses.fields(cls.Params):
         assert field.name in cls.Params.__doc__, (name, field.name)
-    with pytest.raises(ValueError, match="empty"):
-        cls().aggregate(np.zeros(SIZE, np.float32), [])
+    with pytest.raises(ValueError, match="cannot aggregate an empty batch of updates"):
+        ready_to_aggregate(cls).aggregate(np.zeros(SIZE, np.float32), [])
 
 
 # -- the weighted mean every delta strategy builds on ----------------------------------
@@ -158,7 +175,9 @@ def test_fedavgm_by_hand():
 def test_fedprox_sends_mu_and_averages_like_fedavg(three):
     payloads, counts, x = three
     s = FedProx(FedProxParams(mu=0.3))
-    assert s.task_options() == {"proximal_mu": 0.3}
+    state = GlobalState(0, x, Layout(("w",), ((x.size,),)))
+    (term,) = s.client().terms(state)  # the client half anchors mu at the global model
+    assert term.mu == 0.3 and np.array_equal(term.anchor, x)
     np.testing.assert_array_equal(
         s.aggregate(x, make_updates(payloads[0], counts)),
         FedAvg().aggregate(x, make_updates(payloads[0], counts)),
@@ -174,7 +193,8 @@ def test_proximal_term_keeps_the_local_model_near_the_global_one():
         torch.manual_seed(0)
         model = torch.nn.Linear(5, 3)
         start = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
-        train_locally(model, x, y, TrainSpec(lr=0.1, batch_size=8), seed=0, epochs=3, proximal_mu=mu)
+        anchor = [p.detach().clone() for p in model.parameters()]
+        train_locally(model, x, y, TrainSpec(lr=0.1, batch_size=8), seed=0, epochs=3, proximal=(mu, anchor))
         return float((torch.cat([p.detach().flatten() for p in model.parameters()]) - start).norm())
 
     assert delta_norm(5.0) < 0.5 * delta_norm(0.0)
@@ -262,9 +282,12 @@ def test_adaptive_strategies_see_the_discount_too(name):
     kind = cls.payload
     x = np.zeros(SIZE, np.float32)
     delta = np.linspace(-1, 1, SIZE).astype(np.float32)
-    full = cls().aggregate(x, make_updates([delta], weights=[1.0], kind=kind))
-    discounted = cls().aggregate(x, make_updates([delta], weights=[0.1], kind=kind))
-    assert not np.allclose(full, discounted)
+    full = cls().aggregate(x, make_updates([delta], weights=[1.0], kind=kind)) - x
+    discounted = cls().aggregate(x, make_updates([delta], weights=[0.1], kind=kind)) - x
+    # a smaller step the same way: adaptive denominators make it less than proportional
+    assert (np.sign(discounted) == np.sign(full)).all() and (full != 0).all()
+    assert (np.abs(discounted) < np.abs(full)).all()
+    assert np.linalg.norm(discounted) < 0.99 * np.linalg.norm(full)
 
 
 # -- hygiene -----------------------------------------------------------------------------

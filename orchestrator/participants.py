@@ -1,0 +1,338 @@
+"""The participants' lifecycle on the driver: spawn, dispatch, receive, failures, timeouts.
+
+The run loop decides *what* to do (which participant gets work, what an arrival means for
+the model); this module does it to the Ray actors and turns every way a task can end
+into either an update or a history event. Ray's outcomes are told apart by exception
+type, never by searching error text:
+
+- the participant's own exceptions (``SimulatedDropout``, ``Unavailable``,
+  ``PrivacyBudgetSpent``, ``DataError``) arrive as ``RayTaskError`` instances of them;
+- ``ActorUnavailableError``: Ray is restarting the actor (``max_restarts``), so back off;
+- any other ``RayActorError``: the actor died (crash, ``ray.kill``, lost node, OOM kill);
+- any other ``RayError``: the task failed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import ray
+
+from actors.data import DataError
+from actors.local_dp import PrivacyBudgetSpent
+from actors.spec import ParticipantSpec, PartitionData
+from actors.system import SimulatedDropout, Unavailable, draw_speeds
+from orchestrator.config import Group, RunConfig, participant_name
+from orchestrator.history import History
+from orchestrator.placement import PlacementError, Placements, check_placement
+from orchestrator.schedules import Task
+from strategies.types import Instructions, Update
+
+START_TIMEOUT_S = 300.0
+"""How long participants may take to start (import torch, load data) before we give up."""
+
+RESTART_BACKOFF_S = 1.0
+"""How long to leave a participant alone while Ray restarts its actor."""
+
+
+class RunError(RuntimeError):
+    """The run cannot go on (no participants left, none could start); the message says why."""
+
+
+@dataclass
+class Member:
+    """The driver's view of one participant."""
+
+    name: str
+    group: str
+    index: int
+    handle: Any
+    spec: ParticipantSpec
+    max_restarts: int
+    busy: bool = False
+    lost: bool = False
+    restarting: bool = False
+    failures: int = 0
+    tasks: int = 0
+    retry_at: float = 0.0
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def where(self, task: Task, version: int) -> dict[str, Any]:
+        """The history fields every event about one of its tasks carries."""
+        return {"participant": self.name, "group": self.group, "task_id": task.task_id,
+                "version": version, "base_version": task.base_version}
+
+
+@dataclass
+class Arrival:
+    """A finished task: its update, or None when it ended in an event already recorded."""
+
+    task: Task
+    member: Member
+    update: Update | None
+
+    def fields(self, version: int, in_flight: int) -> dict[str, Any]:
+        """The history fields of this arrival's update (or rejection, or late drop)."""
+        u = self.update
+        assert u is not None
+        out = self.member.where(self.task, version) | {
+            "in_flight": in_flight, "staleness": version - u.base_version,
+            "num_examples": u.num_examples, "bytes": u.nbytes,
+            "train_seconds": u.train_seconds, "simulated_seconds": u.simulated_seconds,
+            "loss": u.metrics.get("train_loss"), "samples": u.metrics.get("samples")}
+        if "dp_sgd_epsilon" in u.metrics:  # local DP-SGD: the participant's budget spent so far
+            out["epsilon"] = u.metrics["dp_sgd_epsilon"]
+        return out
+
+
+def error_message(exc: BaseException) -> str:
+    """The human part of a Ray error: the participant's own exception and its message,
+    or the first line of Ray's explanation."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(exc, ray.exceptions.RayTaskError) and cause is not None:
+        return f"{type(cause).__name__}: {cause}".splitlines()[0]
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+class Participants:
+    """The run's participant actors and their tasks in flight."""
+
+    def __init__(self, config: RunConfig, history: History, actor_class: Any,
+                 clock: Callable[[], float]) -> None:
+        self.config = config
+        self.history = history
+        self.actor_class = actor_class
+        self.clock = clock
+        self.members: dict[str, Member] = {}
+        self.in_flight: dict[ray.ObjectRef, Task] = {}
+        self.placements: Placements | None = None
+
+    # -- start and stop ----------------------------------------------------------------
+    def spawn(self, specs: list[tuple[ParticipantSpec, Group]]) -> None:
+        """Start every participant; each loads its own data. Raises :class:`RunError`
+        when fewer than ``min_participants`` could start, naming each one that did not."""
+        self._check_feasible()
+        try:  # placement per group: fail fast, naming the group, if it cannot fit
+            check_placement(self.config.groups, ray.nodes())
+            self.placements = Placements(self.config.groups)
+        except PlacementError as exc:
+            raise RunError(str(exc)) from None
+        pending = {}
+        for index, (spec, group) in enumerate(specs):
+            options = self.placements.actor_options(group, spec.index_in_group)
+            handle = self.actor_class.options(**options).remote(spec)
+            member = Member(spec.name, group.name, index, handle, spec, group.resources.max_restarts)
+            self.members[spec.name] = member
+            pending[handle.describe.remote()] = member
+        errors = self._await_start(pending)
+        for name, message in errors:
+            self.history.record("failure", participant=name, detail=message)
+            print(f"fedray: {message}", flush=True)
+        if len(self.alive()) < self.config.schedule.min_participants:
+            raise RunError("participants could not start:\n  " + "\n  ".join(m for _, m in errors))
+
+    def _await_start(self, pending: dict[ray.ObjectRef, Member]) -> list[tuple[str, str]]:
+        deadline = time.perf_counter() + START_TIMEOUT_S
+        errors = []
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, deadline - time.perf_counter()))
+            if not ready:
+                for member in pending.values():
+                    member.lost = True
+                    errors.append((member.name, f"participant {member.name}: did not start within {START_TIMEOUT_S:.0f}s"))
+                break
+            member = pending.pop(ready[0])
+            try:
+                member.info = ray.get(ready[0])
+            except DataError as exc:  # its own data: the message names it and the path
+                member.lost = True
+                errors.append((member.name, str(exc.cause if isinstance(exc, ray.exceptions.RayTaskError) else exc)))
+            except ray.exceptions.RayError as exc:  # incl. OutOfMemoryError (not a RayTaskError)
+                member.lost = True
+                errors.append((member.name, f"participant {member.name}: could not start: {error_message(exc)}"))
+        return errors
+
+    def _check_feasible(self) -> None:
+        """Fail fast, naming the group, when no node could ever host its participants."""
+        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+        for group in self.config.groups:
+            res = group.resources
+            need = {"CPU": res.num_cpus, "GPU": res.num_gpus, **res.resources}
+            if res.memory:
+                need["memory"] = res.memory
+            need = {k: v for k, v in need.items() if v}
+            if not any(all(node.get(k, 0) >= v for k, v in need.items()) for node in nodes):
+                have = {k: max((n.get(k, 0) for n in nodes), default=0) for k in need}
+                short = [k for k, v in need.items() if have[k] < v]
+                raise RunError(
+                    f"group {group.name}: no node in the Ray cluster offers "
+                    + ", ".join(f"{k}={need[k]:g} (largest node has {have[k]:g})" for k in short)
+                )
+
+    def release(self) -> None:
+        for member in self.members.values():
+            ray.kill(member.handle, no_restart=True)
+        if self.placements is not None:
+            self.placements.release()
+
+    # -- who can work ------------------------------------------------------------------
+    def alive(self) -> list[Member]:
+        return [m for m in self.members.values() if not m.lost]
+
+    def idle(self, now: float, ready: Callable[[Member], bool]) -> list[str]:
+        """Live participants with nothing in flight, not backing off, and ``ready``."""
+        return [m.name for m in self.alive() if not m.busy and m.retry_at <= now and ready(m)]
+
+    def next_return(self, now: float) -> list[float]:
+        """Moments a backing-off participant can take work again."""
+        return [m.retry_at for m in self.alive() if m.retry_at > now]
+
+    # -- tasks -------------------------------------------------------------------------
+    def dispatch(self, member: Member, state_ref: ray.ObjectRef, instructions: Instructions,
+                 task: Task) -> None:
+        ref = member.handle.train.remote(state_ref, instructions)
+        self.in_flight[ref] = task
+        member.busy, member.tasks = True, member.tasks + 1
+
+    def task_seed(self, member: Member) -> int:
+        """Per-task seed from the run seed, the participant and its task count: the same
+        run gives every task the same seed, whatever the timing."""
+        return int(np.random.SeedSequence([self.config.seed, member.index, member.tasks]).generate_state(1)[0])
+
+    def wait(self, timeout: float | None) -> list[ray.ObjectRef]:
+        """The first task to finish (or none within ``timeout``) and every other already done."""
+        ready, _ = ray.wait(list(self.in_flight), num_returns=1, timeout=timeout)
+        if ready:
+            rest = [r for r in self.in_flight if r not in ready]
+            if rest:
+                ready += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
+        return ready
+
+    def receive(self, ref: ray.ObjectRef, version: int) -> Arrival:
+        """Fetch a finished task; record every outcome that is not an update."""
+        task = self.in_flight.pop(ref)
+        member = self.members[task.participant]
+        member.busy = False
+        where = member.where(task, version) | {"in_flight": len(self.in_flight)}
+        try:
+            update: Update = ray.get(ref)
+        except SimulatedDropout as exc:
+            self.history.record("dropout", **where, detail=error_message(exc))
+        except Unavailable as exc:
+            member.retry_at = exc.retry_at
+            self.history.record("unavailable", **where, detail=error_message(exc))
+        except PrivacyBudgetSpent as exc:  # the silo's choice, not a failure: it leaves for good
+            member.lost = True
+            self.history.record("participant_lost", **where, detail=error_message(exc))
+        except ray.exceptions.RayError as exc:  # actor/task errors, and Ray's OOM kills too
+            self.failed(member, where, exc)
+        else:
+            member.failures, member.restarting = 0, False
+            return Arrival(task, member, update)
+        return Arrival(task, member, None)
+
+    def failed(self, member: Member, where: dict, exc: Exception, event: str = "failure") -> None:
+        """Count a failure; give up on the participant after ``max_failures`` in a row, or
+        at once when its actor died and may not restart."""
+        if isinstance(exc, ray.exceptions.ActorUnavailableError):
+            # Ray is restarting the actor; calls fail at once until it is back. Back off. Its
+            # death counts once: here if no task of its was in flight when it died.
+            member.retry_at = self.clock() + RESTART_BACKOFF_S
+            if member.restarting:
+                self.history.record("unavailable", **where, detail="actor is restarting")
+                return
+            member.restarting = True
+            self.history.record("failure", **where, detail="actor died; Ray is restarting it")
+            return
+        member.failures += 1
+        died = isinstance(exc, ray.exceptions.RayActorError)
+        member.restarting = died and member.max_restarts != 0
+        self.history.record(event, **where, detail=error_message(exc))
+        if (died and member.max_restarts == 0) or member.failures >= self.config.schedule.max_failures:
+            member.lost = True
+            self.history.record(
+                "participant_lost", participant=member.name, group=member.group, version=where["version"],
+                detail="actor died" if died else f"{member.failures} consecutive failures",
+            )
+
+    def reap_timeouts(self, now: float, version: int) -> list[Task]:
+        """Kill tasks past ``task_timeout_s`` (a hung actor would queue every later task
+        behind it); Ray restarts the actor if its group allows. Returns the tasks ended."""
+        limit = self.config.schedule.task_timeout_s
+        if limit is None:
+            return []
+        ended = []
+        for ref, task in list(self.in_flight.items()):
+            if now - task.dispatched_at < limit:
+                continue
+            del self.in_flight[ref]
+            member = self.members[task.participant]
+            member.busy = False
+            ray.kill(member.handle, no_restart=member.max_restarts == 0)
+            self.failed(member, member.where(task, version),
+                        ray.exceptions.RayActorError(error_msg=f"task exceeded task_timeout_s={limit}"),
+                        event="timeout")
+            ended.append(task)
+        return ended
+
+    def deadlines(self) -> list[float]:
+        """When each task in flight times out."""
+        limit = self.config.schedule.task_timeout_s
+        return [] if limit is None else [t.dispatched_at + limit for t in self.in_flight.values()]
+
+    # -- checkpoints -------------------------------------------------------------------
+    def records(self) -> dict[str, dict[str, Any]]:
+        """What a checkpoint keeps per participant: per-task seeds derive from ``tasks``."""
+        return {name: {"tasks": m.tasks, "failures": m.failures, "lost": m.lost}
+                for name, m in self.members.items()}
+
+    def restore(self, records: dict[str, dict[str, Any]]) -> None:
+        unknown = sorted(set(records) - set(self.members))
+        if unknown:
+            raise ValueError(f"checkpoint names participants not in this config: {unknown[:5]}")
+        for name, saved in records.items():
+            member = self.members[name]
+            member.tasks, member.failures = saved["tasks"], saved["failures"]
+            member.lost = member.lost or saved["lost"]
+
+
+def participant_specs(config: RunConfig, run_id: str) -> list[tuple[ParticipantSpec, Group]]:
+    """Each participant's spec and its group, in a fixed order (the partition order)."""
+    num_partitions = sum(g.count for g in config.groups if isinstance(g.data, PartitionData))
+    out, partition_index, index = [], 0, 0
+    for group in config.groups:
+        speed = group.system.speed
+        speeds = draw_speeds(speed, group.count) if not isinstance(speed, float) else np.full(group.count, speed)
+        for i in range(group.count):
+            is_partition = isinstance(group.data, PartitionData)
+            name = participant_name(group, i)
+            spec = ParticipantSpec(
+                name=name, group=group.name, index_in_group=i,
+                seed=config.seed * 100_003 + index, model=group.model, data=group.data,
+                train=group.train, dataset=config.dataset,
+                partition_index=partition_index if is_partition else None,
+                num_partitions=num_partitions, num_threads=max(1, int(group.resources.num_cpus)),
+                speed=float(speeds[i]), system=group.system,
+                strategy=config.strategy.name, strategy_options=config.strategy.options,
+                state_dir=private_state_dir(config, run_id, name, group),
+            )
+            out.append((spec, group))
+            partition_index += is_partition
+            index += 1
+    return out
+
+
+def private_state_dir(config: RunConfig, run_id: str, name: str, group: Group) -> str | None:
+    """Where a participant keeps its private state, on its own node (relative paths
+    resolve against that node's temp dir), or None when checkpoints are off. Under
+    local DP-SGD always, so a restarted actor keeps counting its privacy budget."""
+    policy = config.checkpoint
+    if policy.every is None and group.train.dp_sgd is None:
+        return None
+    template = policy.participant_dir or "fedray-state/{run_id}/{name}"
+    return template.format(run_id=run_id, name=name)
