@@ -47,3 +47,19 @@ def test_participants_without_a_gpu_fall_back_to_the_cpu(ray_session):
     assert {i["device"] for i in info.values()} == {"cpu"}
     assert all(list(i["gpu_ids"]) == [] for i in info.values())
     assert (history.event == "aggregation").sum() == 3
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("strategy", ["scaffold", "ditto", "fedrep", "fedmd"])
+def test_client_halves_run_on_the_gpu(ray_session, strategy):
+    """Loss terms, control variates, personal models and distillation on a CUDA model."""
+    if not torch.cuda.is_available() or ray.cluster_resources().get("GPU", 0) < 1:
+        pytest.skip("needs a CUDA GPU visible to Ray (none on this machine)")
+    config = digits_config(stop={"max_aggregations": 2}, strategy={"name": strategy},
+                           dataset={"name": "digits", "public_size": 60, "partition": {"kind": "iid"}})
+    config["groups"][0]["resources"] = {"num_cpus": 0.5, "num_gpus": 0.25}
+    orchestrator = Orchestrator(load_config(config))
+    history = orchestrator.run()
+    assert {i["device"] for i in orchestrator.members_info.values()} == {"cuda"}
+    assert (history.event == "aggregation").sum() == 2
+    assert not history.event.isin(["rejected", "failure"]).any(), history[history.event.isin(["rejected", "failure"])].detail

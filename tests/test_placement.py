@@ -71,7 +71,7 @@ def test_strict_spread_placement_group_puts_each_participant_on_its_own_node(thr
     nodes = [info["node_id"] for info in orchestrator.members_info.values()]
     assert sorted(nodes) == sorted(three_sites.values())
     # the run gave its reservation back
-    assert not orchestrator.placements.groups
+    assert not orchestrator.participants.placements.groups
 
 
 def test_pack_placement_reserves_and_releases_a_placement_group(three_sites):
