@@ -35,7 +35,13 @@ HANG_SECONDS = 3600.0
 
 
 def pick_device() -> torch.device:
-    """The GPU Ray assigned (Ray sets CUDA_VISIBLE_DEVICES), else the CPU."""
+    """The GPU Ray assigned, else the CPU: never a GPU torch can merely see. Recent Ray
+    versions leave CUDA_VISIBLE_DEVICES alone for an actor that asked for no GPU, so an
+    empty assignment, not CUDA's visibility, is what says "train on the CPU"."""
+    import ray
+
+    if ray.is_initialized() and not ray.get_gpu_ids():
+        return torch.device("cpu")
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
