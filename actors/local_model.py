@@ -53,7 +53,7 @@ class TorchLocalModel:
 
     def _tensors(self, flat: np.ndarray) -> list[torch.Tensor]:
         """A full-layout vector as one tensor per parameter, on the device."""
-        vec = torch.as_tensor(np.asarray(flat, dtype=np.float32), device=self.device)
+        vec = torch.tensor(np.asarray(flat, dtype=np.float32), device=self.device)  # copied: may be read-only
         return [vec[sl].view(shape) for sl, shape in zip(self.layout.slices.values(), self.layout.shapes)]
 
     # -- local work --------------------------------------------------------------------
@@ -68,7 +68,7 @@ class TorchLocalModel:
             elif isinstance(term, Linear):
                 offset = self._tensors(term.coef)
             elif isinstance(term, ConsensusKD):
-                teacher = torch.as_tensor(term.teacher, device=self.device)
+                teacher = torch.tensor(term.teacher, device=self.device)  # a copy: the state is read-only
                 extra = consensus_term(self.public_set(), teacher, term.temperature, term.weight, work.seed)
             else:
                 raise TypeError(f"unknown loss term {type(term).__name__}")
@@ -104,7 +104,7 @@ class TorchLocalModel:
         return grad, {"train_loss": loss, "samples": float(min(batch, self.num_examples)), "steps": 1.0}
 
     def distill(self, teacher: np.ndarray, temperature: float, epochs: int, seed: int) -> float:
-        target = torch.as_tensor(np.asarray(teacher, dtype=np.float32), device=self.device)
+        target = torch.tensor(np.asarray(teacher, dtype=np.float32), device=self.device)  # a copy, as above
         return distill(self.model, self.public_set(), target, self.spec.train, temperature, epochs, seed)
 
     def public_logits(self) -> np.ndarray:

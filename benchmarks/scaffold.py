@@ -59,11 +59,11 @@ def measure(strategy: str, args: argparse.Namespace) -> dict:
 
 def table(rows: list[dict], target: float) -> str:
     base = rows[0]["rounds_to_target"]
-    lines = [f"| strategy | rounds to {target:.2f} | vs FedAvg | final accuracy | best accuracy | wall s |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = [f"| strategy | rounds to {target:.2f} | FedAvg's rounds / these | final accuracy | "
+             "best accuracy | wall s |", "|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         rounds = r["rounds_to_target"]
-        ratio = f"{base / rounds:.2f}x fewer" if rounds and base else "n/a"
+        ratio = f"{base / rounds:.2f}" if rounds and base else "n/a"
         lines.append(f"| {r['strategy']} | {rounds if rounds is not None else 'not reached'} | {ratio} | "
                      f"{r['final']:.3f} | {r['best']:.3f} | {r['seconds']:.0f} |")
     return "\n".join(lines)
