@@ -1,4 +1,5 @@
-"""What the global state *is*, per strategy family, so the run loop need not know.
+"""What the global state *is*, as the strategy declares it (``Strategy.global_state``), so
+the run loop need not know.
 
 The run loop only moves one flat float32 vector and its :class:`Layout`. What that vector
 means differs by family, and so do its start value, the layout each participant's update
