@@ -8,6 +8,7 @@ message names the field path and what is allowed, never a traceback.
 
 from __future__ import annotations
 
+import os
 import typing
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
@@ -91,6 +92,32 @@ class Group(Strict):
         0, ge=0, description="no task before this global version; the first task "
         "warm-starts from the global state then (a participant that joins late)",
     )
+    hosting: Literal["dedicated", "pool"] = Field(
+        "dedicated", description="dedicated: one actor per participant, pinned with its resources "
+        "(a silo's own process); pool: `workers` actors serve the group's participants in turn "
+        "(a simulation: start-up and memory grow with the workers, not the participants)",
+    )
+    workers: int | None = Field(
+        None, ge=1, description="pool size under hosting: pool, each worker with the group's "
+        "resources; default: as many as this machine has cores, at most one per participant",
+    )
+    cache_size: int = Field(
+        64, ge=1, description="participants a pool worker keeps set up in memory; the rest are "
+        "set up again (data, model, private state from its state directory) when next served",
+    )
+
+    @model_validator(mode="after")
+    def _pool_settings(self) -> Group:
+        if self.hosting == "dedicated" and self.workers is not None:
+            raise ValueError("workers is a pool setting: set hosting: pool, or drop workers")
+        if self.workers is not None and self.workers > self.count:
+            raise ValueError(f"workers={self.workers} exceeds the group's {self.count} participants")
+        return self
+
+    @property
+    def pool_size(self) -> int:
+        """How many pool workers serve this group (under ``hosting: pool``)."""
+        return self.workers or max(1, min(self.count, os.cpu_count() or 1))
 
 
 class StrategyConfig(BaseModel):
@@ -342,6 +369,11 @@ class RunConfig(Strict):
 
     def _check_privacy(self) -> None:
         privacy, schedule, policy = self.privacy, self.schedule, self.schedule.policy
+        pooled = [g.name for g in self.groups if g.hosting == "pool"]
+        if privacy.secure_aggregation and pooled:
+            raise ValueError(
+                f"privacy.secure_aggregation needs hosting: dedicated, but group {pooled[0]} is pooled "
+                "(masking keys live in a participant's own process)")
         if privacy.secure_aggregation and not policy.supports_secure_aggregation:
             able = [m for m, cls in _SCHEDULE_MODES.items() if cls.policy.supports_secure_aggregation]
             raise ValueError(

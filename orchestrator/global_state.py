@@ -72,7 +72,7 @@ class SharedWeights(GlobalModel):
                     f"architecture (for mixed architectures use one of: {mixed})"
                 )
         self.layout = first.info["layout"]
-        self.params = np.asarray(ray.get(first.handle.initial_parameters.remote()), dtype=np.float32)
+        self.params = np.asarray(ray.get(first.call("initial_parameters")), dtype=np.float32)
         self.evaluator = ServerEvaluator(config, config.groups[0])
         if self.evaluator.layout != self.layout:
             raise GlobalStateError("the evaluation model's layout differs from the participants' model")
@@ -124,7 +124,7 @@ class SharedParts(ParticipantEvaluated):
             part = lay if per_family else shared_part(lay, strategy.shares)
             if not part.names:
                 continue
-            init = np.asarray(ray.get(m.handle.initial_parameters.remote()), np.float32)
+            init = np.asarray(ray.get(m.call("initial_parameters")), np.float32)
             values = init[global_positions(lay, part)]
             pos = global_positions(self.layout, part, self.prefixes[lay])
             fresh = ~filled[pos]

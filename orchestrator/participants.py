@@ -24,6 +24,7 @@ import ray
 
 from actors.data import DataError
 from actors.local_dp import PrivacyBudgetSpent
+from actors.pool import PoolWorker
 from actors.spec import ParticipantSpec, PartitionData
 from actors.system import SimulatedDropout, Unavailable, draw_speeds
 from orchestrator.config import Group, RunConfig, participant_name
@@ -60,6 +61,13 @@ class Member:
     tasks: int = 0
     retry_at: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)
+    pooled: bool = False
+    """Served by a pool worker: every call names the participant by passing its spec."""
+
+    def call(self, method: str, *args: Any) -> ray.ObjectRef:
+        """``handle.method.remote(*args)``, addressed to this participant on a pool worker."""
+        extra = (self.spec,) if self.pooled else ()
+        return getattr(self.handle, method).remote(*args, *extra)
 
     def where(self, task: Task, version: int) -> dict[str, Any]:
         """The history fields every event about one of its tasks carries."""
@@ -123,18 +131,32 @@ class Participants:
         except PlacementError as exc:
             raise RunError(str(exc)) from None
         pending = {}
+        pools = {g.name: self._start_pool(g) for g in self.config.groups if g.hosting == "pool"}
         for index, (spec, group) in enumerate(specs):
-            options = self.placements.actor_options(group, spec.index_in_group)
-            handle = self.actor_class.options(**options).remote(spec)
-            member = Member(spec.name, group.name, index, handle, spec, group.resources.max_restarts)
+            if group.name in pools:  # a participant's tasks always go to the same worker
+                workers = pools[group.name]
+                handle, restarts = workers[spec.index_in_group % len(workers)], -1
+            else:
+                handle = self.actor_class.options(**self.placements.actor_options(group, spec.index_in_group)).remote(spec)
+                restarts = group.resources.max_restarts
+            member = Member(spec.name, group.name, index, handle, spec, restarts, pooled=group.name in pools)
             self.members[spec.name] = member
-            pending[handle.describe.remote()] = member
+            pending[member.call("describe")] = member
         errors = self._await_start(pending)
         for name, message in errors:
             self.history.record("failure", participant=name, detail=message)
             print(f"fedray: {message}", flush=True)
         if len(self.alive()) < self.config.schedule.min_participants:
             raise RunError("participants could not start:\n  " + "\n  ".join(m for _, m in errors))
+
+    def _start_pool(self, group: Group) -> list[Any]:
+        """The group's pool workers, each with the group's resources. Ray restarts a
+        worker that dies: its participants' private state is in their own directories."""
+        workers = []
+        for i in range(group.pool_size):
+            options = self.placements.actor_options(group, i) | {"max_restarts": -1}
+            workers.append(ray.remote(PoolWorker).options(**options).remote(group.cache_size))
+        return workers
 
     def _await_start(self, pending: dict[ray.ObjectRef, Member]) -> list[tuple[str, str]]:
         deadline = time.perf_counter() + START_TIMEOUT_S
@@ -175,8 +197,8 @@ class Participants:
                 )
 
     def release(self) -> None:
-        for member in self.members.values():
-            ray.kill(member.handle, no_restart=True)
+        for handle in {id(m.handle): m.handle for m in self.members.values()}.values():
+            ray.kill(handle, no_restart=True)
         if self.placements is not None:
             self.placements.release()
 
@@ -195,7 +217,7 @@ class Participants:
     # -- tasks -------------------------------------------------------------------------
     def dispatch(self, member: Member, state_ref: ray.ObjectRef, instructions: Instructions,
                  task: Task) -> None:
-        ref = member.handle.train.remote(state_ref, instructions)
+        ref = member.call("train", state_ref, instructions)
         self.in_flight[ref] = task
         member.busy, member.tasks = True, member.tasks + 1
 
@@ -330,9 +352,10 @@ def participant_specs(config: RunConfig, run_id: str) -> list[tuple[ParticipantS
 def private_state_dir(config: RunConfig, run_id: str, name: str, group: Group) -> str | None:
     """Where a participant keeps its private state, on its own node (relative paths
     resolve against that node's temp dir), or None when checkpoints are off. Under
-    local DP-SGD always, so a restarted actor keeps counting its privacy budget."""
+    local DP-SGD always, so a restarted actor keeps counting its privacy budget, and for
+    pooled participants always, so any worker that serves one next goes on from it."""
     policy = config.checkpoint
-    if policy.every is None and group.train.dp_sgd is None:
+    if policy.every is None and group.train.dp_sgd is None and group.hosting == "dedicated":
         return None
     template = policy.participant_dir or "fedray-state/{run_id}/{name}"
     return template.format(run_id=run_id, name=name)

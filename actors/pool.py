@@ -1,0 +1,65 @@
+"""A pool worker: one Ray actor that serves many participants, one task at a time.
+
+Dedicated hosting gives every participant its own process; that is right for a hospital
+pinned to its node, and too heavy for a simulation of hundreds of participants on a
+laptop, where each process costs its own torch import and memory. A pool worker keeps a
+bounded cache of :class:`~actors.participant.Participant` objects. Each loads its own data
+inside this worker the first time it is served and keeps its private state (client state,
+simulator random state, DP-SGD budget) in its own state directory after every task, so a
+participant evicted from the cache, or served after the worker restarted, goes on from
+where it was. The driver never reads that state; it only names the participant.
+
+The methods mirror the Participant's, with the participant's spec as the last argument.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+
+from actors.participant import Participant
+from actors.spec import ParticipantSpec
+from strategies.types import GlobalState, Instructions, Update
+
+DEFAULT_CACHE = 64
+"""Participants a worker keeps set up (data and model in memory) at the most."""
+
+
+class PoolWorker:
+    """Serves any participant it is given; keeps the ``cache_size`` most recent set up.
+
+    >>> worker = PoolWorker(cache_size=2)
+    >>> worker.cached()
+    []
+    """
+
+    def __init__(self, cache_size: int = DEFAULT_CACHE) -> None:
+        if cache_size < 1:
+            raise ValueError(f"cache_size must be >= 1, got {cache_size}")
+        self.cache_size = cache_size
+        self._served: OrderedDict[str, Participant] = OrderedDict()
+
+    def _participant(self, spec: ParticipantSpec) -> Participant:
+        """The participant, set up here if it is not cached; evicts the least recent."""
+        participant = self._served.pop(spec.name, None)
+        if participant is None:
+            participant = Participant(spec)
+        self._served[spec.name] = participant
+        while len(self._served) > self.cache_size:
+            self._served.popitem(last=False)  # its private state is already on disk
+        return participant
+
+    def describe(self, spec: ParticipantSpec) -> dict[str, Any]:
+        return self._participant(spec).describe()
+
+    def initial_parameters(self, spec: ParticipantSpec) -> np.ndarray:
+        return self._participant(spec).initial_parameters()
+
+    def train(self, state: GlobalState, instructions: Instructions, spec: ParticipantSpec) -> Update:
+        return self._participant(spec).train(state, instructions)
+
+    def cached(self) -> list[str]:
+        """Names of the participants set up in this worker, least recently served first."""
+        return list(self._served)

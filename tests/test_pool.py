@@ -1,0 +1,151 @@
+"""Pooled hosting: a few worker processes serve many participants, each still a participant
+with its own data and private state."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import ray
+from conftest import digits_config, run_while
+
+from actors.pool import PoolWorker
+from actors.spec import DPSGD, DatasetSpec, ModelSpec, ParticipantSpec, PartitionData, TrainSpec
+from orchestrator.config import ConfigError, load_config
+from orchestrator.participants import RESTART_BACKOFF_S
+from orchestrator.run import Orchestrator
+from strategies.partial import global_positions, union_layout
+from strategies.types import GlobalState, Instructions
+
+
+def spec(index: int, state_dir, strategy: str = "fedrep", **train) -> ParticipantSpec:
+    return ParticipantSpec(
+        name=f"site-{index}", group="site", index_in_group=index, seed=index,
+        model=ModelSpec(name="mlp", hidden=[16]), data=PartitionData(),
+        train=TrainSpec(lr=0.1, batch_size=32, **train), dataset=DatasetSpec(),
+        partition_index=index, num_partitions=4, strategy=strategy,
+        state_dir=str(state_dir / f"site-{index}"),
+    )
+
+
+def full_state(worker: PoolWorker, s: ParticipantSpec, version: int = 0) -> GlobalState:
+    layout = worker.describe(s)["layout"]
+    return GlobalState(version, worker.initial_parameters(s), layout)
+
+
+def test_the_cache_keeps_the_most_recent_participants_within_its_bound(tmp_path):
+    worker = PoolWorker(cache_size=2)
+    specs = [spec(i, tmp_path, "fedavg") for i in range(3)]
+    for s in specs:
+        worker.describe(s)
+    assert worker.cached() == ["site-1", "site-2"]  # site-0, least recently served, went
+    worker.describe(specs[1])
+    assert worker.cached() == ["site-2", "site-1"]
+
+
+def test_a_personal_head_survives_being_served_by_another_worker(tmp_path):
+    s = spec(0, tmp_path, "fedrep")
+    first, second = PoolWorker(), PoolWorker()
+    layout = first.describe(s)["layout"]
+    shared = layout.subset([n for n in layout.names if n.startswith("body.")])
+    start = first.initial_parameters(s)[global_positions(layout, shared)]
+    first.train(GlobalState(0, start, union_layout([shared])), Instructions(0, seed=1), s)
+    head = first._served["site-0"].client.state["model"]
+    assert not np.array_equal(head, first.initial_parameters(s))  # the task trained it
+    second.describe(s)  # another process sets the participant up from its state directory
+    np.testing.assert_array_equal(second._served["site-0"].client.state["model"], head)
+
+
+def test_a_dp_sgd_budget_keeps_counting_on_another_worker(tmp_path):
+    s = spec(1, tmp_path, "fedavg", dp_sgd=DPSGD(noise_multiplier=1.0, max_grad_norm=1.0))
+    first = PoolWorker()
+    spent = [first.train(full_state(first, s), Instructions(t, seed=t), s).metrics["dp_sgd_epsilon"]
+             for t in range(2)]
+    second = PoolWorker()
+    after = second.train(full_state(second, s), Instructions(2, seed=2), s).metrics["dp_sgd_epsilon"]
+    assert 0 < spent[0] < spent[1] < after  # the third task adds to the first two, not to zero
+
+
+def test_bad_hosting_settings_are_refused_with_the_field():
+    raw = digits_config()
+    raw["groups"][0] |= {"workers": 2}
+    with pytest.raises(ConfigError, match=r"groups\[0\]: workers is a pool setting"):
+        load_config(raw)
+    raw["groups"][0] |= {"hosting": "pool", "workers": 9}
+    with pytest.raises(ConfigError, match="workers=9 exceeds the group's 4 participants"):
+        load_config(raw)
+    raw["groups"][0] |= {"hosting": "pooled", "workers": 2}
+    with pytest.raises(ConfigError, match=r"hosting: Input should be 'dedicated' or 'pool'"):
+        load_config(raw)
+    raw["groups"][0] |= {"hosting": "pool"}
+    with pytest.raises(ConfigError, match="secure_aggregation needs hosting: dedicated"):
+        load_config(raw | {"privacy": {"secure_aggregation": True}})
+
+
+def _config(hosting: str, rounds: int = 3, **extra) -> dict:
+    raw = digits_config(stop={"max_aggregations": rounds}, **extra)
+    raw["groups"][0]["hosting"] = hosting
+    if hosting == "pool":
+        raw["groups"][0]["workers"] = 2
+    return raw
+
+
+def test_pooled_and_dedicated_hosting_give_the_same_model(ray_session):
+    runs = {}
+    for hosting in ("dedicated", "pool"):
+        orch = Orchestrator(load_config(_config(hosting)))
+        orch.run()
+        runs[hosting] = (orch.params.copy(), {m.info["pid"] for m in orch.members.values()})
+    np.testing.assert_array_equal(runs["dedicated"][0], runs["pool"][0])
+    assert len(runs["dedicated"][1]) == 4 and len(runs["pool"][1]) == 2  # 4 participants, 2 processes
+
+
+class WaitForRestart:
+    """A progress listener that, at the first aggregation after the killed worker's tasks
+    failed, holds the run loop until Ray has restarted the worker and every back-off has
+    passed, so the rest of the run shows the worker's participants going on (whatever the
+    machine's speed)."""
+
+    def __init__(self, orch: Orchestrator) -> None:
+        self.orch, self.killed, self.failed, self.resumed_at = orch, None, False, None
+
+    def on_event(self, row: dict) -> None:
+        if self.killed is None or self.resumed_at is not None:
+            return
+        if row["event"] == "failure" and self.orch.members[row["participant"]].handle is self.killed:
+            self.failed = True
+        if row["event"] != "aggregation" or not self.failed:
+            return
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # calls fail at once until the new process is up
+            try:
+                ray.get(self.orch.members["site-0"].call("describe"), timeout=120)
+                break
+            except ray.exceptions.RayActorError:
+                time.sleep(0.2)
+        time.sleep(RESTART_BACKOFF_S)
+        self.resumed_at = row["version"]
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_killed_pool_worker_comes_back_and_its_participants_go_on(ray_session):
+    config = load_config(_config("pool", rounds=8, strategy={"name": "fedrep"}))
+    orch = Orchestrator(config)
+    orch.progress = waiter = WaitForRestart(orch)
+
+    def kill_once() -> bool:
+        if orch.version >= 2:
+            waiter.killed = orch.members["site-0"].handle  # serves site-0 and site-2
+            ray.kill(waiter.killed, no_restart=False)  # a real crash; Ray restarts the worker
+            return True
+        return False
+
+    history = run_while(orch, kill_once)
+    assert waiter.resumed_at is not None, "no task of the killed worker failed"
+    assert (history.event == "aggregation").sum() == 8
+    assert (history.event == "participant_lost").sum() == 0
+    served = history[(history.event == "update") & (history.version > waiter.resumed_at)]
+    assert {"site-0", "site-2"} <= set(served.participant)  # served again by the new process
