@@ -24,12 +24,14 @@ import ray
 
 from actors.data import DataError
 from actors.local_dp import PrivacyBudgetSpent
+from actors.participant import Participant
 from actors.pool import PoolWorker
 from actors.spec import ParticipantSpec, PartitionData
 from actors.system import SimulatedDropout, Unavailable, draw_speeds
 from orchestrator.config import Group, RunConfig, participant_name
 from orchestrator.history import History
 from orchestrator.placement import PlacementError, Placements, check_placement
+from orchestrator.privacy import PrivacyHooks
 from orchestrator.schedules import Task
 from strategies.types import Instructions, Update
 
@@ -110,11 +112,12 @@ def error_message(exc: BaseException) -> str:
 class Participants:
     """The run's participant actors and their tasks in flight."""
 
-    def __init__(self, config: RunConfig, history: History, actor_class: Any,
+    def __init__(self, config: RunConfig, history: History, privacy: PrivacyHooks,
                  clock: Callable[[], float]) -> None:
         self.config = config
         self.history = history
-        self.actor_class = actor_class
+        self.privacy = privacy
+        self.actor_class = privacy.actor_class(Participant)
         self.clock = clock
         self.members: dict[str, Member] = {}
         self.in_flight: dict[ray.ObjectRef, Task] = {}
@@ -261,6 +264,7 @@ class Participants:
     def failed(self, member: Member, where: dict, exc: Exception, event: str = "failure") -> None:
         """Count a failure; give up on the participant after ``max_failures`` in a row, or
         at once when its actor died and may not restart."""
+        self.privacy.forget(member.name)  # a restarted actor has a new masking key
         if isinstance(exc, ray.exceptions.ActorUnavailableError):
             # Ray is restarting the actor; calls fail at once until it is back. Back off. Its
             # death counts once: here if no task of its was in flight when it died.

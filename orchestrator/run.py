@@ -27,7 +27,6 @@ import numpy as np
 import pandas as pd
 import ray
 
-from actors.participant import Participant
 from actors.spec import ParticipantSpec
 from orchestrator import checkpoint
 from orchestrator.adaptive import AdaptiveLocalWork
@@ -66,7 +65,7 @@ class Orchestrator:
         self.privacy = PrivacyHooks(config.privacy, config)
         self.strategy = config.strategy.build()
         self.schedule = make_schedule(config.schedule, config.seed)
-        self.participants = Participants(config, self.history, self.privacy.actor_class(Participant), self.clock)
+        self.participants = Participants(config, self.history, self.privacy, self.clock)
         self.join_at = {g.name: g.join_at for g in config.groups}
         self.global_model: GlobalModel | None = None
         self.state: RunState | None = None

@@ -10,14 +10,15 @@ from actors.data import DataError
 from orchestrator.config import load_config
 from orchestrator.history import History
 from orchestrator.participants import Member, Participants, error_message
+from orchestrator.privacy import PrivacyHooks
 from orchestrator.results import FAILURE_EVENTS
 from orchestrator.schedules import Task
 
 
-def lifecycle(max_restarts: int = -1) -> tuple[Participants, Member, History]:
-    config = load_config(digits_config())
+def lifecycle(max_restarts: int = -1, **overrides) -> tuple[Participants, Member, History]:
+    config = load_config(digits_config(**overrides))
     history = History()
-    participants = Participants(config, history, actor_class=None, clock=lambda: 10.0)
+    participants = Participants(config, history, PrivacyHooks(config.privacy, config), clock=lambda: 10.0)
     member = Member("site-0", "site", 0, handle=None, spec=None, max_restarts=max_restarts)
     participants.members[member.name] = member
     return participants, member, history
@@ -49,6 +50,14 @@ def test_an_actor_that_may_not_restart_is_lost_at_its_death():
     participants, member, history = lifecycle(max_restarts=0)
     participants.failed(member, where(member), ray.exceptions.RayActorError(error_msg="killed"))
     assert member.lost and [row["event"] for row in history.rows] == ["failure", "participant_lost"]
+
+
+def test_a_failed_participants_masking_key_is_forgotten():
+    """Its restarted process has a new key: relaying the old one would garble the sum."""
+    participants, member, _ = lifecycle(privacy={"secure_aggregation": True})
+    participants.privacy.public_keys = {"site-0": b"old key", "site-1": b"other"}
+    participants.failed(member, where(member), ray.exceptions.ActorUnavailableError("restarting", None))
+    assert participants.privacy.public_keys == {"site-1": b"other"}
 
 
 def test_errors_are_told_apart_by_type_and_show_the_participants_own_message():
