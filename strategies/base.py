@@ -5,15 +5,17 @@ orchestrator's schedule decides *when* that happens. Keeping the two apart lets 
 strategy run under synchronous rounds, FedBuff and FedAsync alike.
 
 Each strategy is one small class with a ``Params`` dataclass of hyperparameters (the
-config validates YAML against it) and a pure ``aggregate``: numbers in, numbers out, no
-Ray. Server-side optimizer state (momentum, Adam moments) lives in ``self.state`` so it
-can be checkpointed with :meth:`state_dict`.
+config validates YAML against it), a pure ``aggregate`` (numbers in, numbers out, no Ray)
+and a ``Client`` class, its client half, that the participant runs for each task (see
+``strategies/client.py``). Server-side optimizer state (momentum, Adam moments, SCAFFOLD's
+control variate) lives in ``self.state`` so it is checkpointed with :meth:`state_dict`.
+What a strategy needs and sends is declared on the class.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Protocol
 
 import numpy as np
@@ -61,7 +63,6 @@ class ServerContext:
     num_participants: int
     models: ServerModels | None = None
     seed: int = 0
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 class Strategy:
