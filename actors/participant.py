@@ -194,6 +194,8 @@ class Participant:
         """Save what this participant must not lose if its actor is restarted."""
         self.private.tasks_done += 1
         self.private.last_task_id = task_id
+        if self.spec.state_dir is None:  # nowhere to keep it: skip copying the client state
+            return
         self.private.rng_state = self._rng.bit_generator.state
         self.private.client_state = self.client.state_dict()
         if self.local.dp_accountant is not None:  # the budget spent must survive a restart

@@ -7,8 +7,8 @@ The same synchronous FedAvg workload runs twice in one process, on one Ray insta
 - ``hand-written``: plain ``ray.remote(Participant)`` actors, one ``ray.put`` of the
   global state per round, ``ray.get`` of all updates, a numpy example-weighted average.
 
-Both use the same participant specs and the same per-task seed formula as
-``orchestrator/run.py::_dispatch``, so they compute the same models: the final accuracies
+Both use the same participant specs and the same per-task seeds
+(``orchestrator.participants.task_seed``), so they compute the same models: the final accuracies
 must agree. Both evaluate the global model only at the start and at the end. Wall time
 includes starting the actors (each imports torch and loads its shard) in both.
 
@@ -37,6 +37,7 @@ from actors.params import layout_of, set_flat
 from actors.participant import Participant
 from actors.training import evaluate
 from orchestrator.config import RunConfig, load_config
+from orchestrator.participants import task_seed
 from orchestrator.run import Orchestrator
 from strategies.types import GlobalState, Instructions
 
@@ -105,8 +106,7 @@ def run_hand_written(config: RunConfig) -> tuple[float, float, float]:
         state = ray.put(GlobalState(version, params, layout))
         refs = []
         for index, handle in enumerate(actors):
-            # the per-task seed formula of orchestrator/run.py::_dispatch
-            seed = int(np.random.SeedSequence([config.seed, index, version]).generate_state(1)[0])
+            seed = task_seed(config.seed, index, version)  # the run loop's per-task seeds
             refs.append(handle.train.remote(state, Instructions(task_id, seed)))
             task_id += 1
         updates = ray.get(refs)

@@ -99,6 +99,16 @@ class Arrival:
         return out
 
 
+def task_seed(run_seed: int, index: int, tasks_done: int) -> int:
+    """Per-task seed from the run seed, the participant's index and its task count: the
+    same run gives every task the same seed, whatever the timing.
+
+    >>> task_seed(0, 1, 2) == task_seed(0, 1, 2) != task_seed(0, 1, 3)
+    True
+    """
+    return int(np.random.SeedSequence([run_seed, index, tasks_done]).generate_state(1)[0])
+
+
 def error_message(exc: BaseException) -> str:
     """The human part of a Ray error: the participant's own exception and its message,
     or the first line of Ray's explanation."""
@@ -225,9 +235,7 @@ class Participants:
         member.busy, member.tasks = True, member.tasks + 1
 
     def task_seed(self, member: Member) -> int:
-        """Per-task seed from the run seed, the participant and its task count: the same
-        run gives every task the same seed, whatever the timing."""
-        return int(np.random.SeedSequence([self.config.seed, member.index, member.tasks]).generate_state(1)[0])
+        return task_seed(self.config.seed, member.index, member.tasks)
 
     def wait(self, timeout: float | None) -> list[ray.ObjectRef]:
         """The first task to finish (or none within ``timeout``) and every other already done."""
