@@ -55,9 +55,20 @@ def test_random_kills_every_three_aggregations_cost_little_and_count_nothing_twi
     assert updates.task_id.is_unique
     assert set(updates.task_id) <= set(history[history.event == "dispatch"].task_id)
     assert set(updates.task_id).isdisjoint(set(failures.task_id.dropna()))
+    # every aggregation counts exactly the updates admitted since the one before: a task
+    # cut short by a kill adds nothing, and nothing is counted twice
+    rows = history[history.event.isin(["update", "aggregation"])]
+    admitted = (rows.event == "aggregation").astype(int).shift(fill_value=0).cumsum()
+    per_round = rows[rows.event == "update"].groupby(admitted).num_examples.sum()
+    aggregated = rows[rows.event == "aggregation"].num_examples.to_numpy()
+    assert list(per_round.to_numpy()) == list(aggregated)
+    # Accuracy only checks that no failure corrupted the model: how many rounds a restart
+    # misses depends on machine speed, and clean runs of this workload with 2, 3 or 4 of
+    # the 4 updates per round ended between 0.889 and 0.930 over seeds 0-2 (measured);
+    # a corrupted model lands far lower.
     final = history[history.event == "evaluation"].accuracy.iloc[-1]
     clean = baseline[baseline.event == "evaluation"].accuracy.iloc[-1]
-    assert final >= clean - 0.02, (final, clean)
+    assert final >= clean - 0.05, (final, clean)
 
 
 # The healthy group may restart: on a badly overloaded machine one of its tasks could
