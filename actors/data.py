@@ -1,22 +1,25 @@
 """Loading a participant's private data, inside its own actor.
 
-Two sources: a shard of a shared benchmark dataset (every actor recomputes the same
-seeded split and keeps its part) and a participant's own CSV/Parquet file (the cross-silo
+Three sources: a shard of a shared benchmark dataset (every actor recomputes the same
+seeded split and keeps its part), a participant's own generated data (``synthetic``: each
+actor draws only its own rows), and a participant's own CSV/Parquet file (the cross-silo
 case: each hospital points at its own table on its own node). Errors name the
 participant and the file, because on a cluster the file lives on another machine.
+pandas is imported only for file data.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from actors import partition
 from actors.spec import DatasetSpec, FileData, ParticipantSpec, View
+from actors.synthetic import Synthetic
 
 
 class DataError(Exception):
@@ -25,13 +28,17 @@ class DataError(Exception):
 
 @dataclass(frozen=True)
 class SharedDataset:
-    """A whole benchmark dataset with its held-out test split, features flat."""
+    """A whole benchmark dataset with its held-out test split, features flat.
+
+    For ``synthetic`` there is no shared training pool (each participant generates its
+    own): ``x_train`` is empty and the test split pools participants' own test splits.
+    """
 
     x_train: np.ndarray
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
-    image_shape: tuple[int, int, int]
+    image_shape: tuple[int, int, int] | None  # None: flat features only
     num_classes: int
     x_public: np.ndarray | None = None  # unlabelled public slice, excluded from x_train
 
@@ -53,14 +60,18 @@ class LocalData:
 
 
 @lru_cache(maxsize=4)
-def load_shared_dataset(spec: DatasetSpec) -> SharedDataset:
-    """Load and split deterministically (same seed -> same split in every process)."""
-    if spec.name == "digits":
-        from sklearn.datasets import load_digits
+def load_shared_dataset(spec: DatasetSpec, population: int | None = None) -> SharedDataset:
+    """Load and split deterministically (same seed -> same split in every process).
 
-        bunch = load_digits()
-        x = (bunch.data / 16.0).astype(np.float32)
-        y = bunch.target.astype(np.int64)
+    ``population``: how many participants the run has; the synthetic test set pools the
+    first ``min(spec.eval_participants, population)``. Digits ignores it.
+    """
+    if spec.name == "synthetic":
+        return _synthetic_shared(spec, population)
+    if spec.name == "digits":
+        pixels, labels = _digits_table()
+        x = (pixels / 16.0).astype(np.float32)
+        y = labels.astype(np.int64)
         image_shape = (1, 8, 8)
     else:  # pragma: no cover - the Literal in DatasetSpec rules this out
         raise ValueError(f"unknown dataset {spec.name!r}")
@@ -71,6 +82,41 @@ def load_shared_dataset(spec: DatasetSpec) -> SharedDataset:
         raise ValueError(f"dataset.public_size={spec.public_size} leaves no training data ({len(train)} examples)")
     public, train = train[: spec.public_size], train[spec.public_size :]
     return SharedDataset(x[train], y[train], x[test], y[test], image_shape, int(y.max()) + 1, x[public])
+
+
+def _digits_table() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled digits (pixels 0..16, labels), read from the file it ships:
+    importing scikit-learn would cost every actor about a second of CPU (SciPy, pandas)."""
+    found = importlib.util.find_spec("sklearn")  # finds the package without importing it
+    path = Path(found.origin).parent / "datasets" / "data" / "digits.csv.gz" if found and found.origin else None
+    if path is None or not path.exists():  # a layout this does not know: the public loader
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        return bunch.data, bunch.target
+    table = np.loadtxt(path, delimiter=",")
+    return table[:, :-1], table[:, -1]
+
+
+def synthetic_task(spec: DatasetSpec) -> Synthetic:
+    """The Synthetic(alpha, beta) generator a ``name: synthetic`` dataset describes."""
+    return Synthetic(
+        alpha=spec.alpha, beta=spec.beta, num_features=spec.num_features,
+        num_classes=spec.num_classes, seed=spec.seed, size_mu=spec.size_mu,
+        size_sigma=spec.size_sigma, min_size=spec.min_size, max_size=spec.max_size,
+        test_fraction=spec.test_fraction,
+    )
+
+
+def _synthetic_shared(spec: DatasetSpec, population: int | None) -> SharedDataset:
+    """The driver's test set: the pooled test splits of the first participants. A fixed
+    sample (not all participants) keeps evaluation cheap with 10,000 of them, and the
+    same set for any run at least ``eval_participants`` large, so such runs compare."""
+    count = spec.eval_participants if population is None else min(spec.eval_participants, population)
+    task = synthetic_task(spec)
+    x_test, y_test = task.pooled_test_set(range(count))
+    empty = np.zeros((0, spec.num_features), np.float32)
+    return SharedDataset(empty, np.zeros(0, np.int64), x_test, y_test, None, spec.num_classes)
 
 
 def apply_view(x: np.ndarray, view: View, image_shape: tuple[int, int, int] | None) -> np.ndarray:
@@ -103,6 +149,10 @@ def load_participant_data(spec: ParticipantSpec) -> LocalData:
         return _hold_out(x, y, data.test_fraction, data.num_classes, spec.seed, path)
     if spec.dataset is None or spec.partition_index is None:
         raise DataError(f"participant {spec.name}: data source 'partition' needs a run-level 'dataset'")
+    if spec.dataset.name == "synthetic":  # its own rows only, its own test split
+        x, y, x_test, y_test = synthetic_task(spec.dataset).participant(spec.partition_index)
+        return LocalData(apply_view(x, data.view, None), y, apply_view(x_test, data.view, None),
+                         y_test, spec.dataset.num_classes, f"synthetic participant {spec.partition_index}")
     full = load_shared_dataset(spec.dataset)
     idx = split_indices(spec.dataset, full.y_train, spec.num_partitions)[spec.partition_index]
     x = apply_view(full.x_train[idx], data.view, full.image_shape)
@@ -115,6 +165,8 @@ def load_participant_data(spec: ParticipantSpec) -> LocalData:
 
 def read_table(path: Path, spec: FileData, who: str) -> tuple[np.ndarray, np.ndarray]:
     """Read a CSV/Parquet table into float32 features and int64 labels, or say why not."""
+    import pandas as pd  # only file data pays for it
+
     if not path.exists():
         raise DataError(f"participant {who}: data file not found: {path}")
     try:

@@ -161,7 +161,10 @@ class Participant:
         """Run the strategy's client half on the global state; return its update."""
         self._ensure_set_up()
         started = time.perf_counter()
-        run_clock = time.time() - instructions.run_start if instructions.run_start else 0.0
+        if instructions.simulated_at is not None:
+            run_clock = instructions.simulated_at
+        else:
+            run_clock = time.time() - instructions.run_start if instructions.run_start else 0.0
         self._check_online(run_clock)
         train = self.spec.train
         work = Work(instructions.seed, train.local_epochs, instructions.local_steps or train.local_steps)
@@ -170,7 +173,8 @@ class Participant:
         payload = payload.astype(np.float32, copy=False)
         metrics = dict(result.metrics)
         real = time.perf_counter() - started
-        simulated = self._simulate(real, int(metrics["samples"]), run_clock)
+        simulated = self._simulate(real, int(metrics["samples"]), run_clock, state.params.nbytes,
+                                   instructions.simulated_seconds)
         self._remember(instructions.task_id)
         if instructions.seal:  # kept here until its cohort is masked
             metrics[SEALED_METRIC] = float(self.sealed.hold(instructions.task_id, payload, self.local.num_examples))
@@ -225,19 +229,24 @@ class Participant:
         if not online:
             raise Unavailable(self.spec.name, change_at)
 
-    def _simulate(self, real: float, samples: int, run_clock: float) -> float:
-        """Stretch the task to its simulated duration; maybe drop it. Returns seconds."""
+    def _simulate(self, real: float, samples: int, run_clock: float, nbytes: int,
+                  simulated: float | None) -> float:
+        """Stretch the task to its duration, or under the simulated clock take the one the
+        driver fixed (no sleeping); maybe drop it. Returns seconds."""
         system = self.spec.system
-        duration = task_duration(real, samples, self.spec.speed, system.simulated_seconds_per_sample)
+        duration = simulated if simulated is not None else task_duration(real, samples, self.spec.speed, system, nbytes)
+        waits = simulated is None  # the wall clock: the task really lasts that long
         if system.availability is not None:
             _, offline_at = online_until(system.availability, self._phase, run_clock)
             if run_clock + duration > offline_at:
-                sleep_until(time.perf_counter() + (offline_at - run_clock) - real)
+                if waits:
+                    sleep_until(time.perf_counter() + (offline_at - run_clock) - real)
                 raise SimulatedDropout(f"participant {self.spec.name} went offline mid-task")
         if system.hang_prob > 0 and self._rng.random() < system.hang_prob:
             time.sleep(HANG_SECONDS)  # fault injection: only the driver's task_timeout_s ends this
         dropped = system.dropout_prob > 0 and self._rng.random() < system.dropout_prob
-        sleep_until(time.perf_counter() + duration - real)
+        if waits:
+            sleep_until(time.perf_counter() + duration - real)
         if dropped:
             raise SimulatedDropout(f"participant {self.spec.name} dropped the task")
         return duration

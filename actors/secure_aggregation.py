@@ -29,14 +29,14 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from strategies.secure_aggregation import apply_masks, encode, expand_mask, mask_sign
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 SECAGG_GROUP = "secagg"
 """Actor concurrency group of the key and masking calls (one thread beside training)."""
@@ -50,24 +50,42 @@ keep being turned away (late, rejected); the driver never buffers more than this
 from one participant."""
 
 
-@dataclass
 class MaskingKey:
-    """One participant's X25519 key pair."""
+    """One participant's X25519 key pair, drawn when first used: every participant holds
+    one, and only those of a run with secure aggregation pay for importing cryptography."""
 
-    private: X25519PrivateKey
+    def __init__(self, private: X25519PrivateKey | None = None) -> None:
+        self._private = private
+        self._lock = threading.Lock()  # first use may come from the masking thread
 
     @classmethod
     def generate(cls) -> MaskingKey:
-        return cls(X25519PrivateKey.generate())
+        """A fresh key pair (drawn on first use)."""
+        return cls()
+
+    @property
+    def private(self) -> X25519PrivateKey:
+        with self._lock:
+            if self._private is None:
+                from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+                self._private = X25519PrivateKey.generate()
+            return self._private
 
     @property
     def public_bytes(self) -> bytes:
+        from cryptography.hazmat.primitives import serialization
+
         return self.private.public_key().public_bytes(
             serialization.Encoding.Raw, serialization.PublicFormat.Raw
         )
 
     def pair_seed(self, peer_public: bytes, cohort_id: int) -> bytes:
         """The seed this participant and the peer both derive (Diffie-Hellman + HKDF)."""
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+        from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
         shared = self.private.exchange(X25519PublicKey.from_public_bytes(peer_public))
         return HKDF(
             algorithm=hashes.SHA256(), length=32, salt=cohort_id.to_bytes(8, "little", signed=True),

@@ -11,8 +11,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from actors.models import factory_options, resolve_factory
-
 
 class Strict(BaseModel):
     """Unknown keys are errors: a typo in YAML must not be silently ignored."""
@@ -28,19 +26,59 @@ class PartitionSpec(Strict):
 
 
 class DatasetSpec(Strict):
-    """A dataset shared out among participants by a partitioner (a benchmark setting).
+    """A benchmark dataset: shared out by a partitioner, or generated per participant.
 
-    ``digits`` is scikit-learn's bundled 8x8 handwritten digits, so it works offline.
+    ``digits`` is scikit-learn's bundled 8x8 handwritten digits, so it works offline; a
+    partitioner splits it. ``synthetic`` is Synthetic(alpha, beta) of the FedProx paper
+    (:mod:`actors.synthetic`): each participant generates its own task and data inside its
+    actor, keeps ``test_fraction`` of its rows as its own test split, and the driver
+    evaluates on the pooled test splits of the first ``eval_participants`` participants.
     """
 
-    name: Literal["digits"] = "digits"
+    name: Literal["digits", "synthetic"] = "digits"
     test_fraction: float = Field(0.2, gt=0, lt=1)
     partition: PartitionSpec = PartitionSpec()
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     public_size: int = Field(
         0, ge=0, description="training examples held out of the partition as the unlabelled "
         "public set that soft-label strategies (FedMD, FedDF, DS-FL) predict on",
     )
+    # synthetic only (defaults: the paper's); a non-default value with digits is an error
+    alpha: float = Field(1.0, ge=0, description="synthetic: how far participants' models differ")
+    beta: float = Field(1.0, ge=0, description="synthetic: how far participants' inputs differ")
+    num_features: int = Field(60, ge=1, description="synthetic: input dimension")
+    num_classes: int = Field(10, ge=2, description="synthetic: label space")
+    size_mu: float = Field(4.0, description="synthetic: sizes are min_size + LogNormal(size_mu, size_sigma)")
+    size_sigma: float = Field(2.0, ge=0, description="synthetic: spread of the sizes' power law")
+    min_size: int = Field(50, ge=2, description="synthetic: fewest rows a participant has")
+    max_size: int | None = Field(10_000, ge=2, description="synthetic: most rows (None: no cap)")
+    eval_participants: int = Field(
+        100, ge=1, description="synthetic: the driver's test set pools the test splits of the "
+        "first this many participants (all of them in a smaller run)",
+    )
+
+    @model_validator(mode="after")
+    def _settings_fit_the_dataset(self) -> DatasetSpec:
+        defaults = DatasetSpec.model_fields
+        if self.name == "digits":
+            stray = [f for f in SYNTHETIC_FIELDS if getattr(self, f) != defaults[f].default]
+            if stray:
+                raise ValueError(f"{', '.join(stray)}: synthetic settings, not used by name: digits")
+            return self
+        if self.partition != PartitionSpec():
+            raise ValueError(
+                "partition does not apply to name: synthetic: each participant generates data "
+                "from its own distribution (its skew comes from alpha and beta)")
+        if self.public_size:
+            raise ValueError("public_size is not available with name: synthetic (it has no shared pool)")
+        if self.max_size is not None and self.max_size < self.min_size:
+            raise ValueError(f"max_size={self.max_size} is below min_size={self.min_size}")
+        return self
+
+
+SYNTHETIC_FIELDS = ("alpha", "beta", "num_features", "num_classes", "size_mu", "size_sigma",
+                    "min_size", "max_size", "eval_participants")
+"""The :class:`DatasetSpec` fields only ``name: synthetic`` reads."""
 
 
 View = Literal["flat", "image", "sequence"]
@@ -91,6 +129,17 @@ class FileData(Strict):
 DataSpec = Annotated[PartitionData | FileData, Field(discriminator="source")]
 
 
+BUILTIN_MODEL_OPTIONS: dict[str, frozenset[str]] = {
+    "mlp": frozenset({"hidden", "dropout"}),
+    "cnn": frozenset({"channels", "hidden"}),
+    "gru": frozenset({"hidden", "layers"}),
+    "lstm": frozenset({"hidden", "layers"}),
+    "transformer": frozenset({"dim", "heads", "layers"}),
+}
+"""Options of the built-in factories in :mod:`actors.models`, stated here so validating a
+config does not import torch (seconds); a test keeps it equal to the factories' signatures."""
+
+
 class ModelSpec(BaseModel):
     """``name`` plus the factory's own keyword options, checked against its signature."""
 
@@ -99,8 +148,17 @@ class ModelSpec(BaseModel):
 
     @model_validator(mode="after")
     def _known(self) -> ModelSpec:
-        factory = resolve_factory(self.name)
-        allowed = factory_options(factory)
+        if self.name in BUILTIN_MODEL_OPTIONS:
+            allowed: set[str] | None = set(BUILTIN_MODEL_OPTIONS[self.name])
+        elif ":" in self.name:  # a user's factory: importing it is the only way to see it
+            from actors.models import factory_options, resolve_factory
+
+            allowed = factory_options(resolve_factory(self.name))
+        else:
+            raise ValueError(
+                f"unknown model {self.name!r}; known models: {', '.join(sorted(BUILTIN_MODEL_OPTIONS))}, "
+                "or 'package.module:factory'"
+            )
         extra = set(self.options)
         if allowed is not None and extra - allowed:
             raise ValueError(
@@ -184,6 +242,10 @@ class SystemSpec(Strict):
 
     speed: float | SpeedDistribution = Field(1.0, description="relative speed, 1 = real")
     simulated_seconds_per_sample: float | None = Field(None, gt=0)
+    bandwidth_mbps: float | None = Field(
+        None, gt=0, description="link speed: each task also lasts 2 x model bytes / bandwidth "
+        "(the global state down, the update up)",
+    )
     dropout_prob: float = Field(0.0, ge=0, le=1)
     hang_prob: float = Field(
         0.0, ge=0, le=1, description="fault injection: chance a task hangs until the "

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from actors.spec import Availability, SpeedDistribution
+from actors.spec import Availability, SpeedDistribution, SystemSpec
 
 
 class SimulatedDropout(RuntimeError):
@@ -42,10 +42,23 @@ def draw_speeds(dist: SpeedDistribution, count: int) -> np.ndarray:
     return 1.0 / slowdown
 
 
-def task_duration(real_s: float, samples: int, speed: float, seconds_per_sample: float | None) -> float:
-    """How long the task should appear to take (never shorter than it really took)."""
-    target = samples * seconds_per_sample / speed if seconds_per_sample else real_s / speed
-    return max(real_s, target)
+def transfer_seconds(system: SystemSpec, nbytes: int) -> float:
+    """Seconds on the link for one task: the global state down and the update up."""
+    return 2 * nbytes * 8 / (system.bandwidth_mbps * 1e6) if system.bandwidth_mbps else 0.0
+
+
+def task_duration(real_s: float, samples: int, speed: float, system: SystemSpec, nbytes: int = 0) -> float:
+    """How long the task should appear to take under the wall clock (never shorter than it
+    really took)."""
+    spp = system.simulated_seconds_per_sample
+    target = samples * spp / speed if spp else real_s / speed
+    return max(real_s, target + transfer_seconds(system, nbytes))
+
+
+def simulated_duration(system: SystemSpec, speed: float, samples: int, nbytes: int) -> float:
+    """A task's duration under the simulated clock: the system model alone, known when
+    the task is dispatched, whatever the machine's load."""
+    return samples * (system.simulated_seconds_per_sample or 0.0) / speed + transfer_seconds(system, nbytes)
 
 
 def online_until(avail: Availability, phase: float, now: float) -> tuple[bool, float]:

@@ -4,6 +4,7 @@ built-in demo."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import time
 from importlib import resources
@@ -49,8 +50,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         if problems:
             raise ConfigError("missing data:\n  " + "\n  ".join(problems))
     out = Path(args.out) if args.out else default_out_dir(config)
+    from orchestrator.preflight import before_ray
+
+    plan = before_ray(config)  # hosting chosen (or the run refused) before Ray starts
+    config = plan.config if plan else config
+    hosting = plan.line if plan else "hosting: decided on joining Ray, from its resources"
     print(f"fedray: running {config.name!r} with {config.num_participants} participants "
-          f"({config.strategy.name}, {config.schedule.mode}); results -> {out}", flush=True)
+          f"({config.strategy.name}, {config.schedule.mode}); results -> {out}; {hosting}", flush=True)
     progress = None if args.quiet else Progress(total=config.stop.max_aggregations)
     Orchestrator(config, out_dir=out, progress=progress, resume=bool(resume)).run()
     _print_summary(out)
@@ -105,7 +111,20 @@ def _print_summary(out: Path) -> None:
           f"tables and plots: fedray report {out}")
 
 
-def build_parser() -> argparse.ArgumentParser:
+MODULE_COMMANDS: dict[str, tuple[str, str]] = {
+    "submit": ("orchestrator.submit", "run CONFIG on a Ray cluster through the Jobs API "
+               "(the built-in demo if no CONFIG)"),
+    "profile": ("orchestrator.profile", "measure each participant's samples/s and memory"),
+    "tune": ("orchestrator.tune", "Ray Tune over resources, local work and schedule"),
+}
+"""Commands whose module defines their options and imports Ray, pandas or torch: a module
+is imported only when its command is given, so ``fedray --help`` and ``fedray validate``
+start in a fraction of a second. The help line is the one the module's parser states
+(a test keeps them equal)."""
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; ``command`` names the one of :data:`MODULE_COMMANDS` to define in full."""
     parser = argparse.ArgumentParser(prog="fedray", description="Federated learning on Ray.")
     sub = parser.add_subparsers(dest="command")
 
@@ -122,17 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("config", nargs="?")
     validate.set_defaults(func=cmd_validate)
 
-    from orchestrator import submit  # fedray submit (Ray Jobs API)
-
-    submit.add_parser(sub)
-
-    from orchestrator import profile  # fedray profile
-
-    profile.add_parser(sub)
-
-    from orchestrator import tune  # fedray tune
-
-    tune.add_parser(sub)
+    for name, (module, help_text) in MODULE_COMMANDS.items():
+        if name == command:
+            importlib.import_module(module).add_parser(sub)
+        else:
+            sub.add_parser(name, help=help_text)  # listed in --help; its options come with it
 
     report = sub.add_parser("report", help="tables and plots of finished runs")
     report.add_argument("dirs", nargs="+", metavar="DIR", help="run directories; several overlay")
@@ -143,10 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv[0] if argv else None)
     args = parser.parse_args(argv)
     if args.command is None:
-        args = parser.parse_args(["run", *(argv or [])])
+        args = parser.parse_args(["run", *argv])
     try:
         return args.func(args)
     except ConfigError as exc:

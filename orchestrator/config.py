@@ -92,26 +92,47 @@ class Group(Strict):
         0, ge=0, description="no task before this global version; the first task "
         "warm-starts from the global state then (a participant that joins late)",
     )
-    hosting: Literal["dedicated", "pool"] = Field(
-        "dedicated", description="dedicated: one actor per participant, pinned with its resources "
+    hosting: Literal["auto", "dedicated", "pool"] = Field(
+        "auto", description="dedicated: one actor per participant, pinned with its resources "
         "(a silo's own process); pool: `workers` actors serve the group's participants in turn "
-        "(a simulation: start-up and memory grow with the workers, not the participants)",
+        "(a simulation: start-up and memory grow with the workers, not the participants); "
+        "auto: dedicated while the run's actors fit the machine or cluster (CPUs, GPUs, memory), "
+        "else a pool, decided before the participants start (orchestrator/preflight.py)",
     )
     workers: int | None = Field(
-        None, ge=1, description="pool size under hosting: pool, each worker with the group's "
-        "resources; default: as many as this machine has cores, at most one per participant",
+        None, ge=1, description="pool size under hosting: pool (setting it means a pool), each "
+        "worker with the group's resources; default: as many as this machine has cores, at most "
+        "one per participant",
     )
     cache_size: int = Field(
         64, ge=1, description="participants a pool worker keeps set up in memory; the rest are "
         "set up again (data, model, private state from its state directory) when next served",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _workers_mean_pool(cls, data: Any) -> Any:
+        """Setting ``workers`` asks for a pool: under ``hosting: auto`` it is one."""
+        if isinstance(data, dict) and data.get("workers") is not None and data.get("hosting", "auto") == "auto":
+            return {**data, "hosting": "pool"}
+        return data
+
     @model_validator(mode="after")
     def _pool_settings(self) -> Group:
         if self.hosting == "dedicated" and self.workers is not None:
-            raise ValueError("workers is a pool setting: set hosting: pool, or drop workers")
+            raise ValueError("workers is a pool setting: set hosting: pool (or auto), or drop workers")
         if self.workers is not None and self.workers > self.count:
             raise ValueError(f"workers={self.workers} exceeds the group's {self.count} participants")
+        if self.hosting == "pool" and (self.placement == "pack" or isinstance(self.placement, PlacementGroupOption)):
+            shown = repr(self.placement) if isinstance(self.placement, str) else "{placement_group: ...}"
+            raise ValueError(
+                f"placement {shown} reserves a placement-group bundle per participant, which needs "
+                "hosting: dedicated (or auto); a pool takes placement 'default', 'spread' or {node: NAME}")
+        if self.hosting == "pool" and self.resources.max_restarts > 0:
+            raise ValueError(
+                f"resources.max_restarts={self.resources.max_restarts} applies to dedicated actors; pool "
+                "workers are always restarted (their participants' state is on disk): drop it, or set "
+                "hosting: dedicated (or auto)")
         return self
 
     @property
@@ -310,6 +331,11 @@ class RayOptions(Strict):
 class RunConfig(Strict):
     name: str = "fedray"
     seed: int = 0
+    clock: Literal["wall", "simulated"] = Field(
+        "wall", description="wall: tasks last as long as they really take (deployments); "
+        "simulated: each task lasts what the system model says, and results are handled in "
+        "simulated-time order, so a run is the same on any machine (simulations)",
+    )
     dataset: DatasetSpec | None = None
     groups: list[Group] = Field(..., min_length=1)
     strategy: StrategyConfig = StrategyConfig()
@@ -346,7 +372,39 @@ class RunConfig(Strict):
             )
         self._check_heterogeneous()
         self._check_dp_sgd()
+        self._check_clock()
+        self._check_synthetic()
         return self
+
+    def _check_synthetic(self) -> None:
+        """Synthetic participants draw flat feature vectors, and their test split is fixed
+        by dataset.test_fraction: the driver's test set pools exactly those rows."""
+        if self.dataset is None or self.dataset.name != "synthetic":
+            return
+        for i, group in enumerate(self.groups):
+            if not isinstance(group.data, PartitionData):
+                continue
+            if group.data.view != "flat":
+                raise ValueError(
+                    f"groups[{i}].data.view: synthetic features are flat vectors, not {group.data.view!r}")
+            if group.data.test_fraction:
+                raise ValueError(
+                    f"groups[{i}].data.test_fraction: synthetic participants already hold out "
+                    "dataset.test_fraction of their rows as their own test split; leave it at 0")
+
+    def _check_clock(self) -> None:
+        """Under the simulated clock a task's duration must come from the system model."""
+        if self.clock != "simulated":
+            return
+        for i, group in enumerate(self.groups):
+            if group.system.simulated_seconds_per_sample is None:
+                raise ValueError(
+                    f"groups[{i}] ({group.name}): clock: simulated needs "
+                    "system.simulated_seconds_per_sample (a task lasts samples x that / speed)")
+            if group.system.hang_prob > 0:
+                raise ValueError(
+                    f"groups[{i}] ({group.name}): system.hang_prob injects real hangs for the wall "
+                    "clock's task_timeout_s; under clock: simulated use system.dropout_prob")
 
     def _check_heterogeneous(self) -> None:
         """Soft-label strategies and FedDF need the public set; late joiners a start."""
@@ -372,7 +430,8 @@ class RunConfig(Strict):
         pooled = [g.name for g in self.groups if g.hosting == "pool"]
         if privacy.secure_aggregation and pooled:
             raise ValueError(
-                f"privacy.secure_aggregation needs hosting: dedicated, but group {pooled[0]} is pooled "
+                f"privacy.secure_aggregation needs hosting: dedicated (or auto, which then keeps it "
+                f"dedicated), but group {pooled[0]} is pooled by hosting: pool or workers "
                 "(masking keys live in a participant's own process)")
         if privacy.secure_aggregation and not policy.supports_secure_aggregation:
             able = [m for m, cls in _SCHEDULE_MODES.items() if cls.policy.supports_secure_aggregation]

@@ -14,7 +14,7 @@ import torch
 from actors.data import apply_view, load_shared_dataset, read_table
 from actors.models import build_model
 from actors.params import layout_of, set_flat
-from actors.spec import FileData
+from actors.spec import FileData, PartitionData
 from actors.training import evaluate
 from orchestrator.config import Group, RunConfig
 from strategies.types import Layout
@@ -39,7 +39,7 @@ class ServerEvaluator:
             num_classes = spec.num_classes
         else:
             assert config.dataset is not None
-            full = load_shared_dataset(config.dataset)
+            full = load_shared_dataset(config.dataset, _population(config))
             x, y = apply_view(full.x_test, data.view, full.image_shape), full.y_test
             num_classes = full.num_classes
         torch.manual_seed(config.seed)
@@ -56,5 +56,10 @@ class ServerEvaluator:
 
 def _dataset_classes(config: RunConfig) -> int:
     if config.dataset is not None:
-        return load_shared_dataset(config.dataset).num_classes
+        return load_shared_dataset(config.dataset, _population(config)).num_classes
     raise ValueError("evaluation.path with partitioned data needs the dataset's class count")
+
+
+def _population(config: RunConfig) -> int:
+    """Participants drawing on the run's dataset (a synthetic test set samples among them)."""
+    return sum(g.count for g in config.groups if isinstance(g.data, PartitionData))

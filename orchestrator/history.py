@@ -11,13 +11,15 @@ enough for the hot loop; the DataFrame is built once when someone asks.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 COLUMNS = [
-    "time",  # seconds since the run started (driver wall clock)
+    "time",  # seconds since the run started, by the run's clock (wall or simulated)
+    "wall_time",  # seconds since the run started, by the driver's wall clock
     "event",
     "participant",
     "group",
@@ -46,13 +48,17 @@ class History:
     [['evaluation', 1, 0.5]]
     """
 
-    def __init__(self, rows: list[dict[str, Any]] | None = None, start: float | None = None) -> None:
+    def __init__(self, rows: list[dict[str, Any]] | None = None, start: float | None = None,
+                 clock: Callable[[], float] | None = None) -> None:
         self.rows: list[dict[str, Any]] = list(rows or [])
         self.start = time.perf_counter() if start is None else start
+        self.clock = clock
+        """The run's clock when it is not the wall clock (``clock: simulated``)."""
         self.listeners: list = []
 
     def record(self, event: str, **fields: Any) -> dict[str, Any]:
-        row = {"time": time.perf_counter() - self.start, "event": event, **fields}
+        wall = time.perf_counter() - self.start
+        row = {"time": wall if self.clock is None else self.clock(), "wall_time": wall, "event": event, **fields}
         self.rows.append(row)
         for listener in self.listeners:
             listener(row)
@@ -67,7 +73,7 @@ class History:
         frame = frame[COLUMNS + extra]
         for col in ("version", "base_version", "staleness", "task_id", "num_examples", "bytes", "in_flight"):
             frame[col] = frame[col].astype("Int64")
-        for col in ("time", "weight", "train_seconds", "simulated_seconds", "loss", "accuracy"):
+        for col in ("time", "wall_time", "weight", "train_seconds", "simulated_seconds", "loss", "accuracy"):
             frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64")
         for col in ("event", "participant", "group", "detail"):
             frame[col] = frame[col].astype("string")

@@ -27,7 +27,8 @@ from actors.local_dp import PrivacyBudgetSpent
 from actors.participant import Participant
 from actors.pool import PoolWorker
 from actors.spec import ParticipantSpec, PartitionData
-from actors.system import SimulatedDropout, Unavailable, draw_speeds
+from actors.system import SimulatedDropout, Unavailable, draw_speeds, simulated_duration
+from orchestrator.clock import Clock
 from orchestrator.config import Group, RunConfig, participant_name
 from orchestrator.history import History
 from orchestrator.placement import PlacementError, Placements, check_placement
@@ -123,7 +124,7 @@ class Participants:
     """The run's participant actors and their tasks in flight."""
 
     def __init__(self, config: RunConfig, history: History, privacy: PrivacyHooks,
-                 clock: Callable[[], float]) -> None:
+                 clock: Clock) -> None:
         self.config = config
         self.history = history
         self.privacy = privacy
@@ -232,19 +233,25 @@ class Participants:
                  task: Task) -> None:
         ref = member.call("train", state_ref, instructions)
         self.in_flight[ref] = task
+        self.clock.started(ref, task.dispatched_at, task.task_id, instructions.simulated_seconds or 0.0)
         member.busy, member.tasks = True, member.tasks + 1
+
+    def simulated_seconds(self, member: Member, local_steps: int | None, nbytes: int) -> float | None:
+        """Under the simulated clock, how long this task lasts: the system model on the
+        samples the group's local work covers (None under the wall clock)."""
+        if not self.clock.simulated:
+            return None
+        train = member.spec.train
+        steps = local_steps or train.local_steps
+        samples = steps * train.batch_size if steps else train.local_epochs * member.info["num_examples"]
+        return simulated_duration(member.spec.system, member.spec.speed, samples, nbytes)
 
     def task_seed(self, member: Member) -> int:
         return task_seed(self.config.seed, member.index, member.tasks)
 
     def wait(self, timeout: float | None) -> list[ray.ObjectRef]:
-        """The first task to finish (or none within ``timeout``) and every other already done."""
-        ready, _ = ray.wait(list(self.in_flight), num_returns=1, timeout=timeout)
-        if ready:
-            rest = [r for r in self.in_flight if r not in ready]
-            if rest:
-                ready += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
-        return ready
+        """The tasks that land next by the run's clock (none within ``timeout``)."""
+        return self.clock.wait(list(self.in_flight), timeout)
 
     def receive(self, ref: ray.ObjectRef, version: int) -> Arrival:
         """Fetch a finished task; record every outcome that is not an update."""
@@ -276,7 +283,7 @@ class Participants:
         if isinstance(exc, ray.exceptions.ActorUnavailableError):
             # Ray is restarting the actor; calls fail at once until it is back. Back off. Its
             # death counts once: here if no task of its was in flight when it died.
-            member.retry_at = self.clock() + RESTART_BACKOFF_S
+            member.retry_at = self.clock.now() + RESTART_BACKOFF_S
             if member.restarting:
                 self.history.record("unavailable", **where, detail="actor is restarting")
                 return
@@ -307,6 +314,12 @@ class Participants:
             del self.in_flight[ref]
             member = self.members[task.participant]
             member.busy = False
+            if self.clock.simulated:  # the system model made it too slow: nothing hung
+                self.clock.dropped(ref)
+                self.history.record("timeout", **member.where(task, version),
+                                    detail=f"simulated task outlasts task_timeout_s={limit}")
+                ended.append(task)
+                continue
             ray.kill(member.handle, no_restart=member.max_restarts == 0)
             self.failed(member, member.where(task, version),
                         ray.exceptions.RayActorError(error_msg=f"task exceeded task_timeout_s={limit}"),
@@ -367,7 +380,7 @@ def private_state_dir(config: RunConfig, run_id: str, name: str, group: Group) -
     local DP-SGD always, so a restarted actor keeps counting its privacy budget, and for
     pooled participants always, so any worker that serves one next goes on from it."""
     policy = config.checkpoint
-    if policy.every is None and group.train.dp_sgd is None and group.hosting == "dedicated":
+    if policy.every is None and group.train.dp_sgd is None and group.hosting != "pool":  # auto: not yet pooled
         return None
     template = policy.participant_dir or "fedray-state/{run_id}/{name}"
     return template.format(run_id=run_id, name=name)

@@ -28,8 +28,9 @@ import pandas as pd
 import ray
 
 from actors.spec import ParticipantSpec
-from orchestrator import checkpoint
+from orchestrator import checkpoint, preflight
 from orchestrator.adaptive import AdaptiveLocalWork
+from orchestrator.clock import make_clock
 from orchestrator.config import Group, RunConfig
 from orchestrator.global_state import GlobalModel, GlobalStateError, build_global_model
 from orchestrator.history import History
@@ -62,10 +63,11 @@ class Orchestrator:
         self.run_id = self.resume_from.run_id if self.resume_from else uuid.uuid4().hex[:12]
         self.progress = progress
         self.history = History()
+        self.run_clock = make_clock(config.clock, self.history)
         self.privacy = PrivacyHooks(config.privacy, config)
         self.strategy = config.strategy.build()
         self.schedule = make_schedule(config.schedule, config.seed)
-        self.participants = Participants(config, self.history, self.privacy, self.clock)
+        self.participants = Participants(config, self.history, self.privacy, self.run_clock)
         self.join_at = {g.name: g.join_at for g in config.groups}
         self.global_model: GlobalModel | None = None
         self.state: RunState | None = None
@@ -80,8 +82,14 @@ class Orchestrator:
     # ------------------------------------------------------------------ the whole run
     def run(self) -> pd.DataFrame:
         """Run to a stop condition; return the history (also written to ``out_dir``)."""
-        self._started_ray = connect_ray(self.config)
+        plan = preflight.before_ray(self.config)  # a local run: decided before Ray starts
+        self._started_ray = connect_ray(plan.config if plan else self.config)
         try:
+            plan = plan or preflight.on_ray(self.config)  # joined a running Ray: its resources decide
+            if plan.config != self.config:  # chosen here; the CLI prints a choice it made itself
+                print(f"fedray: {plan.line}", flush=True)
+            self.config = self.participants.config = plan.config
+            self.history.record("hosting", detail=plan.line)
             self._start()
             stop_reason = self._loop()
             if self.state.last_eval.get("version") != self.state.version:
@@ -136,7 +144,7 @@ class Orchestrator:
                     continue
                 if not self.participants.next_return(now):
                     return "no participant can take work"
-                time.sleep(self._wait_timeout(now))  # until one is back (or a deadline/max_wall_s)
+                self.run_clock.sleep(self._wait_timeout(now))  # until one is back (or a deadline/max_wall_s)
                 continue
             for ref in self.participants.wait(self._wait_timeout(now)):
                 self._receive(ref)  # one arrival at a time: FedAsync mixes each in as it lands,
@@ -158,10 +166,12 @@ class Orchestrator:
 
     def _dispatch(self, member: Member) -> None:
         state = self.state
+        local_steps = self.adaptive.steps_for(member.name) if self.adaptive is not None else None
+        simulated = self.participants.simulated_seconds(member, local_steps, state.params.nbytes)
         instructions = Instructions(
-            task_id=state.next_task_id, seed=self.participants.task_seed(member),
-            local_steps=self.adaptive.steps_for(member.name) if self.adaptive is not None else None,
+            task_id=state.next_task_id, seed=self.participants.task_seed(member), local_steps=local_steps,
             run_start=self.run_start_epoch, seal=self.privacy.secure,
+            simulated_at=self.clock() if simulated is not None else None, simulated_seconds=simulated,
         )
         task = Task(member.name, state.next_task_id, state.version, self.schedule.round, self.clock())
         self.participants.dispatch(member, self.state_ref, instructions, task)
@@ -301,13 +311,15 @@ class Orchestrator:
             return
         if not (self.out_dir / "config.yaml").exists():  # `fedray run --resume DIR` reads it
             write_config(self.out_dir, self.config)
-        snapshot = checkpoint.capture(self.state, self.participants, self._owned(), self.history, self.clock())
+        snapshot = checkpoint.capture(self.state, self.participants, self._owned(), self.history,
+                                      time.perf_counter() - self.history.start)
         path = checkpoint.write_checkpoint(self.out_dir, snapshot, policy.keep)
         self.history.record("checkpoint", version=self.state.version, detail=path.name)
 
     def _owned(self) -> dict[str, Any]:
         """The objects whose ``state_dict()`` a checkpoint keeps beside the run state."""
-        return {"strategy": self.strategy, "schedule": self.schedule, "privacy": self.privacy}
+        return {"strategy": self.strategy, "schedule": self.schedule, "privacy": self.privacy,
+                "clock": self.run_clock}
 
     def _resume(self, saved: RunState) -> None:
         """Put a checkpoint back: participants are spawned, the global state is built."""
@@ -319,18 +331,21 @@ class Orchestrator:
 
     # ------------------------------------------------------------------ waiting and stopping
     def _stop_reason(self, now: float) -> str | None:
-        return stop_reason(self.config, self.state, len(self.participants.alive()), now)
+        wall = time.perf_counter() - self.history.start
+        return stop_reason(self.config, self.state, len(self.participants.alive()), now, wall)
 
     def _wait_timeout(self, now: float) -> float | None:
         """Until the next moment something must happen even if nothing arrives."""
-        moments = [self.schedule.deadline(), self.config.stop.max_wall_s,
+        max_wall_s = None if self.run_clock.simulated else self.config.stop.max_wall_s
+        moments = [self.schedule.deadline(), max_wall_s,
                    *self.participants.deadlines(), *self.participants.next_return(now)]
         moments = [t for t in moments if t is not None]
         return max(0.0, min(moments) - now) if moments else None
 
     def clock(self) -> float:
-        """Seconds since the run started (continued across a resume)."""
-        return time.perf_counter() - self.history.start
+        """Seconds since the run started by the run's clock, wall or simulated (continued
+        across a resume)."""
+        return self.run_clock.now()
 
     # ------------------------------------------------------------------ set-up and results
     def participant_specs(self) -> list[tuple[ParticipantSpec, Group]]:
@@ -350,14 +365,15 @@ class Orchestrator:
 
 def connect_ray(config: RunConfig) -> bool:
     """Join the cluster the config names, or start a local Ray with enough logical CPUs for
-    every participant; returns whether this call started Ray (and so must shut it down)."""
+    every participant process (a pool's workers, not its participants); returns whether
+    this call started Ray (and so must shut it down)."""
     if ray.is_initialized():
         return False
     opts = config.ray
     if opts.address is not None:
         ray.init(address=opts.address, logging_level="WARNING")
         return True
-    wanted = sum(g.resources.num_cpus * g.count for g in config.groups)
+    wanted = sum(g.resources.num_cpus * preflight.processes(g) for g in config.groups)
     num_cpus = opts.num_cpus or max(os.cpu_count() or 1, math.ceil(wanted))
     # address="local": never attach by accident to a cluster `ray start` left running
     ray.init(address="local", num_cpus=num_cpus, num_gpus=opts.num_gpus,

@@ -14,8 +14,10 @@ accepted update (everyone drops out, say), so a run whose max_aggregations can n
 reached still ends."""
 
 
-def stop_reason(config: RunConfig, state: RunState, alive: int, now: float) -> str | None:
-    """Why the run must stop now, or None.
+def stop_reason(config: RunConfig, state: RunState, alive: int, now: float,
+                wall: float | None = None) -> str | None:
+    """Why the run must stop now, or None. ``now`` is the run's clock; ``max_wall_s``
+    counts real seconds (``wall``, the same as ``now`` unless the clock is simulated).
 
     >>> import numpy as np
     >>> from orchestrator.config import load_config
@@ -31,7 +33,7 @@ def stop_reason(config: RunConfig, state: RunState, alive: int, now: float) -> s
         return f"reached max_aggregations={stop.max_aggregations}"
     if stop.max_updates is not None and state.num_updates >= stop.max_updates:
         return f"reached max_updates={stop.max_updates}"
-    if stop.max_wall_s is not None and now >= stop.max_wall_s:
+    if stop.max_wall_s is not None and (now if wall is None else wall) >= stop.max_wall_s:
         return f"reached max_wall_s={stop.max_wall_s}"
     if state.time_to_target is not None:
         return f"reached target_accuracy={stop.target_accuracy}"

@@ -122,6 +122,12 @@ class Instructions:
     """The driver's epoch time at the start of the run: availability windows count from it."""
     seal: bool = False
     """Secure aggregation: keep the update in the actor and send only a receipt."""
+    simulated_at: float | None = None
+    """Under ``clock: simulated``: the simulated second the task starts (availability
+    windows count from it); None under the wall clock."""
+    simulated_seconds: float | None = None
+    """Under ``clock: simulated``: how long the task lasts, fixed by the driver's system
+    model when it dispatched the task; the participant does not sleep."""
 
 
 @dataclass

@@ -1,11 +1,15 @@
-"""The ``fedray`` command line: user mistakes exit 2 with one clear message, no traceback."""
+"""The ``fedray`` command line: user mistakes exit 2 with one clear message, no traceback;
+and it starts without importing what the command or the config does not use."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from conftest import digits_config
@@ -88,3 +92,71 @@ def test_submit_without_a_config_submits_the_demo_like_run(tmp_path, monkeypatch
     assert main(["submit", "--address", "http://127.0.0.1:8265", "--out", str(out)]) == 0
     assert submitted == [(demo_config_path(), "http://127.0.0.1:8265", out)]
     assert "final_accuracy=0.9" in capsys.readouterr().out
+
+
+# -- a fast start: modules load only when the command or the config needs them ----------
+
+HEAVY = ("torch", "ray", "pandas", "sklearn", "scipy", "opacus", "cryptography")
+
+
+def imported_after(code: str) -> set[str]:
+    """Which of :data:`HEAVY` a fresh interpreter has imported after running ``code``
+    (a subprocess, so this test process's own imports do not count)."""
+    probe = f"{code}\nimport sys\nprint(' '.join(m for m in {HEAVY!r} if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).parents[1])
+    assert done.returncode == 0, done.stderr
+    return set(done.stdout.split("\n")[-2].split())
+
+
+def test_help_and_validate_import_neither_torch_nor_ray():
+    help_call = ("from orchestrator.cli import main\ntry:\n    main(['--help'])\n"
+                 "except SystemExit:\n    pass")
+    assert imported_after(help_call) == set()
+    example = Path(__file__).parents[1] / "examples" / "pool.yaml"
+    assert imported_after(f"from orchestrator.cli import main\nassert main(['validate', {str(example)!r}]) == 0") == set()
+
+
+def test_commands_listed_without_their_module_show_that_modules_help_line():
+    from orchestrator.cli import MODULE_COMMANDS, build_parser
+
+    listed = build_parser().format_help()
+    for name in MODULE_COMMANDS:
+        assert build_parser(name).format_help() == listed, name
+    assert build_parser("submit").parse_args(["submit", "--address", "http://h:8265"]).address == "http://h:8265"
+
+
+def test_builtin_model_options_match_the_factories():
+    """Config validation reads them from actors.spec so that it need not import torch."""
+    from actors.models import MODELS, factory_options
+    from actors.spec import BUILTIN_MODEL_OPTIONS
+
+    assert {name: factory_options(f) for name, f in MODELS.items()} == BUILTIN_MODEL_OPTIONS
+
+
+def test_a_plain_digits_fedavg_participant_imports_only_torch():
+    """No opacus (DP-SGD), cryptography (secure aggregation), pandas (file data) or
+    scikit-learn (digits is read from its bundled file) unless the config uses them."""
+    assert imported_after("import actors.participant") == {"torch"}
+    train_one_task = """
+from actors.participant import Participant
+from actors.spec import DatasetSpec, ModelSpec, ParticipantSpec, PartitionData, TrainSpec
+from strategies.types import GlobalState, Instructions
+spec = ParticipantSpec(name="site-0", group="site", index_in_group=0, seed=0, model=ModelSpec(),
+                       data=PartitionData(), train=TrainSpec(), dataset=DatasetSpec(),
+                       partition_index=0, num_partitions=4)
+p = Participant(spec)
+p.train(GlobalState(0, p.initial_parameters(), p.describe()["layout"]), Instructions(0, seed=1))
+"""
+    assert imported_after(train_one_task) - {"ray"} == {"torch"}  # ray: only to ask for its GPU ids
+
+
+def test_digits_read_from_the_bundled_file_equal_scikit_learns_loader():
+    from sklearn.datasets import load_digits
+
+    from actors.data import _digits_table
+
+    pixels, labels = _digits_table()
+    bunch = load_digits()
+    np.testing.assert_array_equal(pixels, bunch.data)
+    np.testing.assert_array_equal(labels, bunch.target)

@@ -236,3 +236,31 @@ def test_heterogeneous_resources_example_is_valid_and_says_what_it_claims():
     assert (groups["hospital"].count, groups["hospital"].resources.num_cpus) == (3, 2)
     assert (groups["clinic"].count, groups["clinic"].resources.num_cpus) == (5, 0.5)
     assert missing_data_files(config) == []
+
+
+def test_hosting_is_auto_unless_set_and_workers_mean_a_pool():
+    assert load_config(digits_config()).groups[0].hosting == "auto"
+    assert load_config(broken(lambda c: c["groups"][0].update(workers=2))).groups[0].hosting == "pool"
+    message = error_of(broken(lambda c: c["groups"][0].update(hosting="pooled")))
+    assert "groups[0].hosting: Input should be 'auto', 'dedicated' or 'pool'" in message
+
+
+@pytest.mark.parametrize(("group", "expected"), [
+    ({"hosting": "dedicated", "workers": 2}, r"groups\[0\]: workers is a pool setting: set hosting: pool"),
+    ({"hosting": "pool", "placement": "pack"},
+     r"groups\[0\]: placement 'pack' reserves a placement-group bundle per participant, which needs "
+     r"hosting: dedicated \(or auto\); a pool takes placement 'default', 'spread' or \{node: NAME\}"),
+    ({"workers": 2, "placement": {"placement_group": "STRICT_SPREAD"}}, r"placement \{placement_group: \.\.\.\}"),
+    ({"hosting": "pool", "resources": {"max_restarts": 3}},
+     r"groups\[0\]: resources.max_restarts=3 applies to dedicated actors; pool workers are always restarted"),
+])
+def test_settings_a_pool_cannot_honour_are_refused_with_the_field(group, expected):
+    assert re.search(expected, error_of(broken(lambda c: c["groups"][0].update(group))))
+
+
+def test_secure_aggregation_refuses_a_pooled_group_but_takes_auto():
+    secure = {"privacy": {"secure_aggregation": True}}
+    assert load_config(digits_config(**secure)).groups[0].hosting == "auto"  # pre-flight keeps it dedicated
+    config = digits_config(**secure)
+    config["groups"][0]["workers"] = 2
+    assert "secure_aggregation needs hosting: dedicated (or auto" in error_of(config)

@@ -7,6 +7,7 @@ import ray
 from conftest import digits_config
 
 from actors.data import DataError
+from orchestrator.clock import SimulatedClock
 from orchestrator.config import load_config
 from orchestrator.history import History
 from orchestrator.participants import Member, Participants, error_message
@@ -18,7 +19,9 @@ from orchestrator.schedules import Task
 def lifecycle(max_restarts: int = -1, **overrides) -> tuple[Participants, Member, History]:
     config = load_config(digits_config(**overrides))
     history = History()
-    participants = Participants(config, history, PrivacyHooks(config.privacy, config), clock=lambda: 10.0)
+    clock = SimulatedClock()
+    clock.sleep(10.0)
+    participants = Participants(config, history, PrivacyHooks(config.privacy, config), clock)
     member = Member("site-0", "site", 0, handle=None, spec=None, max_restarts=max_restarts)
     participants.members[member.name] = member
     return participants, member, history

@@ -69,14 +69,14 @@ def test_a_dp_sgd_budget_keeps_counting_on_another_worker(tmp_path):
 
 def test_bad_hosting_settings_are_refused_with_the_field():
     raw = digits_config()
-    raw["groups"][0] |= {"workers": 2}
+    raw["groups"][0] |= {"hosting": "dedicated", "workers": 2}
     with pytest.raises(ConfigError, match=r"groups\[0\]: workers is a pool setting"):
         load_config(raw)
     raw["groups"][0] |= {"hosting": "pool", "workers": 9}
     with pytest.raises(ConfigError, match="workers=9 exceeds the group's 4 participants"):
         load_config(raw)
     raw["groups"][0] |= {"hosting": "pooled", "workers": 2}
-    with pytest.raises(ConfigError, match=r"hosting: Input should be 'dedicated' or 'pool'"):
+    with pytest.raises(ConfigError, match=r"hosting: Input should be 'auto', 'dedicated' or 'pool'"):
         load_config(raw)
     raw["groups"][0] |= {"hosting": "pool"}
     with pytest.raises(ConfigError, match="secure_aggregation needs hosting: dedicated"):
