@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from actors.data import DataError
 from actors.participant import Participant
 from actors.spec import ParticipantSpec
 from strategies.types import GlobalState, Instructions, Update
@@ -53,6 +54,19 @@ class PoolWorker:
 
     def describe(self, spec: ParticipantSpec) -> dict[str, Any]:
         return self._participant(spec).describe()
+
+    def describe_all(self, specs: list[ParticipantSpec]) -> list[dict[str, Any] | DataError]:
+        """Describe every participant this worker serves in one call (start-up costs one
+        round trip per worker, not per participant); a participant whose data cannot be
+        used comes back as its ``DataError``, the others still start."""
+        out: list[dict[str, Any] | DataError] = []
+        for spec in specs:
+            try:
+                out.append(self.describe(spec))
+            except DataError as exc:
+                self._served.pop(spec.name, None)
+                out.append(exc)
+        return out
 
     def initial_parameters(self, spec: ParticipantSpec) -> np.ndarray:
         return self._participant(spec).initial_parameters()

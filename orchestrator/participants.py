@@ -28,6 +28,7 @@ from actors.participant import Participant
 from actors.pool import PoolWorker
 from actors.spec import ParticipantSpec, PartitionData
 from actors.system import SimulatedDropout, Unavailable, draw_speeds, simulated_duration
+from actors.traces import TraceError, participant_systems
 from orchestrator.clock import Clock
 from orchestrator.config import Group, RunConfig, participant_name
 from orchestrator.history import History
@@ -144,8 +145,9 @@ class Participants:
             self.placements = Placements(self.config.groups)
         except PlacementError as exc:
             raise RunError(str(exc)) from None
-        pending = {}
+        pending: dict[ray.ObjectRef, list[Member]] = {}
         pools = {g.name: self._start_pool(g) for g in self.config.groups if g.hosting == "pool"}
+        served: dict[Any, list[Member]] = {}  # pool worker -> its participants
         for index, (spec, group) in enumerate(specs):
             if group.name in pools:  # a participant's tasks always go to the same worker
                 workers = pools[group.name]
@@ -155,7 +157,12 @@ class Participants:
                 restarts = group.resources.max_restarts
             member = Member(spec.name, group.name, index, handle, spec, restarts, pooled=group.name in pools)
             self.members[spec.name] = member
-            pending[member.call("describe")] = member
+            if member.pooled:
+                served.setdefault(handle, []).append(member)
+            else:
+                pending[member.call("describe")] = [member]
+        for worker, members in served.items():  # one call per worker, however many it serves
+            pending[worker.describe_all.remote([m.spec for m in members])] = members
         errors = self._await_start(pending)
         for name, message in errors:
             self.history.record("failure", participant=name, detail=message)
@@ -172,25 +179,33 @@ class Participants:
             workers.append(ray.remote(PoolWorker).options(**options).remote(group.cache_size))
         return workers
 
-    def _await_start(self, pending: dict[ray.ObjectRef, Member]) -> list[tuple[str, str]]:
+    def _await_start(self, pending: dict[ray.ObjectRef, list[Member]]) -> list[tuple[str, str]]:
+        """Each participant's description, or why it could not start (a bad data path
+        comes back as its own ``DataError``, naming it and the path)."""
         deadline = time.perf_counter() + START_TIMEOUT_S
         errors = []
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, deadline - time.perf_counter()))
             if not ready:
-                for member in pending.values():
+                for member in (m for members in pending.values() for m in members):
                     member.lost = True
                     errors.append((member.name, f"participant {member.name}: did not start within {START_TIMEOUT_S:.0f}s"))
                 break
-            member = pending.pop(ready[0])
+            members = pending.pop(ready[0])
             try:
-                member.info = ray.get(ready[0])
-            except DataError as exc:  # its own data: the message names it and the path
-                member.lost = True
-                errors.append((member.name, str(exc.cause if isinstance(exc, ray.exceptions.RayTaskError) else exc)))
+                got = ray.get(ready[0])
+                outcomes = got if members[0].pooled else [got]
+            except DataError as exc:
+                outcomes = [exc.cause if isinstance(exc, ray.exceptions.RayTaskError) else exc]
             except ray.exceptions.RayError as exc:  # incl. OutOfMemoryError (not a RayTaskError)
-                member.lost = True
-                errors.append((member.name, f"participant {member.name}: could not start: {error_message(exc)}"))
+                message = error_message(exc)
+                outcomes = [RuntimeError(f"participant {m.name}: could not start: {message}") for m in members]
+            for member, outcome in zip(members, outcomes, strict=True):
+                if isinstance(outcome, Exception):
+                    member.lost = True
+                    errors.append((member.name, str(outcome)))
+                else:
+                    member.info = outcome
         return errors
 
     def _check_feasible(self) -> None:
@@ -349,12 +364,22 @@ class Participants:
 
 
 def participant_specs(config: RunConfig, run_id: str) -> list[tuple[ParticipantSpec, Group]]:
-    """Each participant's spec and its group, in a fixed order (the partition order)."""
+    """Each participant's spec and its group, in a fixed order (the partition order).
+    A group's device trace gives each participant its own speed and system (bandwidth,
+    availability windows), read here on the driver; a bad trace is a :class:`RunError`."""
     num_partitions = sum(g.count for g in config.groups if isinstance(g.data, PartitionData))
     out, partition_index, index = [], 0, 0
     for group in config.groups:
         speed = group.system.speed
         speeds = draw_speeds(speed, group.count) if not isinstance(speed, float) else np.full(group.count, speed)
+        systems = [group.system] * group.count
+        if group.system.trace is not None:
+            try:
+                traced = participant_systems(group.system, group.name,
+                                             [participant_name(group, i) for i in range(group.count)])
+            except TraceError as exc:
+                raise RunError(str(exc)) from None
+            speeds, systems = np.array([s for s, _ in traced]), [system for _, system in traced]
         for i in range(group.count):
             is_partition = isinstance(group.data, PartitionData)
             name = participant_name(group, i)
@@ -364,7 +389,7 @@ def participant_specs(config: RunConfig, run_id: str) -> list[tuple[ParticipantS
                 train=group.train, dataset=config.dataset,
                 partition_index=partition_index if is_partition else None,
                 num_partitions=num_partitions, num_threads=max(1, int(group.resources.num_cpus)),
-                speed=float(speeds[i]), system=group.system,
+                speed=float(speeds[i]), system=systems[i],
                 strategy=config.strategy.name, strategy_options=config.strategy.options,
                 state_dir=private_state_dir(config, run_id, name, group),
             )

@@ -91,9 +91,12 @@ def test_csv_per_participant_run_learns_and_resources_reach_the_actors(ray_sessi
     assert summary["num_updates"] == 20 and summary["num_aggregations"] == 5
 
 
-def test_missing_csv_is_named_and_the_run_goes_on_without_it(ray_session, tmp_path):
+@pytest.mark.parametrize("hosting", [{"hosting": "dedicated"}, {"hosting": "pool", "workers": 1}])
+def test_missing_csv_is_named_and_the_run_goes_on_without_it(ray_session, tmp_path, hosting):
     test_csv = write_digits_tables(tmp_path, ["hospital_0", "clinic_0"])  # no clinic_1
-    config = load_config(file_config(tmp_path, test_csv, clinics=2, stop={"max_aggregations": 2}))
+    raw = file_config(tmp_path, test_csv, clinics=2, stop={"max_aggregations": 2})
+    raw["groups"][1] |= hosting  # a pooled clinic is started in one call with its neighbour
+    config = load_config(raw)
     history = Orchestrator(config).run()
 
     failures = history[history.event == "failure"]

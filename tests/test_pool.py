@@ -15,6 +15,7 @@ from actors.spec import DPSGD, DatasetSpec, ModelSpec, ParticipantSpec, Partitio
 from orchestrator.config import ConfigError, load_config
 from orchestrator.participants import RESTART_BACKOFF_S
 from orchestrator.run import Orchestrator
+from strategies import STRATEGIES
 from strategies.partial import global_positions, union_layout
 from strategies.types import GlobalState, Instructions
 
@@ -149,3 +150,27 @@ def test_a_killed_pool_worker_comes_back_and_its_participants_go_on(ray_session)
     assert (history.event == "participant_lost").sum() == 0
     served = history[(history.event == "update") & (history.version > waiter.resumed_at)]
     assert {"site-0", "site-2"} <= set(served.participant)  # served again by the new process
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))  # every registered strategy, new ones too
+def test_every_strategy_runs_on_pooled_participants(ray_session, name):
+    cls = STRATEGIES[name]
+    group = {"name": "site", "count": 3, "hosting": "pool", "workers": 1,
+             "model": {"name": "mlp", "hidden": [16]}, "train": {"local_steps": 2, "batch_size": 16, "lr": 0.1},
+             "resources": {"num_cpus": 0.5}}
+    dataset = {"name": "digits", "partition": {"kind": "iid"}, "public_size": 100 if cls.needs_public_set else 0}
+    raw = digits_config(groups=[group], dataset=dataset, strategy={"name": name}, stop={"max_aggregations": 2})
+    history = Orchestrator(load_config(raw)).run()
+    assert (history.event == "aggregation").sum() == 2, history.event.value_counts()
+    assert set(history[history.event == "update"].participant) == {"site-0", "site-1", "site-2"}
+    assert not history.event.isin(["failure", "rejected"]).any()
+
+
+def test_dp_fedavg_runs_on_pooled_participants_and_spends_its_budget(ray_session):
+    raw = digits_config(groups=[{**digits_config()["groups"][0], "hosting": "pool", "workers": 2}],
+                        privacy={"dp": {"noise_multiplier": 1.0, "clip_norm": 1.0}}, stop={"max_aggregations": 3})
+    orch = Orchestrator(load_config(raw))
+    history = orch.run()
+    epsilons = history[history.event == "privacy"].epsilon.to_numpy(dtype=float)
+    assert len(epsilons) == 3 and (np.diff(epsilons) > 0).all()
+    assert orch.summary["dp_epsilon"] == epsilons[-1]

@@ -32,9 +32,16 @@ def hosting(resolved) -> dict[str, tuple[str, int | None]]:
 
 
 def test_participants_that_fit_stay_dedicated():
-    resolved = plan(config({"count": 4, "resources": {"num_cpus": 0.5}}), LAPTOP)
+    resolved = plan(config({"count": 2, "resources": {"num_cpus": 0.5}}), LAPTOP)
     assert hosting(resolved) == {"g0": ("dedicated", None)}
-    assert resolved.line.startswith("hosting: group g0 -> dedicated [4 processes on this machine:")
+    assert resolved.line.startswith("hosting: group g0 -> dedicated [2 processes on this machine:")
+
+
+def test_more_processes_than_cpus_become_a_pool_even_when_memory_fits():
+    resolved = plan(config({"count": 8, "resources": {"num_cpus": 0.25}}), LAPTOP)  # the demo's shape
+    assert hosting(resolved) == {"g0": ("pool", 2)}
+    assert "would start 8 processes (each imports torch) on the 2 CPUs this machine has" in resolved.line
+    assert hosting(plan(config({"count": 8, "resources": {"num_cpus": 0.25}}), CLUSTER)) == {"g0": ("dedicated", None)}
 
 
 def test_too_many_for_memory_become_a_pool_of_one_worker_per_core():
