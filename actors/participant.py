@@ -25,7 +25,14 @@ from actors.data import LocalData, load_participant_data
 from actors.local_model import TorchLocalModel
 from actors.secure_aggregation import SEALED_METRIC, MaskingKey, SealedUpdates
 from actors.spec import ParticipantSpec
-from actors.system import SimulatedDropout, Unavailable, online_until, sleep_until, task_duration
+from actors.system import (
+    SimulatedDropout,
+    Unavailable,
+    initial_phase,
+    online_until,
+    sleep_until,
+    task_duration,
+)
 from strategies import build_strategy
 from strategies.client import Work
 from strategies.types import GlobalState, Instructions, Layout, Update
@@ -84,13 +91,7 @@ class Participant:
                 f"weights; strategy {spec.strategy!r} does other local work")
         self.client = self.strategy.client()
         self._rng = np.random.default_rng(spec.seed + 7919)
-        availability = spec.system.availability
-        self._phase = 0.0
-        if availability is not None:
-            period = availability.on_s + availability.off_s
-            self._phase = availability.phase_s if availability.phase_s is not None else float(
-                self._rng.uniform(0, period)
-            )
+        self._phase = initial_phase(spec.system.availability, self._rng)  # periodic or trace windows
         # A restarted actor picks up its private state from its own node: the simulator's
         # random state, the client half's state, the privacy budget it has spent.
         self.private = private_state.load(spec.state_dir)

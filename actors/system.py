@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 
 import numpy as np
 
-from actors.spec import Availability, SpeedDistribution, SystemSpec
+from actors.spec import Availability, SpeedDistribution, SystemSpec, Windows
 
 
 class SimulatedDropout(RuntimeError):
@@ -61,14 +62,56 @@ def simulated_duration(system: SystemSpec, speed: float, samples: int, nbytes: i
     return samples * (system.simulated_seconds_per_sample or 0.0) / speed + transfer_seconds(system, nbytes)
 
 
-def online_until(avail: Availability, phase: float, now: float) -> tuple[bool, float]:
+def initial_phase(avail: Availability | Windows | None, rng: np.random.Generator) -> float:
+    """Where in its cycle a participant starts: ``phase_s`` when given, else (periodic
+    availability only) a draw from ``rng``, so a fleet does not blink in unison."""
+    if avail is None:
+        return 0.0
+    if avail.phase_s is not None:
+        return avail.phase_s
+    return float(rng.uniform(0, avail.period_s))
+
+
+def online_until(avail: Availability | Windows, phase: float, now: float) -> tuple[bool, float]:
     """``(online, t)``: whether the participant is online at ``now`` (seconds since the run
-    began) and when that changes next."""
+    began) and when that changes next (``inf``: never).
+
+    >>> online_until(Windows(windows=[(10, 20)], period_s=100), 0.0, 115.0)
+    (True, 120.0)
+    """
+    if isinstance(avail, Windows):
+        online, change_at = windows_online_until(avail.windows, avail.period_s, now + phase)
+        return online, change_at - phase
     period = avail.on_s + avail.off_s
     pos = math.fmod(now + phase, period)
     if pos < avail.on_s:
         return True, now + (avail.on_s - pos)
     return False, now + (period - pos)
+
+
+def windows_online_until(windows: Sequence[tuple[float, float]], period: float,
+                         now: float) -> tuple[bool, float]:
+    """``online_until`` for sorted, disjoint ``[start, end)`` windows of a repeating
+    ``period``. A window that ends the cycle joins one that starts the next.
+
+    >>> windows_online_until([(0, 30), (50, 100)], 100, 260.0)   # online through 300..330
+    (True, 330.0)
+    >>> windows_online_until([(0, 30), (50, 100)], 100, 235.0)
+    (False, 250.0)
+    """
+    pos = now % period
+    cycle = now - pos
+    first_start, first_end = windows[0]
+    for start, end in windows:
+        if pos < start:
+            return False, cycle + start
+        if pos < end:
+            if end < period or first_start > 0:
+                return True, cycle + end
+            if first_end >= period:  # one window covering the whole cycle
+                return True, math.inf
+            return True, cycle + period + first_end
+    return False, cycle + period + first_start
 
 
 def sleep_until(deadline: float) -> None:

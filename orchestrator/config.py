@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from actors.spec import (
+    Availability,
     DatasetSpec,
     DataSpec,
     FileData,
@@ -33,6 +34,7 @@ from actors.spec import (
     Strict,
     SystemSpec,
     TrainSpec,
+    Windows,
 )
 from orchestrator.schedules import Async, Buffered, SchedulePolicy, SyncRounds
 from strategies import Strategy, build_strategy, get_strategy_class, names_where
@@ -397,10 +399,12 @@ class RunConfig(Strict):
         if self.clock != "simulated":
             return
         for i, group in enumerate(self.groups):
-            if group.system.simulated_seconds_per_sample is None:
+            trace = group.system.trace
+            if group.system.simulated_seconds_per_sample is None and not (trace and trace.absolute):
                 raise ValueError(
                     f"groups[{i}] ({group.name}): clock: simulated needs "
-                    "system.simulated_seconds_per_sample (a task lasts samples x that / speed)")
+                    "system.simulated_seconds_per_sample (a task lasts samples x that / speed), "
+                    "or a system.trace with absolute speeds (speed_unit or format: fedscale)")
             if group.system.hang_prob > 0:
                 raise ValueError(
                     f"groups[{i}] ({group.name}): system.hang_prob injects real hangs for the wall "
@@ -598,6 +602,7 @@ def _format_loc(loc: tuple) -> str:
 _TAGGED_UNIONS: dict[str, tuple[str, dict[str, type[BaseModel]]]] = {
     "data": ("source", {"partition": PartitionData, "file": FileData}),
     "schedule": ("mode", dict(_SCHEDULE_MODES)),
+    "availability": ("availability", {"periodic": Availability, "windows": Windows}),  # tag from the keys
 }
 """Fields holding a tagged union: the tag's own field, and the model behind each tag."""
 
