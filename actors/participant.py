@@ -207,6 +207,10 @@ class Participant:
             self.private.dp_sgd_history = list(self.local.dp_accountant.history)
         private_state.save(self.spec.state_dir, self.private)
 
+    def discard_private_state(self) -> None:
+        """The run is over and cannot be resumed: delete what this participant kept."""
+        private_state.discard(self.spec.state_dir)
+
     def public_key(self) -> bytes:
         """The public half, relayed by the driver to the other members of a cohort."""
         return self.secagg_key.public_bytes

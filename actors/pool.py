@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from actors import private_state
 from actors.data import DataError
 from actors.participant import Participant
 from actors.spec import ParticipantSpec
@@ -73,6 +74,12 @@ class PoolWorker:
 
     def train(self, state: GlobalState, instructions: Instructions, spec: ParticipantSpec) -> Update:
         return self._participant(spec).train(state, instructions)
+
+    def discard_private_state(self, specs: list[ParticipantSpec]) -> None:
+        """The run is over and cannot be resumed: delete these participants' private state."""
+        for spec in specs:
+            self._served.pop(spec.name, None)
+            private_state.discard(spec.state_dir)
 
     def cached(self) -> list[str]:
         """Names of the participants set up in this worker, least recently served first."""

@@ -10,8 +10,10 @@ every task, so a crash mid-write leaves the previous state intact.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +77,18 @@ def load(state_dir: str | None) -> PrivateState:
             "not a PrivateState")
     state.restored = True
     return state
+
+
+def discard(state_dir: str | None) -> None:
+    """Delete the participant's state directory, and its run's directory once empty: a run
+    that cannot be resumed leaves nothing behind (10,000 pooled participants would leave
+    10,000 files per run in the temp directory)."""
+    if state_dir is None:
+        return
+    directory = resolve_dir(state_dir)
+    shutil.rmtree(directory, ignore_errors=True)
+    with contextlib.suppress(OSError):  # only succeeds when no other participant's state is left
+        directory.parent.rmdir()
 
 
 def save(state_dir: str | None, state: PrivateState) -> None:

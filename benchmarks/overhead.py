@@ -35,6 +35,7 @@ from actors.data import apply_view, load_shared_dataset
 from actors.models import build_model
 from actors.params import layout_of, set_flat
 from actors.participant import Participant
+from actors.pool import PoolWorker
 from actors.training import evaluate
 from orchestrator.config import RunConfig, load_config
 from orchestrator.participants import task_seed
@@ -44,8 +45,13 @@ from strategies.types import GlobalState, Instructions
 RESULTS = Path(__file__).parent / "results" / "overhead.md"
 
 
-def workload(participants: int, rounds: int, seed: int) -> RunConfig:
-    """The demo's workload (digits, Dirichlet 0.5, MLP) at benchmark length."""
+POOL_WORKERS = 2
+
+
+def workload(participants: int, rounds: int, seed: int, hosting: str = "dedicated") -> RunConfig:
+    """The demo's workload (digits, Dirichlet 0.5, MLP) at benchmark length, hosted on an
+    actor per participant or on a pool of two workers."""
+    pool = {"workers": POOL_WORKERS} if hosting == "pool" else {}
     return load_config({
         "name": "overhead",
         "seed": seed,
@@ -56,6 +62,7 @@ def workload(participants: int, rounds: int, seed: int) -> RunConfig:
             "model": {"name": "mlp", "hidden": [64]},
             "train": {"local_epochs": 2, "batch_size": 16, "lr": 0.1},
             "resources": {"num_cpus": 0.25},
+            "hosting": hosting, **pool,
         }],
         "strategy": {"name": "fedavg"},
         "schedule": {"mode": "sync"},
@@ -76,15 +83,23 @@ def run_fedray(config: RunConfig) -> tuple[float, float, float]:
 
 
 def run_hand_written(config: RunConfig) -> tuple[float, float, float]:
-    """The minimal loop: actors, ray.put once per round, ray.get, numpy weighted mean."""
+    """The minimal loop: actors (one per participant, or pool workers each serving every
+    other participant), ray.put once per round, ray.get, numpy weighted mean."""
     started = time.perf_counter()
     group = config.groups[0]
     specs = [spec for spec, _ in Orchestrator(config).participant_specs()]  # same specs
-    actor = ray.remote(Participant).options(num_cpus=group.resources.num_cpus)
-    actors = [actor.remote(spec) for spec in specs]
-    layout = ray.get(actors[0].describe.remote())["layout"]
-    ray.get([a.describe.remote() for a in actors[1:]])  # wait until all have started
-    params = np.asarray(ray.get(actors[0].initial_parameters.remote()), np.float32)
+    if group.hosting == "pool":
+        worker = ray.remote(PoolWorker).options(num_cpus=group.resources.num_cpus)
+        workers = [worker.remote() for _ in range(POOL_WORKERS)]
+        actors = [workers[i % POOL_WORKERS] for i in range(len(specs))]
+        extra = [(spec,) for spec in specs]  # a pool worker is told whom it serves
+    else:
+        actor = ray.remote(Participant).options(num_cpus=group.resources.num_cpus)
+        actors = [actor.remote(spec) for spec in specs]
+        extra = [()] * len(specs)
+    layout = ray.get(actors[0].describe.remote(*extra[0]))["layout"]
+    ray.get([a.describe.remote(*e) for a, e in zip(actors[1:], extra[1:], strict=True)])  # all started
+    params = np.asarray(ray.get(actors[0].initial_parameters.remote(*extra[0])), np.float32)
 
     data = load_shared_dataset(config.dataset)
     x_test = apply_view(data.x_test, "flat", data.image_shape)
@@ -107,7 +122,7 @@ def run_hand_written(config: RunConfig) -> tuple[float, float, float]:
         refs = []
         for index, handle in enumerate(actors):
             seed = task_seed(config.seed, index, version)  # the run loop's per-task seeds
-            refs.append(handle.train.remote(state, Instructions(task_id, seed)))
+            refs.append(handle.train.remote(state, Instructions(task_id, seed), *extra[index]))
             task_id += 1
         updates = ray.get(refs)
         counts = np.array([u.num_examples for u in updates], np.float64)
@@ -115,7 +130,7 @@ def run_hand_written(config: RunConfig) -> tuple[float, float, float]:
         params = params + coef @ np.stack([u.payload for u in updates])
     final = accuracy(params)
     loop = time.perf_counter() - loop_started
-    for handle in actors:
+    for handle in set(actors):
         ray.kill(handle)
     return time.perf_counter() - started, loop, final
 
@@ -132,10 +147,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=2, help="interleaved runs of each; medians reported")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--hosting", choices=["dedicated", "pool"], default="dedicated",
+                        help="both loops on an actor per participant, or both on 2 pool workers")
     parser.add_argument("--no-write", action="store_true", help="print only; leave results/ alone")
     args = parser.parse_args(argv)
 
-    config = workload(args.participants, args.rounds, args.seed)
+    config = workload(args.participants, args.rounds, args.seed, args.hosting)
     ray.init(address="local", num_cpus=max(os.cpu_count() or 1, 2), include_dashboard=False,
              logging_level="WARNING")
     load_before = os.getloadavg()[0]  # other work on the machine: read ratios with this in mind
@@ -164,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     acc_fed, acc_hand = accs["fedray"][-1], accs["hand"][-1]
     rows = [
         ("workload", f"{args.participants} participants, digits Dirichlet(0.5), MLP[64], "
-                     f"sync FedAvg, {args.rounds} rounds, {os.cpu_count()} CPU cores"),
+                     f"sync FedAvg, {args.rounds} rounds, {os.cpu_count()} CPU cores, hosting: {args.hosting}"),
         ("repeats (interleaved, median shown)", str(args.repeats)),
         ("machine load average (1 min) before / after", f"{load_before:.1f} / {load_after:.1f}"),
         ("hand-written total wall, incl. actor start-up (s)", f"{hand:.2f}  (runs: {runs['hand']})"),
@@ -184,15 +201,16 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown_table(rows)
     print("\n" + table)
     if not args.no_write:
+        results = RESULTS if args.hosting == "dedicated" else RESULTS.with_name("overhead_pool.md")
         command = "python benchmarks/overhead.py" + (
             " " + shlex.join(sys.argv[1:]) if argv is None and sys.argv[1:] else "")
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(
+        results.parent.mkdir(parents=True, exist_ok=True)
+        results.write_text(
             "# overhead: fedray vs a hand-written Ray loop\n\n"
             f"Command (from the repository root):\n\n```\n{command}\n```\n\n"
             f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.\n\n{table}\n"
         )
-        print(f"\nwrote {RESULTS}")
+        print(f"\nwrote {results}")
     return 0
 
 

@@ -492,7 +492,10 @@ class TuneSearch(Strict):
     startup_s: float = Field(300.0, ge=0, description="hang guard: wall time a trial may spend starting up")
     max_aggregations: int = Field(100, ge=1, description="each trial's cap on aggregations")
     num_samples: int = Field(1, ge=1, description="repeats of the grid (or random draws)")
-    max_concurrent_trials: int = Field(1, ge=1, description="1 keeps wall-clock timings clean")
+    max_concurrent_trials: int | None = Field(
+        None, ge=1, description="default: 1 under clock: wall, which keeps wall-clock timings clean; "
+        "under clock: simulated as many as the resources allow, since trials cannot bias each "
+        "other's simulated seconds")
     driver_cpus: float = Field(0.5, ge=0, description="CPUs reserved for each trial's driver")
     num_cpus: float | None = Field(None, gt=0, description="logical CPUs of a local Ray")
 
@@ -551,6 +554,10 @@ def missing_data_files(config: RunConfig) -> list[str]:
                 path = Path(group.data.path_for(i, name, group.name))
                 if not path.exists():
                     problems.append(f"participant {name}: data file not found: {path}")
+        trace = group.system.trace
+        for what, path in (("device trace", trace and trace.path), ("trace windows", trace and trace.windows)):
+            if path and not Path(path).exists():
+                problems.append(f"group {group.name}: {what} not found: {path}")
     if config.evaluation.path and not Path(config.evaluation.path).exists():
         problems.append(f"evaluation: test file not found: {config.evaluation.path}")
     return problems

@@ -40,6 +40,9 @@ from strategies.types import Instructions, Update
 START_TIMEOUT_S = 300.0
 """How long participants may take to start (import torch, load data) before we give up."""
 
+DISCARD_TIMEOUT_S = 10.0
+"""How long the end of a run waits for participants to delete their private state."""
+
 RESTART_BACKOFF_S = 1.0
 """How long to leave a participant alone while Ray restarts its actor."""
 
@@ -225,11 +228,31 @@ class Participants:
                     + ", ".join(f"{k}={need[k]:g} (largest node has {have[k]:g})" for k in short)
                 )
 
-    def release(self) -> None:
+    def release(self, discard_state: bool = False) -> None:
+        """Stop every actor; with ``discard_state`` (a run that cannot be resumed) each
+        participant first deletes its private state on its own node."""
+        if discard_state:
+            self._discard_state()
         for handle in {id(m.handle): m.handle for m in self.members.values()}.values():
             ray.kill(handle, no_restart=True)
         if self.placements is not None:
             self.placements.release()
+
+    def _discard_state(self) -> None:
+        """One call per actor (a pool worker gets its participants' specs); a dead actor's
+        call fails, and Ray's own clean-up of the temp directory is all that is left."""
+        served: dict[int, tuple[Any, list[ParticipantSpec]]] = {}
+        refs = []
+        for member in self.members.values():
+            if member.spec.state_dir is None:
+                continue
+            if member.pooled:
+                served.setdefault(id(member.handle), (member.handle, []))[1].append(member.spec)
+            elif not member.lost:
+                refs.append(member.handle.discard_private_state.remote())
+        refs += [handle.discard_private_state.remote(specs) for handle, specs in served.values()]
+        if refs:
+            ray.wait(refs, num_returns=len(refs), timeout=DISCARD_TIMEOUT_S)
 
     # -- who can work ------------------------------------------------------------------
     def alive(self) -> list[Member]:

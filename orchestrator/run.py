@@ -353,7 +353,7 @@ class Orchestrator:
         return participant_specs(self.config, self.run_id)
 
     def _release(self) -> None:
-        self.participants.release()
+        self.participants.release(discard_state=self.config.checkpoint.every is None)
         self.members_info = {m.name: m.info for m in self.participants.members.values()}
         if self._started_ray:
             ray.shutdown()

@@ -10,6 +10,7 @@ import pytest
 import ray
 from conftest import digits_config, run_while
 
+from actors import private_state
 from actors.pool import PoolWorker
 from actors.spec import DPSGD, DatasetSpec, ModelSpec, ParticipantSpec, PartitionData, TrainSpec
 from orchestrator.config import ConfigError, load_config
@@ -174,3 +175,15 @@ def test_dp_fedavg_runs_on_pooled_participants_and_spends_its_budget(ray_session
     epsilons = history[history.event == "privacy"].epsilon.to_numpy(dtype=float)
     assert len(epsilons) == 3 and (np.diff(epsilons) > 0).all()
     assert orch.summary["dp_epsilon"] == epsilons[-1]
+
+
+def test_a_run_that_cannot_be_resumed_leaves_no_private_state_behind(ray_session, tmp_path):
+    group = {**digits_config()["groups"][0], "hosting": "pool", "workers": 2}
+    orch = Orchestrator(load_config(digits_config(groups=[group], stop={"max_aggregations": 2})))
+    orch.run()
+    assert not private_state.resolve_dir(f"fedray-state/{orch.run_id}").exists()
+    kept = digits_config(groups=[group], stop={"max_aggregations": 2},
+                         checkpoint={"every": 1, "participant_dir": str(tmp_path / "{run_id}" / "{name}")})
+    orch = Orchestrator(load_config(kept), out_dir=tmp_path / "run")
+    orch.run()  # checkpoints: --resume needs each participant's state
+    assert sorted(p.name for p in (tmp_path / orch.run_id).iterdir()) == [f"site-{i}" for i in range(4)]

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import math
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from conftest import digits_config
 
 from actors.participant import Participant
@@ -21,10 +23,12 @@ from actors.system import (
     windows_online_until,
 )
 from actors.traces import TraceError, fedscale_tables, participant_systems
-from orchestrator.config import ConfigError, load_config
+from orchestrator.config import ConfigError, load_config, missing_data_files
 from orchestrator.participants import RunError, participant_specs
 
 NAMES = ["phones-0", "phones-1", "phones-2"]
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 # -- the window math ---------------------------------------------------------------
@@ -290,3 +294,10 @@ def test_a_simulated_run_replays_the_trace_speeds_links_and_offline_windows(ray_
     assert (updates.time[mine] > 15.0).any() and (updates.time[mine] <= 5.0).any()
     away = history[history.participant.eq("phones-2") & history.event.isin(["unavailable", "dropout"])]
     assert away.detail.str.contains("offline").any() and away.time.between(5.0, 15.0).all()
+
+
+def test_a_missing_trace_file_is_named_before_ray_starts(monkeypatch):
+    monkeypatch.chdir(REPO)  # the example's paths are relative to the working directory
+    raw = yaml.safe_load((REPO / "examples" / "traces" / "traces.yaml").read_text())
+    raw["groups"][0]["system"]["trace"]["path"] = "no/such/fleet.csv"
+    assert missing_data_files(load_config(raw)) == ["group phone: device trace not found: no/such/fleet.csv"]

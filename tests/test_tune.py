@@ -8,7 +8,15 @@ import yaml
 from conftest import digits_config
 
 from orchestrator.config import ConfigError, TuneSearch, load_config
-from orchestrator.tune import BudgetSpent, TrialClock, load_search, run_search, score, trial_config
+from orchestrator.tune import (
+    BudgetSpent,
+    TrialClock,
+    concurrent_trials,
+    load_search,
+    run_search,
+    score,
+    trial_config,
+)
 
 
 def _search(**overrides) -> TuneSearch:
@@ -101,3 +109,12 @@ def test_two_trial_search_writes_a_sorted_table_and_a_runnable_best_config(ray_s
     for run_dir in table.run_dir:
         events = pd.read_csv(f"{run_dir}/trial_events.csv")
         assert (events.event == "evaluation").any()
+
+
+def test_trials_run_one_at_a_time_by_the_wall_clock_and_together_by_the_simulated_one():
+    wall = load_config(digits_config())
+    group = {**digits_config()["groups"][0], "system": {"simulated_seconds_per_sample": 0.01}}
+    simulated = load_config(digits_config(clock="simulated", groups=[group]))
+    assert concurrent_trials(wall, _search()) == 1  # a shared machine would skew seconds to target
+    assert concurrent_trials(simulated, _search()) is None  # as many as Tune's resources allow
+    assert concurrent_trials(simulated, _search(max_concurrent_trials=2)) == 2
