@@ -61,8 +61,9 @@ class Participant:
 
     def __init__(self, spec: ParticipantSpec) -> None:
         self.spec = spec
-        # secure aggregation: a fresh key per actor (a restarted one gets a new one)
-        self.secagg_key = MaskingKey.generate()
+        # secure aggregation: the key pair lives in its state directory when it has one, so
+        # a pooled participant keeps it whichever worker serves it (else: one per process)
+        self.secagg_key = MaskingKey.kept_in(private_state.key_path(spec.state_dir))
         self.sealed = SealedUpdates()
         self._set_up = False
         self._local: TorchLocalModel | None = None

@@ -14,6 +14,7 @@ The methods mirror the Participant's, with the participant's spec as the last ar
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from typing import Any
 
@@ -42,16 +43,21 @@ class PoolWorker:
             raise ValueError(f"cache_size must be >= 1, got {cache_size}")
         self.cache_size = cache_size
         self._served: OrderedDict[str, Participant] = OrderedDict()
+        self._lock = threading.Lock()  # secure aggregation's masking thread looks up too
 
     def _participant(self, spec: ParticipantSpec) -> Participant:
-        """The participant, set up here if it is not cached; evicts the least recent."""
-        participant = self._served.pop(spec.name, None)
-        if participant is None:
-            participant = Participant(spec)
-        self._served[spec.name] = participant
-        while len(self._served) > self.cache_size:
-            self._served.popitem(last=False)  # its private state is already on disk
-        return participant
+        """The participant, set up here if it is not cached; evicts the least recent. One
+        holding a sealed update is never evicted: that update exists only in memory until
+        its cohort is masked (at most ``MAX_SEALED`` per participant)."""
+        with self._lock:
+            participant = self._served.pop(spec.name, None)
+            if participant is None:
+                participant = Participant(spec)
+            self._served[spec.name] = participant
+            evictable = [name for name, p in self._served.items() if not len(p.sealed) and name != spec.name]
+            for name in evictable[:max(0, len(self._served) - self.cache_size)]:
+                del self._served[name]  # its private state is already on disk
+            return participant
 
     def describe(self, spec: ParticipantSpec) -> dict[str, Any]:
         return self._participant(spec).describe()
@@ -75,10 +81,22 @@ class PoolWorker:
     def train(self, state: GlobalState, instructions: Instructions, spec: ParticipantSpec) -> Update:
         return self._participant(spec).train(state, instructions)
 
+    def public_key(self, spec: ParticipantSpec) -> bytes:
+        return self._participant(spec).public_key()
+
+    def masked_update(self, cohort_id: int, peers: dict[str, bytes], weights: dict[int, float],
+                      clip_norm: float | None, spec: ParticipantSpec) -> np.ndarray:
+        return self._participant(spec).masked_update(cohort_id, peers, weights, clip_norm)
+
+    def unmask_dropped(self, cohort_id: int, dropped: list[str], peers: dict[str, bytes], size: int,
+                       spec: ParticipantSpec) -> np.ndarray:
+        return self._participant(spec).unmask_dropped(cohort_id, dropped, peers, size)
+
     def discard_private_state(self, specs: list[ParticipantSpec]) -> None:
         """The run is over and cannot be resumed: delete these participants' private state."""
         for spec in specs:
-            self._served.pop(spec.name, None)
+            with self._lock:
+                self._served.pop(spec.name, None)
             private_state.discard(spec.state_dir)
 
     def cached(self) -> list[str]:

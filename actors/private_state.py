@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 STATE_FILE = "state.pkl"
+KEY_FILE = "secagg.key"
 
 
 @dataclass
@@ -77,6 +78,11 @@ def load(state_dir: str | None) -> PrivateState:
             "not a PrivateState")
     state.restored = True
     return state
+
+
+def key_path(state_dir: str | None) -> Path | None:
+    """Where the participant keeps its secure-aggregation key pair (beside its state)."""
+    return None if state_dir is None else resolve_dir(state_dir) / KEY_FILE
 
 
 def discard(state_dir: str | None) -> None:

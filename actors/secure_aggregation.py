@@ -27,8 +27,10 @@ reveal every mask of one participant; that variant is not implemented.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -54,8 +56,9 @@ class MaskingKey:
     """One participant's X25519 key pair, drawn when first used: every participant holds
     one, and only those of a run with secure aggregation pay for importing cryptography."""
 
-    def __init__(self, private: X25519PrivateKey | None = None) -> None:
+    def __init__(self, private: X25519PrivateKey | None = None, path: Path | None = None) -> None:
         self._private = private
+        self._path = path
         self._lock = threading.Lock()  # first use may come from the masking thread
 
     @classmethod
@@ -63,14 +66,40 @@ class MaskingKey:
         """A fresh key pair (drawn on first use)."""
         return cls()
 
+    @classmethod
+    def kept_in(cls, path: Path | None) -> MaskingKey:
+        """The key pair kept in ``path`` on the participant's own node: read if it is there,
+        else drawn and written on first use. A pooled participant set up again on another
+        worker, or after an eviction, keeps the key whose public half the driver relayed."""
+        return cls(path=path)
+
     @property
     def private(self) -> X25519PrivateKey:
         with self._lock:
             if self._private is None:
                 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-                self._private = X25519PrivateKey.generate()
+                if self._path is not None and self._path.exists():
+                    self._private = X25519PrivateKey.from_private_bytes(self._path.read_bytes())
+                else:
+                    self._private = X25519PrivateKey.generate()
+                    self._write()
             return self._private
+
+    def _write(self) -> None:
+        """Store the private half, readable by its owner only, atomically."""
+        if self._path is None:
+            return
+        from cryptography.hazmat.primitives import serialization
+
+        raw = self._private.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                          serialization.NoEncryption())
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._path.with_name(f"{self._path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(raw)
+        os.replace(tmp, self._path)
 
     @property
     def public_bytes(self) -> bytes:
@@ -130,6 +159,9 @@ class SealedUpdates:
     def __init__(self) -> None:
         self._held: OrderedDict[int, tuple[np.ndarray, int]] = OrderedDict()
         self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._held)
 
     def hold(self, task_id: int, payload: np.ndarray, num_examples: int) -> bool:
         """Keep a finite update for masking; a non-finite one is refused (after masking

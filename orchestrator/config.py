@@ -431,12 +431,6 @@ class RunConfig(Strict):
 
     def _check_privacy(self) -> None:
         privacy, schedule, policy = self.privacy, self.schedule, self.schedule.policy
-        pooled = [g.name for g in self.groups if g.hosting == "pool"]
-        if privacy.secure_aggregation and pooled:
-            raise ValueError(
-                f"privacy.secure_aggregation needs hosting: dedicated (or auto, which then keeps it "
-                f"dedicated), but group {pooled[0]} is pooled by hosting: pool or workers "
-                "(masking keys live in a participant's own process)")
         if privacy.secure_aggregation and not policy.supports_secure_aggregation:
             able = [m for m, cls in _SCHEDULE_MODES.items() if cls.policy.supports_secure_aggregation]
             raise ValueError(

@@ -71,10 +71,12 @@ class Member:
     pooled: bool = False
     """Served by a pool worker: every call names the participant by passing its spec."""
 
-    def call(self, method: str, *args: Any) -> ray.ObjectRef:
-        """``handle.method.remote(*args)``, addressed to this participant on a pool worker."""
+    def call(self, method: str, *args: Any, **options: Any) -> ray.ObjectRef:
+        """``handle.method.options(**options).remote(*args)``, addressed to this participant
+        on a pool worker."""
         extra = (self.spec,) if self.pooled else ()
-        return getattr(self.handle, method).remote(*args, *extra)
+        bound = getattr(self.handle, method)
+        return (bound.options(**options) if options else bound).remote(*args, *extra)
 
     def where(self, task: Task, version: int) -> dict[str, Any]:
         """The history fields every event about one of its tasks carries."""
@@ -179,7 +181,7 @@ class Participants:
         workers = []
         for i in range(group.pool_size):
             options = self.placements.actor_options(group, i) | {"max_restarts": -1}
-            workers.append(ray.remote(PoolWorker).options(**options).remote(group.cache_size))
+            workers.append(self.privacy.actor_class(PoolWorker).options(**options).remote(group.cache_size))
         return workers
 
     def _await_start(self, pending: dict[ray.ObjectRef, list[Member]]) -> list[tuple[str, str]]:

@@ -115,8 +115,6 @@ def shortfall(need: Need, capacity: Capacity, soft: bool = True) -> str | None:
 
 def dedicated_only(group: Group, config: RunConfig) -> str | None:
     """Why ``group`` must have a process per participant, or None."""
-    if config.privacy.secure_aggregation:
-        return "privacy.secure_aggregation keeps each participant's masking key in its own process"
     if group.placement == "pack" or isinstance(group.placement, PlacementGroupOption):
         return "its placement reserves one placement-group bundle per participant"
     return None

@@ -96,7 +96,7 @@ class PrivacyHooks:
         return self.secure and len({u.participant for u in batch}) < self.config.min_cohort
 
     # -- aggregation ----------------------------------------------------------------------
-    def combine(self, batch: list[Update], layout: Layout, handles: dict[str, Any]) -> tuple[list[Update], list[str]]:
+    def combine(self, batch: list[Update], layout: Layout, by_name: dict[str, Any]) -> tuple[list[Update], list[str]]:
         """The batch the strategy sees (unchanged, or one private aggregate update) and the
         cohort members that dropped out of secure aggregation (their masks were recovered)."""
         if not self.active or not batch:
@@ -108,7 +108,7 @@ class PrivacyHooks:
         dropped: list[str] = []
         if self.secure:
             # the sum of [w n d, n]; under DP participants send [w clip(d), 1] instead
-            total, count, dropped = self._secure_sum(batch, layout.size, handles)
+            total, count, dropped = self._secure_sum(batch, layout.size, by_name)
             batch = [u for u in batch if u.participant not in dropped]
             if self.dp is not None:
                 total = total + gaussian_noise(total.size, self.dp, self.rng)
@@ -130,13 +130,14 @@ class PrivacyHooks:
         )], dropped
 
     def _secure_sum(
-        self, batch: list[Update], size: int, handles: dict[str, Any]
+        self, batch: list[Update], size: int, by_name: dict[str, Any]
     ) -> tuple[np.ndarray, float, list[str]]:
         """Mask, collect, recover, decode. Raises :class:`SecureAggregationAbort` when the
-        sum cannot be decoded safely; returns ``(sum, count, dropped members)``."""
+        sum cannot be decoded safely; returns ``(sum, count, dropped members)``.
+        ``by_name`` holds each participant's driver-side ``Member`` (its ``call``)."""
         members = sorted({u.participant for u in batch})
         missing = [n for n in members if n not in self.public_keys]
-        keys = self._collect({self._call(handles[n], "public_key"): n for n in missing})
+        keys = self._collect({self._call(by_name[n], "public_key"): n for n in missing})
         self.public_keys |= keys
         cohort = [n for n in members if n in self.public_keys]
         peers = {n: self.public_keys[n] for n in cohort}
@@ -146,7 +147,7 @@ class PrivacyHooks:
             if u.participant in weights:
                 weights[u.participant][u.task_id] = float(u.weight)
         clip = self.dp.clip_norm if self.dp is not None else None
-        masked = self._collect({self._call(handles[n], "masked_update", cohort_id, peers, weights[n], clip): n
+        masked = self._collect({self._call(by_name[n], "masked_update", cohort_id, peers, weights[n], clip): n
                                 for n in cohort})
         survivors = sorted(masked)
         dropped = sorted(set(members) - set(survivors))
@@ -159,7 +160,7 @@ class PrivacyHooks:
         lost = sorted(set(cohort) - set(survivors))  # masked with these: their masks must go
         recovered: list[np.ndarray] = []
         if lost:
-            refs = {self._call(handles[n], "unmask_dropped", cohort_id, lost, peers, size + 1): n
+            refs = {self._call(by_name[n], "unmask_dropped", cohort_id, lost, peers, size + 1): n
                     for n in survivors}
             answers = self._collect(refs)
             if len(answers) < len(refs):
@@ -171,8 +172,10 @@ class PrivacyHooks:
         return total[:size], float(total[size]), dropped
 
     @staticmethod
-    def _call(handle: Any, method: str, *args: Any) -> ray.ObjectRef:
-        return getattr(handle, method).options(concurrency_group=SECAGG_GROUP).remote(*args)
+    def _call(member: Any, method: str, *args: Any) -> ray.ObjectRef:
+        """A masking call beside training (its own concurrency group), on the participant's
+        actor or on the pool worker serving it (``Member.call`` names the participant)."""
+        return member.call(method, *args, concurrency_group=SECAGG_GROUP)
 
     @staticmethod
     def _collect(refs: dict[ray.ObjectRef, str]) -> dict[str, Any]:

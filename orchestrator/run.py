@@ -264,8 +264,7 @@ class Orchestrator:
         """What the strategy sees (the batch, or one private aggregate under secure
         aggregation / DP) and the updates it counts; None when the cohort was aborted."""
         try:
-            handles = {name: m.handle for name, m in self.participants.members.items()}
-            seen, dropped = self.privacy.combine(batch, self.state.layout, handles)
+            seen, dropped = self.privacy.combine(batch, self.state.layout, self.participants.members)
         except SecureAggregationAbort as exc:
             self.history.record("aggregation_aborted", version=self.state.version, detail=str(exc),
                                 num_examples=sum(u.num_examples for u in batch))

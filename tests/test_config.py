@@ -258,9 +258,7 @@ def test_settings_a_pool_cannot_honour_are_refused_with_the_field(group, expecte
     assert re.search(expected, error_of(broken(lambda c: c["groups"][0].update(group))))
 
 
-def test_secure_aggregation_refuses_a_pooled_group_but_takes_auto():
-    secure = {"privacy": {"secure_aggregation": True}}
-    assert load_config(digits_config(**secure)).groups[0].hosting == "auto"  # pre-flight keeps it dedicated
-    config = digits_config(**secure)
-    config["groups"][0]["workers"] = 2
-    assert "secure_aggregation needs hosting: dedicated (or auto" in error_of(config)
+def test_secure_aggregation_takes_pooled_groups():
+    config = digits_config(privacy={"secure_aggregation": True})
+    config["groups"][0]["workers"] = 2  # keys and sealed updates live in each participant's state
+    assert load_config(config).groups[0].hosting == "pool"

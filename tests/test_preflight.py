@@ -100,16 +100,10 @@ def test_gpus_beyond_those_present():
         plan(config(group), LAPTOP)  # no GPU at all: no pool fits either
 
 
-def test_secure_aggregation_keeps_auto_groups_dedicated_or_refuses_the_run():
+def test_secure_aggregation_pools_like_any_other_run():
     secure = {"privacy": {"secure_aggregation": True}}
-    resolved = plan(config({"count": 8, "resources": {"num_cpus": 1}}, **secure), LAPTOP)
-    assert hosting(resolved) == {"g0": ("dedicated", None)}  # CPUs oversubscribed, never pooled
-    assert "secure_aggregation" in resolved.line
-    with pytest.raises(HostingError) as info:
-        plan(config({"count": 100, "resources": {"num_cpus": 0.02}}, **secure), LAPTOP)
-    message = str(info.value)
-    assert "group g0 needs a dedicated actor per participant (privacy.secure_aggregation" in message
-    assert "would need ~" in message and "Run fewer participants, or join a larger Ray cluster" in message
+    resolved = plan(config({"count": 100, "resources": {"num_cpus": 0.02}}, **secure), LAPTOP)
+    assert hosting(resolved) == {"g0": ("pool", 2)}  # a pooled participant keeps its key on disk
 
 
 def test_the_resolved_config_reloads_and_plans_to_itself():
@@ -175,10 +169,10 @@ def test_a_run_on_a_running_ray_records_its_hosting(ray_session):
     assert orch.config.groups[0].hosting == orch.participants.config.groups[0].hosting == "dedicated"
 
 
-def test_explicit_dedicated_under_secure_aggregation_that_cannot_fit_names_why_it_must_stay():
+def test_explicit_dedicated_placement_that_cannot_fit_names_why_it_must_stay():
     with pytest.raises(HostingError) as info:
-        plan(config({"count": 100, "hosting": "dedicated", "resources": {"num_cpus": 0.02}},
-                    privacy={"secure_aggregation": True}), LAPTOP)
+        plan(config({"count": 100, "hosting": "dedicated", "resources": {"num_cpus": 0.02},
+                     "placement": "pack"}), LAPTOP)
     assert str(info.value).endswith(
-        "Group g0 must stay dedicated (privacy.secure_aggregation keeps each participant's masking key "
-        "in its own process): run fewer participants, or join a larger Ray cluster (ray.address).")
+        "Group g0 must stay dedicated (its placement reserves one placement-group bundle per "
+        "participant): run fewer participants, or join a larger Ray cluster (ray.address).")

@@ -16,6 +16,7 @@ from actors.secure_aggregation import (
     contribution,
 )
 from orchestrator.config import load_config
+from orchestrator.participants import Member
 from orchestrator.privacy import PrivacyHooks
 from orchestrator.run import Orchestrator
 from strategies.fedavg import FedAvg
@@ -136,7 +137,8 @@ def test_a_member_killed_after_its_update_arrived_is_recovered_on_ray(ray_sessio
         r.weight = w
     victim = specs[2].name
     ray.kill(handles[victim], no_restart=True)
-    combined, dropped = hooks.combine(receipts, layout, handles)
+    members = {s.name: Member(s.name, s.group, i, handles[s.name], s, 0) for i, s in enumerate(specs)}
+    combined, dropped = hooks.combine(receipts, layout, members)
     assert dropped == [victim]
     survivors = [i for i, s in enumerate(specs) if s.name != victim]
     plain = ray.get([train(i, specs[i], False) for i in survivors])  # same seeds, same state
@@ -158,9 +160,15 @@ def _secure_run(secure: bool, **overrides):
     return orch, orch.run()
 
 
-def test_secure_sync_run_matches_the_plain_run_even_with_a_dropout(ray_session):
+@pytest.mark.parametrize("hosting", [
+    {"hosting": "dedicated"},
+    # one worker that keeps one participant set up: each is evicted and set up again between
+    # tasks, so its key must come back from its state directory and a sealed update must pin it
+    {"hosting": "pool", "workers": 1, "cache_size": 1},
+])
+def test_secure_sync_run_matches_the_plain_run_even_with_a_dropout(ray_session, hosting):
     groups = [{"name": "site", "count": 3, "model": {"name": "mlp", "hidden": [16]},
-               "train": {"local_steps": 3, "lr": 0.1}, "resources": {"num_cpus": 0.5}}]
+               "train": {"local_steps": 3, "lr": 0.1}, "resources": {"num_cpus": 0.5}, **hosting}]
     groups.append({**groups[0], "name": "flaky", "count": 1, "system": {"dropout_prob": 1.0}})
     plain, _ = _secure_run(False, groups=groups)
     secure, history = _secure_run(True, groups=groups)
