@@ -3,8 +3,8 @@ order, and runs that come out the same whatever the machine's load."""
 
 from __future__ import annotations
 
-import multiprocessing
-import time
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -72,32 +72,24 @@ def _trace(history) -> list[tuple]:
                     rows.time.round(9), strict=True))
 
 
-def _spin(seconds: float) -> None:
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        pass
-
-
 def test_a_simulated_run_is_the_same_on_a_quiet_and_on_a_loaded_machine(ray_session):
     quiet = Orchestrator(load_config(_fedbuff()))
     quiet_history = quiet.run()
-    hogs = [multiprocessing.Process(target=_spin, args=(60.0,), daemon=True) for _ in range(3)]
+    hogs: list[subprocess.Popen] = []
     loaded = Orchestrator(load_config(_fedbuff()))
 
     def load_once_running() -> bool:  # more busy processes than cores, from the first dispatch
         if loaded.state is None:
             return False
-        for hog in hogs:
-            hog.start()
+        hogs.extend(subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(3))
         return True
 
     try:
         loaded_history = run_while(loaded, load_once_running, every=0.001)
     finally:
         for hog in hogs:
-            if hog.is_alive():
-                hog.terminate()
-    assert all(hog.pid is not None for hog in hogs)
+            hog.kill()
+    assert len(hogs) == 3
     assert _trace(quiet_history) == _trace(loaded_history)
     np.testing.assert_array_equal(quiet.params, loaded.params)
     updates = quiet_history[quiet_history.event == "update"]
