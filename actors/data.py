@@ -139,6 +139,19 @@ def split_indices(spec: DatasetSpec, labels: np.ndarray, num_parts: int) -> list
     return partition.shards(labels, num_parts, p.shards_per_participant, spec.seed)
 
 
+def partition_problem(dataset: DatasetSpec | None, num_partitions: int) -> str | None:
+    """Why the shared dataset cannot be split into ``num_partitions`` parts, or None: checked
+    once on the driver before any participant starts, since each would otherwise fail alone
+    the same way (100 identical errors after 55 s for an infeasible ``min_size``)."""
+    if dataset is None or num_partitions == 0 or dataset.name == "synthetic":
+        return None
+    try:
+        split_indices(dataset, load_shared_dataset(dataset).y_train, num_partitions)
+    except ValueError as exc:
+        return f"dataset.partition: {exc}"
+    return None
+
+
 def load_participant_data(spec: ParticipantSpec) -> LocalData:
     """What :class:`~actors.participant.Participant` calls in its constructor."""
     data = spec.data

@@ -1,7 +1,8 @@
 """Scale: what a user waits for, and the memory Ray takes, from 16 to 10,000 participants.
 
 Each row is one ``fedray run CONFIG`` process, timed from the command to the prompt (Ray's
-start-up, the participants' start and the summary included). Its peak memory is the
+start-up, the participants' start and the summary included); "first dispatch s" is when
+the run loop sent its first task, counted from the orchestrator's start. Its peak memory is the
 largest sum, over the samples taken every 0.2 s, of the proportional set size (PSS: shared
 pages split between the processes sharing them) of the process and all its descendants,
 which are the whole local Ray (GCS, raylet, workers) as well as the driver.
@@ -158,8 +159,10 @@ def rows(quick: bool, scratch: Path) -> list[dict]:
         wall, peak = timed_run(config, out)
         accuracy, history = outcome(out)
         hosting = history[history.event == "hosting"].detail
+        first_dispatch = history[history.event == "dispatch"].wall_time.iloc[0]
         table.append({
             "workload": label, "wall s": round(wall, 1), "target s": target_s,
+            "first dispatch s": round(float(first_dispatch), 1),
             "wall / target": round(wall / target_s, 2) if target_s else None,
             "peak GB": round(peak, 2), "target GB": target_gb, "final accuracy": round(accuracy, 4),
             "hosting": hosting.iloc[0].split(" (")[0] if len(hosting) else "",

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import ray
 
-from actors.data import DataError
+from actors.data import DataError, partition_problem
 from actors.local_dp import PrivacyBudgetSpent
 from actors.participant import Participant
 from actors.pool import PoolWorker
@@ -145,6 +145,9 @@ class Participants:
         """Start every participant; each loads its own data. Raises :class:`RunError`
         when fewer than ``min_participants`` could start, naming each one that did not."""
         self._check_feasible()
+        problem = partition_problem(self.config.dataset, specs[0][0].num_partitions) if specs else None
+        if problem:
+            raise RunError(problem)
         try:  # placement per group: fail fast, naming the group, if it cannot fit
             check_placement(self.config.groups, ray.nodes())
             self.placements = Placements(self.config.groups)

@@ -117,3 +117,17 @@ def test_split_indices_follows_the_dataset_spec(labels):
 def test_bad_arguments_say_what_is_wrong(labels, call, message):
     with pytest.raises(ValueError, match=message):
         call(labels)
+
+
+def test_an_infeasible_split_is_refused_once_before_any_participant_starts(ray_session):
+    from conftest import digits_config
+
+    from orchestrator.config import load_config
+    from orchestrator.run import Orchestrator, RunError
+
+    dataset = {"name": "digits", "partition": {"kind": "dirichlet", "alpha": 0.5, "min_size": 50}}
+    group = {**digits_config()["groups"][0], "count": 100, "hosting": "pool", "workers": 2}
+    orch = Orchestrator(load_config(digits_config(dataset=dataset, groups=[group])))
+    with pytest.raises(RunError, match=r"^dataset.partition: could not draw a Dirichlet\(0.5\) split"):
+        orch.run()
+    assert not orch.members  # refused before a single participant was started
