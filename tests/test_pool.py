@@ -80,9 +80,9 @@ def test_bad_hosting_settings_are_refused_with_the_field():
     raw["groups"][0] |= {"hosting": "pooled", "workers": 2}
     with pytest.raises(ConfigError, match=r"hosting: Input should be 'auto', 'dedicated' or 'pool'"):
         load_config(raw)
-    raw["groups"][0] |= {"hosting": "pool"}
-    with pytest.raises(ConfigError, match="secure_aggregation needs hosting: dedicated"):
-        load_config(raw | {"privacy": {"secure_aggregation": True}})
+    raw["groups"][0] |= {"hosting": "pool", "cache_size": 0}
+    with pytest.raises(ConfigError, match=r"groups\[0\].cache_size: Input should be greater than or equal to 1"):
+        load_config(raw)
 
 
 def _config(hosting: str, rounds: int = 3, **extra) -> dict:
