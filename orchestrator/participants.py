@@ -322,7 +322,7 @@ class Participants:
     def failed(self, member: Member, where: dict, exc: Exception, event: str = "failure") -> None:
         """Count a failure; give up on the participant after ``max_failures`` in a row, or
         at once when its actor died and may not restart."""
-        self.privacy.forget(member.name)  # a restarted actor has a new masking key
+        self.privacy.forget(member.name)  # ask again: a restarted actor may have a new masking key
         if isinstance(exc, ray.exceptions.ActorUnavailableError):
             # Ray is restarting the actor; calls fail at once until it is back. Back off. Its
             # death counts once: here if no task of its was in flight when it died.
