@@ -11,7 +11,10 @@ share one Ray instance in one process and stop at the same target accuracy.
 task's duration is fixed by the system model when it is dispatched, the driver handles
 results in simulated-time order, and nobody sleeps. Time to target is then counted in
 simulated seconds (the history's ``time``), so the comparison is the same on a quiet and
-on a loaded machine, for given seeds, to the last digit. The guard is a number of accepted
+on a loaded machine, for given seeds, to the last digit, as long as every participant
+starts (actors get a real-time start-up timeout; on a badly overloaded machine some may
+miss it and the run goes on with a smaller fleet: a warning under the table names such a
+run, whose row then compares a different fleet). The guard is a number of accepted
 updates (``--max-updates``), which means the same thing on any machine, with a generous
 real-time guard (``--max-wall``) behind it in case a run hangs. The table also shows the
 real seconds each run took: those depend on the machine and its load, and they show what
@@ -26,7 +29,7 @@ wall clock a second column counts from the first accepted update, which also lea
 each participant's first-task warm-up (torch's lazy initialisation, tens of seconds on an
 overloaded machine).
 
-    python benchmarks/stragglers.py                    # simulated clock (about a minute)
+    python benchmarks/stragglers.py                    # simulated clock (~2 min, 2 cores)
     python benchmarks/stragglers.py --target 0.85      # a quicker look
     python benchmarks/stragglers.py --clock wall --max-wall 200   # real sleeping, ~4 min
 
@@ -63,8 +66,9 @@ from orchestrator.run import Orchestrator  # noqa: E402
 RESULTS = Path(__file__).parent / "results"
 PARTICIPANTS = 16
 MAX_WALL_S = {"wall": 90.0, "simulated": 900.0}
-"""Default real-time guard per run. Under the wall clock it is the guard; under the
-simulated clock only a safety net (the whole comparison takes about a minute)."""
+"""Default real-time guard per run, starting the actors included. Under the wall clock it
+is the guard; under the simulated clock only a safety net (a run took 20-25 s on a quiet
+2-core machine and up to about 370 s on an overloaded one, mostly starting actors)."""
 
 
 def schedules(deadline_s: float) -> dict[str, tuple[dict, dict]]:
