@@ -194,7 +194,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         frame = pd.DataFrame(rows(args.quick, Path(scratch)))
     text = "\n".join(["| " + " | ".join(frame.columns) + " |", "|" + " --- |" * len(frame.columns)]
-                     + ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.fillna("").itertuples(index=False)])
+                     + ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.astype(object).fillna("").itertuples(index=False)])
     print(text)
     command = "python benchmarks/scale.py" + (" " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "")
     RESULTS.mkdir(exist_ok=True)
