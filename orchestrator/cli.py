@@ -85,13 +85,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     for run in runs:
         print_report(run)
         if not args.no_plots:
-            for path in write_run_plots(run):
+            for path in write_run_plots(run, wall=args.wall_clock):
                 print(f"  wrote {path}")
     if len(runs) > 1:
         print_frame(compare_table(runs), "runs side by side")
         if not args.no_plots:
             out = Path(args.out) if args.out else runs[0].path / "plots"
-            print(f"  wrote {write_overlay(runs, out / 'compare_accuracy_vs_time.png')}")
+            print(f"  wrote {write_overlay(runs, out / 'compare_accuracy_vs_time.png', wall=args.wall_clock)}")
     return 0
 
 
@@ -151,6 +151,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     report.add_argument("dirs", nargs="+", metavar="DIR", help="run directories; several overlay")
     report.add_argument("--out", help="where the overlay of several runs goes (default: first DIR/plots)")
     report.add_argument("--no-plots", action="store_true", help="print the tables only")
+    report.add_argument("--wall-clock", action="store_true",
+                        help="plot wall seconds for runs on clock: simulated (default: the run's clock)")
     report.set_defaults(func=cmd_report)
     return parser
 

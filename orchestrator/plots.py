@@ -50,17 +50,19 @@ def _evaluations(history: pd.DataFrame) -> pd.DataFrame:
     return evals
 
 
-def plot_accuracy(runs: Sequence[tuple[str, pd.DataFrame]], path: Path, x: str = "time") -> Path:
-    """Held-out accuracy of the global model against wall seconds (``x="time"``) or
-    aggregations (``x="version"``); several runs overlay with a legend."""
+def plot_accuracy(runs: Sequence[tuple[str, pd.DataFrame]], path: Path, x: str = "time",
+                  clock: str = "wall") -> Path:
+    """Held-out accuracy of the global model against the run's seconds (``x="time"``, on
+    the ``clock`` the history's ``time`` column holds) or aggregations (``x="version"``);
+    several runs overlay with a legend."""
     fig = Figure(figsize=(7, 4.2))
     ax = fig.add_subplot()
     for label, history in runs:
         evals = _evaluations(history)
         ax.plot(evals[x], evals.accuracy, marker="o", markersize=3, linewidth=1.6, label=label)
-    ax.set_xlabel("seconds since the first task was sent" if x == "time" else "aggregations (global version)")
+    ax.set_xlabel(f"{clock} seconds since the first task was sent" if x == "time" else "aggregations (global version)")
     ax.set_ylabel("test accuracy")
-    ax.set_title("accuracy vs " + ("wall time" if x == "time" else "aggregations"))
+    ax.set_title("accuracy vs " + (f"{clock} time" if x == "time" else "aggregations"))
     ax.grid(alpha=0.3)
     ax.set_ylim(0, 1.02)
     if len(runs) > 1 or runs[0][0]:
@@ -188,14 +190,25 @@ def plot_trials(trials: pd.DataFrame, path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def write_run_plots(run: RunResult, out_dir: Path | None = None) -> list[Path]:
-    """All plots for one run into ``out_dir`` (default ``RUN/plots``); returns the files."""
+def on_clock(run: RunResult, wall: bool = False) -> tuple[pd.DataFrame | None, str]:
+    """The run's history with ``time`` on the clock to plot, and that clock's name: the
+    run's own (``clock:`` in its config), or wall seconds when ``wall`` is asked for."""
+    clock = str(run.config.get("clock", "wall"))
+    history = run.history
+    if history is not None and wall and "wall_time" in history:
+        return history.assign(time=history.wall_time), "wall"
+    return history, clock
+
+
+def write_run_plots(run: RunResult, out_dir: Path | None = None, wall: bool = False) -> list[Path]:
+    """All plots for one run into ``out_dir`` (default ``RUN/plots``); returns the files.
+    ``wall``: plot wall seconds for a run on the simulated clock."""
     out_dir = out_dir or run.path / "plots"
     written = []
-    if run.history is not None:
-        history = run.history
+    history, clock = on_clock(run, wall)
+    if history is not None:
         if (history.event == "evaluation").any():
-            written.append(plot_accuracy([("", history)], out_dir / "accuracy_vs_time.png", x="time"))
+            written.append(plot_accuracy([("", history)], out_dir / "accuracy_vs_time.png", x="time", clock=clock))
             written.append(plot_accuracy([("", history)], out_dir / "accuracy_vs_aggregations.png", x="version"))
         if (history.event == "dispatch").any():
             written.append(plot_timeline(history, out_dir / "timeline.png"))
@@ -207,11 +220,15 @@ def write_run_plots(run: RunResult, out_dir: Path | None = None) -> list[Path]:
     return written
 
 
-def write_overlay(runs: Sequence[RunResult], path: Path) -> Path:
-    """Several runs' accuracy against wall time on one plot, one line each."""
+def write_overlay(runs: Sequence[RunResult], path: Path, wall: bool = False) -> Path:
+    """Several runs' accuracy against time on one plot, one line each (wall seconds when
+    ``wall``, or when the runs' clocks differ)."""
     with_history = [run for run in runs if run.history is not None]
     labels = [run.label for run in with_history]
     if len(set(labels)) < len(labels):  # same directory names: the full paths tell them apart
         labels = [f"{run.path} ({run.label.partition(' (')[2].rstrip(')')})" for run in with_history]
-    return plot_accuracy(list(zip(labels, (run.history for run in with_history))), path, x="time")
-    return plot_accuracy(with_history, path, x="time")
+    clocks = {on_clock(run)[1] for run in with_history}
+    wall = wall or len(clocks) > 1  # simulated and wall seconds do not share an axis
+    timed = [on_clock(run, wall) for run in with_history]
+    return plot_accuracy(list(zip(labels, (h for h, _ in timed), strict=True)), path, x="time",
+                         clock=timed[0][1] if timed else "wall")

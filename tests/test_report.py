@@ -219,3 +219,20 @@ def test_timeline_ends_tasks_in_flight_at_a_kill_at_the_resume(tmp_path):
     assert "interrupted" in OUTCOMES and OUTCOMES["interrupted"] not in (
         colour for outcome, colour in OUTCOMES.items() if outcome != "interrupted")
     _image(plot_timeline(history, tmp_path / "timeline.png"))  # draws with the new outcome
+
+
+def test_a_simulated_run_plots_simulated_seconds_or_wall_seconds_on_request(ray_session, tmp_path):
+    from orchestrator.plots import on_clock
+
+    group = {**digits_config()["groups"][0], "hosting": "pool", "workers": 2,
+             "system": {"simulated_seconds_per_sample": 0.05, "speed": {"kind": "lognormal", "sigma": 1.0}}}
+    Orchestrator(load_config(digits_config(groups=[group], clock="simulated")), out_dir=tmp_path / "sim").run()
+    run = load_run(tmp_path / "sim")
+    simulated, clock = on_clock(run)
+    wall, wall_clock = on_clock(run, wall=True)
+    assert (clock, wall_clock) == ("simulated", "wall")
+    # 5 sync rounds, each at least one epoch of ~350 examples x 0.05 s: simulated seconds
+    assert simulated.time.max() >= 5 * 300 * 0.05 and simulated.time.equals(run.history.time)
+    assert wall.time.equals(run.history.wall_time)
+    assert main(["report", str(tmp_path / "sim"), "--wall-clock"]) == 0
+    assert (tmp_path / "sim" / "plots" / "accuracy_vs_time.png").exists()
