@@ -152,6 +152,14 @@ class Participant:
             pass
         return info
 
+    def footprint_bytes(self) -> int:
+        """What this participant holds once set up: its data, and its model's parameters
+        about three times over (weights, gradients, optimizer state); 0 before set-up."""
+        if not self._set_up:
+            return 0
+        arrays = (self.data.x_train, self.data.y_train, self.data.x_test, self.data.y_test)
+        return sum(a.nbytes for a in arrays) + 3 * self._initial.nbytes
+
     def initial_parameters(self) -> np.ndarray:
         """The weights the model was built with (the driver starts the global state from
         these), whatever the participant has trained since."""

@@ -38,29 +38,43 @@ class PoolWorker:
     []
     """
 
-    def __init__(self, cache_size: int = DEFAULT_CACHE) -> None:
+    def __init__(self, cache_size: int = DEFAULT_CACHE, cache_mb: float | None = None) -> None:
         if cache_size < 1:
             raise ValueError(f"cache_size must be >= 1, got {cache_size}")
         self.cache_size = cache_size
+        self.cache_bytes = None if cache_mb is None else cache_mb * 2**20
         self._served: OrderedDict[str, Participant] = OrderedDict()
         self._lock = threading.Lock()  # secure aggregation's masking thread looks up too
 
     def _participant(self, spec: ParticipantSpec) -> Participant:
-        """The participant, set up here if it is not cached; evicts the least recent. One
-        holding a sealed update is never evicted: that update exists only in memory until
-        its cohort is masked (at most ``MAX_SEALED`` per participant)."""
+        """The participant, set up here if it is not cached (least recent ones evicted)."""
         with self._lock:
             participant = self._served.pop(spec.name, None)
             if participant is None:
                 participant = Participant(spec)
             self._served[spec.name] = participant
-            evictable = [name for name, p in self._served.items() if not len(p.sealed) and name != spec.name]
-            for name in evictable[:max(0, len(self._served) - self.cache_size)]:
-                del self._served[name]  # its private state is already on disk
-            return participant
+        self._trim(spec.name)
+        return participant
+
+    def _trim(self, current: str) -> None:
+        """Evict the least recently served until at most ``cache_size`` are set up and, with
+        ``cache_mb``, their data and model fit it; ``current`` always stays. One holding a
+        sealed update is never evicted: that update exists only in memory until its cohort
+        is masked (at most ``MAX_SEALED`` per participant)."""
+        with self._lock:
+            sizes = {name: p.footprint_bytes() for name, p in self._served.items()}
+            total, over = sum(sizes.values()), len(self._served) - self.cache_size
+            for name, p in list(self._served.items()):
+                if over <= 0 and (self.cache_bytes is None or total <= self.cache_bytes):
+                    break
+                if name != current and not len(p.sealed):
+                    del self._served[name]  # its private state is already on disk
+                    total, over = total - sizes[name], over - 1
 
     def describe(self, spec: ParticipantSpec) -> dict[str, Any]:
-        return self._participant(spec).describe()
+        info = self._participant(spec).describe()
+        self._trim(spec.name)  # now that it is set up, its size counts
+        return info
 
     def describe_all(self, specs: list[ParticipantSpec]) -> list[dict[str, Any] | DataError]:
         """Describe every participant this worker serves in one call (start-up costs one
@@ -79,7 +93,9 @@ class PoolWorker:
         return self._participant(spec).initial_parameters()
 
     def train(self, state: GlobalState, instructions: Instructions, spec: ParticipantSpec) -> Update:
-        return self._participant(spec).train(state, instructions)
+        update = self._participant(spec).train(state, instructions)
+        self._trim(spec.name)
+        return update
 
     def public_key(self, spec: ParticipantSpec) -> bytes:
         return self._participant(spec).public_key()

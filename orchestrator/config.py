@@ -110,6 +110,10 @@ class Group(Strict):
         64, ge=1, description="participants a pool worker keeps set up in memory; the rest are "
         "set up again (data, model, private state from its state directory) when next served",
     )
+    cache_mb: float | None = Field(
+        None, gt=0, description="also bound what those participants hold (their data, and "
+        "their models about three times over) to this many MiB per worker",
+    )
 
     @model_validator(mode="before")
     @classmethod

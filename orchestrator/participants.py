@@ -184,7 +184,7 @@ class Participants:
         workers = []
         for i in range(group.pool_size):
             options = self.placements.actor_options(group, i) | {"max_restarts": -1}
-            workers.append(self.privacy.actor_class(PoolWorker).options(**options).remote(group.cache_size))
+            workers.append(self.privacy.actor_class(PoolWorker).options(**options).remote(group.cache_size, group.cache_mb))
         return workers
 
     def _await_start(self, pending: dict[ray.ObjectRef, list[Member]]) -> list[tuple[str, str]]:

@@ -187,3 +187,19 @@ def test_a_run_that_cannot_be_resumed_leaves_no_private_state_behind(ray_session
     orch = Orchestrator(load_config(kept), out_dir=tmp_path / "run")
     orch.run()  # checkpoints: --resume needs each participant's state
     assert sorted(p.name for p in (tmp_path / orch.run_id).iterdir()) == [f"site-{i}" for i in range(4)]
+
+
+def test_the_cache_also_keeps_within_a_memory_bound(tmp_path):
+    specs = [spec(i, tmp_path, "fedavg") for i in range(4)]
+    one = PoolWorker(cache_size=10)
+    one.describe(specs[0])
+    size = one._participant(specs[0]).footprint_bytes()
+    assert size > 0
+    worker = PoolWorker(cache_size=10, cache_mb=2.5 * size / 2**20)  # room for two, not three
+    for s in specs:
+        worker.describe(s)
+    assert worker.cached() == ["site-2", "site-3"]
+    tiny = PoolWorker(cache_size=10, cache_mb=1e-6)  # never evicts the one being served
+    for s in specs:
+        tiny.describe(s)
+    assert tiny.cached() == ["site-3"]
