@@ -47,7 +47,8 @@ class PoolWorker:
         self._lock = threading.Lock()  # secure aggregation's masking thread looks up too
 
     def _participant(self, spec: ParticipantSpec) -> Participant:
-        """The participant, set up here if it is not cached (least recent ones evicted)."""
+        """The participant, from the cache or new (it sets itself up on first use); the
+        least recent are evicted first, so no more than ``cache_size`` are ever set up."""
         with self._lock:
             participant = self._served.pop(spec.name, None)
             if participant is None:
@@ -55,6 +56,14 @@ class PoolWorker:
             self._served[spec.name] = participant
         self._trim(spec.name)
         return participant
+
+    def _serve(self, spec: ParticipantSpec, method: str, *args: Any) -> Any:
+        """Every call goes through here: the participant's ``method``, then a second trim,
+        because only once it is set up does its size count against ``cache_mb``."""
+        try:
+            return getattr(self._participant(spec), method)(*args)
+        finally:
+            self._trim(spec.name)
 
     def _trim(self, current: str) -> None:
         """Evict the least recently served until at most ``cache_size`` are set up and, with
@@ -72,9 +81,7 @@ class PoolWorker:
                     total, over = total - sizes[name], over - 1
 
     def describe(self, spec: ParticipantSpec) -> dict[str, Any]:
-        info = self._participant(spec).describe()
-        self._trim(spec.name)  # now that it is set up, its size counts
-        return info
+        return self._serve(spec, "describe")
 
     def describe_all(self, specs: list[ParticipantSpec]) -> list[dict[str, Any] | DataError]:
         """Describe every participant this worker serves in one call (start-up costs one
@@ -85,28 +92,27 @@ class PoolWorker:
             try:
                 out.append(self.describe(spec))
             except DataError as exc:
-                self._served.pop(spec.name, None)
+                with self._lock:
+                    self._served.pop(spec.name, None)
                 out.append(exc)
         return out
 
     def initial_parameters(self, spec: ParticipantSpec) -> np.ndarray:
-        return self._participant(spec).initial_parameters()
+        return self._serve(spec, "initial_parameters")
 
     def train(self, state: GlobalState, instructions: Instructions, spec: ParticipantSpec) -> Update:
-        update = self._participant(spec).train(state, instructions)
-        self._trim(spec.name)
-        return update
+        return self._serve(spec, "train", state, instructions)
 
     def public_key(self, spec: ParticipantSpec) -> bytes:
-        return self._participant(spec).public_key()
+        return self._serve(spec, "public_key")
 
     def masked_update(self, cohort_id: int, peers: dict[str, bytes], weights: dict[int, float],
                       clip_norm: float | None, spec: ParticipantSpec) -> np.ndarray:
-        return self._participant(spec).masked_update(cohort_id, peers, weights, clip_norm)
+        return self._serve(spec, "masked_update", cohort_id, peers, weights, clip_norm)
 
     def unmask_dropped(self, cohort_id: int, dropped: list[str], peers: dict[str, bytes], size: int,
                        spec: ParticipantSpec) -> np.ndarray:
-        return self._participant(spec).unmask_dropped(cohort_id, dropped, peers, size)
+        return self._serve(spec, "unmask_dropped", cohort_id, dropped, peers, size)
 
     def discard_private_state(self, specs: list[ParticipantSpec]) -> None:
         """The run is over and cannot be resumed: delete these participants' private state."""

@@ -51,9 +51,11 @@ def transfer_seconds(system: SystemSpec, nbytes: int) -> float:
 def task_duration(real_s: float, samples: int, speed: float, system: SystemSpec, nbytes: int = 0) -> float:
     """How long the task should appear to take under the wall clock (never shorter than it
     really took)."""
-    spp = system.simulated_seconds_per_sample
-    target = samples * spp / speed if spp else real_s / speed
-    return max(real_s, target + transfer_seconds(system, nbytes))
+    if system.simulated_seconds_per_sample:
+        target = simulated_duration(system, speed, samples, nbytes)
+    else:
+        target = real_s / speed + transfer_seconds(system, nbytes)
+    return max(real_s, target)
 
 
 def simulated_duration(system: SystemSpec, speed: float, samples: int, nbytes: int) -> float:
