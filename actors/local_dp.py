@@ -35,6 +35,7 @@ from __future__ import annotations
 import math
 import secrets
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -146,6 +147,7 @@ def train_dp_sgd(
     steps: int | None = None,
     proximal_mu: float = 0.0,
     generator: torch.Generator | None = None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
 ) -> dict[str, float]:
     """DP-SGD over Poisson-sampled local batches; records the steps in ``accountant``.
 
@@ -182,7 +184,7 @@ def train_dp_sgd(
             warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
             for _ in range(total_steps):
                 idx = poisson_batch(n, rate, gen, x.device)
-                total += _dp_step(gsm, opt, x, y, idx)
+                total += _dp_step(gsm, opt, x, y, idx, loss_fn)
                 seen += len(idx)
     finally:
         opt.zero_grad(set_to_none=True)
@@ -195,7 +197,8 @@ def train_dp_sgd(
             "dp_sgd_steps": float(total_steps), "dp_sgd_epsilon": accountant.epsilon()}
 
 
-def _dp_step(gsm: Any, opt: Any, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> float:
+def _dp_step(gsm: Any, opt: Any, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor,
+             loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> float:
     """One clipped, noised step on the sampled batch ``idx``; returns its summed loss.
     An empty sample still takes a noise-only step: no per-example gradient, noise added."""
     opt.zero_grad(set_to_none=True)
@@ -204,7 +207,7 @@ def _dp_step(gsm: Any, opt: Any, x: torch.Tensor, y: torch.Tensor, idx: torch.Te
         for p in opt.params:
             p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
     else:
-        loss = F.cross_entropy(gsm(x[idx]), y[idx])
+        loss = loss_fn(gsm(x[idx]), y[idx])
         loss.backward()
         total = float(loss.detach()) * len(idx)
     opt.step()

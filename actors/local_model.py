@@ -20,6 +20,7 @@ from actors.local_dp import check_budget, check_supported, train_dp_sgd
 from actors.models import build_model
 from actors.params import get_flat, layout_of, set_flat
 from actors.spec import ParticipantSpec
+from actors.tasks import loss_function, target_array
 from actors.training import evaluate, local_gradient, to_tensors, train_locally
 from strategies.client import ConsensusKD, Linear, Proximal, Term, Work
 from strategies.privacy import PrivacyAccountant
@@ -33,7 +34,8 @@ class TorchLocalModel:
         self.spec, self.data, self.device = spec, data, device
         self.model = build_model(spec.model.name, spec.model.options, data.input_shape, data.num_classes).to(device)
         self.layout: Layout = layout_of(self.model)
-        self.x, self.y = to_tensors(data.x_train, data.y_train, device)
+        self.loss_fn = loss_function(spec.task)
+        self.x, self.y = to_tensors(data.x_train, target_array(data.y_train, spec.task), device)
         self.num_examples = len(self.y)
         self.lr = spec.train.lr
         self.dp_accountant: PrivacyAccountant | None = None
@@ -78,7 +80,8 @@ class TorchLocalModel:
             p.requires_grad_(False)
         try:
             return train_locally(self.model, self.x, self.y, self.spec.train, work.seed, work.epochs,
-                                 work.steps, proximal=proximal, gradient_offset=offset, extra_loss=extra)
+                                 work.steps, proximal=proximal, gradient_offset=offset, extra_loss=extra,
+                                 loss_fn=self.loss_fn)
         finally:
             for p in frozen:
                 p.requires_grad_(True)
@@ -94,11 +97,11 @@ class TorchLocalModel:
         assert self.dp_accountant is not None and dp is not None
         check_budget(self.dp_accountant, dp, self.num_examples, train, work.epochs, work.steps, self.spec.name)
         return train_dp_sgd(self.model, self.x, self.y, train, self.dp_accountant, epochs=work.epochs,
-                            steps=work.steps, proximal_mu=mu)
+                            steps=work.steps, proximal_mu=mu, loss_fn=self.loss_fn)
 
     def gradient(self, seed: int) -> tuple[np.ndarray, dict[str, float]]:
         batch = self.spec.train.batch_size
-        loss = local_gradient(self.model, self.x, self.y, batch, seed)
+        loss = local_gradient(self.model, self.x, self.y, batch, seed, self.loss_fn)
         params = dict(self.model.named_parameters())
         grad = torch.cat([params[n].grad.reshape(-1).float().cpu() for n in self.layout.names]).numpy()
         return grad, {"train_loss": loss, "samples": float(min(batch, self.num_examples)), "steps": 1.0}
@@ -111,7 +114,8 @@ class TorchLocalModel:
         return predict_logits(self.model, self.public_set()).float().cpu().numpy()
 
     def evaluate(self) -> dict[str, float]:
-        return evaluate(self.model, *self.test_tensors())
+        stds = self.spec.transform.target_stds if self.spec.transform is not None else ()
+        return evaluate(self.model, *self.test_tensors(), self.spec.task, target_stds=stds)
 
     def warm_up(self) -> None:
         """One throwaway training step, undone afterwards, so torch's lazy first-call set-up
@@ -121,10 +125,12 @@ class TorchLocalModel:
             return
         saved = self.get()
         with torch.random.fork_rng(devices=[]):
-            train_locally(self.model, self.x[:2], self.y[:2], self.spec.train, seed=0, epochs=1, steps=1)
+            train_locally(self.model, self.x[:2], self.y[:2], self.spec.train, seed=0, epochs=1, steps=1,
+                          loss_fn=self.loss_fn)
             if (dp := self.spec.train.dp_sgd) is not None:  # Opacus' first step too; nothing leaves
                 train_dp_sgd(self.model, self.x[:2], self.y[:2], self.spec.train,
-                             PrivacyAccountant(dp.noise_multiplier, dp.delta), epochs=1, steps=1)
+                             PrivacyAccountant(dp.noise_multiplier, dp.delta), epochs=1, steps=1,
+                             loss_fn=self.loss_fn)
         self.set(saved)
 
     # -- data loaded on demand -----------------------------------------------------------
@@ -143,5 +149,5 @@ class TorchLocalModel:
             if not len(y) and self.spec.dataset is not None:
                 full = load_shared_dataset(self.spec.dataset)
                 x, y = apply_view(full.x_test, self.spec.data.view, full.image_shape), full.y_test
-            self._test = to_tensors(x, y, self.device)
+            self._test = to_tensors(x, target_array(y, self.spec.task), self.device)
         return self._test

@@ -19,12 +19,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from actors import private_state
+from actors import preprocess, private_state
 from actors.attacks import apply_attack
-from actors.data import LocalData, load_participant_data
+from actors.data import DataError, LocalData, feature_names, load_participant_data, site_frame
 from actors.local_model import TorchLocalModel
 from actors.secure_aggregation import SEALED_METRIC, MaskingKey, SealedUpdates
-from actors.spec import ParticipantSpec
+from actors.spec import FittedTransform, ParticipantSpec
 from actors.system import (
     SimulatedDropout,
     Unavailable,
@@ -35,6 +35,7 @@ from actors.system import (
 )
 from strategies import build_strategy
 from strategies.client import Work
+from strategies.secure_aggregation import encode
 from strategies.types import GlobalState, Instructions, Layout, Update
 
 HANG_SECONDS = 3600.0
@@ -78,6 +79,9 @@ class Participant:
         if self._set_up:
             return
         spec = self.spec
+        if spec.preprocess is not None and spec.transform is None:
+            raise DataError(f"participant {spec.name}: the run preprocesses its table, and the fitted "
+                            "transform has not reached this participant")
         torch.set_num_threads(max(1, spec.num_threads))
         torch.manual_seed(spec.seed)
         random.seed(spec.seed)
@@ -118,8 +122,16 @@ class Participant:
         return self.local.layout
 
     # -- introspection -------------------------------------------------------------
-    def describe(self) -> dict[str, Any]:
+    def adopt(self, transform: FittedTransform | None) -> None:
+        """Take the run's fitted preprocessing before setting up (the driver fits it from
+        every site's statistics after the participants start, so it cannot be in the spec
+        they started with; a restarted actor gets it again with its next task)."""
+        if transform is not None and self.spec.transform is None and not self._set_up:
+            self.spec = self.spec.model_copy(update={"transform": transform})
+
+    def describe(self, transform: FittedTransform | None = None) -> dict[str, Any]:
         """Facts the driver records once: sizes, shapes, where the actor runs."""
+        self.adopt(transform)
         self._ensure_set_up()
         info: dict[str, Any] = {
             "name": self.spec.name,
@@ -131,6 +143,8 @@ class Participant:
             "num_parameters": self.layout.size,
             "layout": self.layout,
             "source": self.data.source,
+            "feature_names": self.data.feature_names,
+            "feature_scales": self.data.feature_scales,
             "device": str(self.device),
             "torch_threads": torch.get_num_threads(),
             "speed": self.spec.speed,
@@ -169,6 +183,7 @@ class Participant:
     # -- work ----------------------------------------------------------------------
     def train(self, state: GlobalState, instructions: Instructions) -> Update:
         """Run the strategy's client half on the global state; return its update."""
+        self.adopt(instructions.transform)
         self._ensure_set_up()
         started = time.perf_counter()
         if instructions.simulated_at is not None:
@@ -233,6 +248,36 @@ class Participant:
     def unmask_dropped(self, cohort_id: int, dropped: list[str], peers: dict[str, bytes], size: int) -> np.ndarray:
         """Mask recovery: this survivor's pairwise masks with peers that dropped out."""
         return self.secagg_key.masks_with(self.spec.name, dropped, peers, cohort_id, size)
+
+    # -- federated preprocessing: statistics of the raw table, before set-up ---------
+    def _raw_table(self) -> tuple[Any, list[str], str]:
+        frame, columns, where = site_frame(self.spec)
+        return frame, feature_names(frame, columns, where), where
+
+    def table_schema(self) -> dict[str, Any]:
+        """Round 0, in the clear: numeric columns and categorical values (the schema)."""
+        assert self.spec.preprocess is not None
+        frame, features, where = self._raw_table()
+        try:
+            return preprocess.site_schema(frame, features, self.spec.preprocess, where)
+        except preprocess.PreprocessError as exc:
+            raise DataError(str(exc)) from None
+
+    def table_statistics(self, numeric: list[str], means: list[float] | None) -> np.ndarray:
+        """Round 1 (``means`` None): counts and sums per numeric column; round 2: sums of
+        squared deviations from the global ``means``."""
+        frame, _, where = self._raw_table()
+        try:
+            x = preprocess.numeric_block(frame, numeric, where)
+        except preprocess.PreprocessError as exc:
+            raise DataError(str(exc)) from None
+        return preprocess.sums(x) if means is None else preprocess.squared_deviations(x, np.asarray(means))
+
+    def masked_table_statistics(self, numeric: list[str], means: list[float] | None, cohort_id: int,
+                                peers: dict[str, bytes]) -> np.ndarray:
+        """The same statistics, masked for secure aggregation: the driver sees only the sum."""
+        plain = encode(self.table_statistics(numeric, means))
+        return plain + self.secagg_key.masks_with(self.spec.name, sorted(peers), peers, cohort_id, plain.size)
 
     # -- the simulator ---------------------------------------------------------------
     def _check_online(self, run_clock: float) -> None:

@@ -23,7 +23,7 @@ import numpy as np
 from actors import private_state
 from actors.data import DataError
 from actors.participant import Participant
-from actors.spec import ParticipantSpec
+from actors.spec import FittedTransform, ParticipantSpec
 from strategies.types import GlobalState, Instructions, Update
 
 DEFAULT_CACHE = 64
@@ -80,17 +80,18 @@ class PoolWorker:
                     del self._served[name]  # its private state is already on disk
                     total, over = total - sizes[name], over - 1
 
-    def describe(self, spec: ParticipantSpec) -> dict[str, Any]:
-        return self._serve(spec, "describe")
+    def describe(self, transform: FittedTransform | None, spec: ParticipantSpec) -> dict[str, Any]:
+        return self._serve(spec, "describe", transform)
 
-    def describe_all(self, specs: list[ParticipantSpec]) -> list[dict[str, Any] | DataError]:
+    def describe_all(self, specs: list[ParticipantSpec], transform: FittedTransform | None = None
+                     ) -> list[dict[str, Any] | DataError]:
         """Describe every participant this worker serves in one call (start-up costs one
         round trip per worker, not per participant); a participant whose data cannot be
         used comes back as its ``DataError``, the others still start."""
         out: list[dict[str, Any] | DataError] = []
         for spec in specs:
             try:
-                out.append(self.describe(spec))
+                out.append(self.describe(transform, spec))
             except DataError as exc:
                 with self._lock:
                     self._served.pop(spec.name, None)
@@ -113,6 +114,16 @@ class PoolWorker:
     def unmask_dropped(self, cohort_id: int, dropped: list[str], peers: dict[str, bytes], size: int,
                        spec: ParticipantSpec) -> np.ndarray:
         return self._serve(spec, "unmask_dropped", cohort_id, dropped, peers, size)
+
+    def table_schema(self, spec: ParticipantSpec) -> dict[str, Any]:
+        return self._serve(spec, "table_schema")
+
+    def table_statistics(self, numeric: list[str], means: list[float] | None, spec: ParticipantSpec) -> np.ndarray:
+        return self._serve(spec, "table_statistics", numeric, means)
+
+    def masked_table_statistics(self, numeric: list[str], means: list[float] | None, cohort_id: int,
+                                peers: dict[str, bytes], spec: ParticipantSpec) -> np.ndarray:
+        return self._serve(spec, "masked_table_statistics", numeric, means, cohort_id, peers)
 
     def discard_private_state(self, specs: list[ParticipantSpec]) -> None:
         """The run is over and cannot be resumed: delete these participants' private state."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 
@@ -29,13 +30,17 @@ class DatasetSpec(Strict):
     """A benchmark dataset: shared out by a partitioner, or generated per participant.
 
     ``digits`` is scikit-learn's bundled 8x8 handwritten digits, so it works offline; a
-    partitioner splits it. ``synthetic`` is Synthetic(alpha, beta) of the FedProx paper
+    partitioner splits it. ``table`` is one pooled CSV/Parquet table (``path``) split
+    into simulated sites by the same partitioners, its test split held out first. ``synthetic`` is Synthetic(alpha, beta) of the FedProx paper
     (:mod:`actors.synthetic`): each participant generates its own task and data inside its
     actor, keeps ``test_fraction`` of its rows as its own test split, and the driver
     evaluates on the pooled test splits of the first ``eval_participants`` participants.
     """
 
-    name: Literal["digits", "synthetic"] = "digits"
+    name: Literal["digits", "synthetic", "table"] = "digits"
+    path: str | None = Field(None, description="table: the pooled CSV/Parquet table to split into sites")
+    label_column: str | list[str] = Field("label", description="table: the target column(s)")
+    feature_columns: list[str] | None = Field(None, description="table: default every other column")
     test_fraction: float = Field(0.2, gt=0, lt=1)
     partition: PartitionSpec = PartitionSpec()
     seed: int = Field(0, ge=0)
@@ -60,10 +65,15 @@ class DatasetSpec(Strict):
     @model_validator(mode="after")
     def _settings_fit_the_dataset(self) -> DatasetSpec:
         defaults = DatasetSpec.model_fields
-        if self.name == "digits":
+        table_set = [f for f in TABLE_FIELDS if getattr(self, f) != defaults[f].default]
+        if self.name != "table" and table_set:
+            raise ValueError(f"{', '.join(table_set)}: table settings, not used by name: {self.name}")
+        if self.name == "table" and self.path is None:
+            raise ValueError("name: table needs path: the pooled CSV/Parquet table")
+        if self.name in ("digits", "table"):
             stray = [f for f in SYNTHETIC_FIELDS if getattr(self, f) != defaults[f].default]
             if stray:
-                raise ValueError(f"{', '.join(stray)}: synthetic settings, not used by name: digits")
+                raise ValueError(f"{', '.join(stray)}: synthetic settings, not used by name: {self.name}")
             return self
         if self.partition != PartitionSpec():
             raise ValueError(
@@ -80,6 +90,82 @@ SYNTHETIC_FIELDS = ("alpha", "beta", "num_features", "num_classes", "size_mu", "
                     "min_size", "max_size", "eval_participants")
 """The :class:`DatasetSpec` fields only ``name: synthetic`` reads."""
 
+TABLE_FIELDS = ("path", "label_column", "feature_columns")
+"""The :class:`DatasetSpec` fields only ``name: table`` reads."""
+
+METRICS: dict[str, dict[str, bool]] = {
+    "classification": {"accuracy": True, "macro_f1": True, "auroc": True, "loss": False},
+    "regression": {"r2": True, "mse": False, "mae": False, "loss": False},
+}
+"""Each task's evaluation metrics, and whether higher is better. ``auroc`` exists for
+two classes only; ``loss`` is the training loss on the test set."""
+
+LOWER_IS_BETTER = frozenset(m for kind in METRICS.values() for m, higher in kind.items() if not higher)
+
+LOSSES = {"classification": ("cross_entropy",), "regression": ("mse", "huber")}
+
+
+class TaskSpec(Strict):
+    """What the model predicts: class labels, or real-valued targets (one or several).
+
+    ``task: regression`` is short for ``task: {kind: regression}``. ``metric`` is the run's
+    headline metric: what the progress line shows, what ``stop.target`` and tuning compare
+    against, and what reports plot (default: accuracy, or R² for regression).
+    """
+
+    kind: Literal["classification", "regression"] = "classification"
+    loss: Literal["cross_entropy", "mse", "huber"] | None = Field(
+        None, description="default: cross_entropy for classification, mse for regression")
+    huber_delta: float = Field(1.0, gt=0, description="huber: where the loss turns from squared to linear")
+    metric: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return {"kind": data} if isinstance(data, str) else data
+
+    @model_validator(mode="after")
+    def _fits_kind(self) -> TaskSpec:
+        if self.loss is not None and self.loss not in LOSSES[self.kind]:
+            raise ValueError(f"loss {self.loss!r} is not for {self.kind}; use {' or '.join(LOSSES[self.kind])}")
+        if self.metric is not None and self.metric not in METRICS[self.kind]:
+            raise ValueError(f"metric {self.metric!r} is not a {self.kind} metric; use one of: "
+                             f"{', '.join(METRICS[self.kind])}")
+        return self
+
+    @property
+    def loss_name(self) -> str:
+        return self.loss or LOSSES[self.kind][0]
+
+    @property
+    def metric_name(self) -> str:
+        return self.metric or ("accuracy" if self.kind == "classification" else "r2")
+
+    @property
+    def higher_is_better(self) -> bool:
+        return METRICS[self.kind][self.metric_name]
+
+
+class PreprocessSpec(Strict):
+    """Federated preprocessing of table features, fitted on global statistics.
+
+    Each site sends counts, sums and sums of squares per numeric column and the set of
+    values of each categorical column; the driver combines them into one transform that
+    every site (and the evaluation table) applies. No site could fit it alone: its own
+    statistics differ from the others'.
+    """
+
+    standardize: bool = Field(True, description="numeric features to zero mean and unit variance")
+    impute: Literal["mean", "refuse"] = Field(
+        "refuse", description="mean: a missing numeric value becomes the global mean (and a "
+        "missing category its own 'missing' value); refuse: missing values are an error")
+    categorical: list[str] = Field(
+        default_factory=list, description="columns one-hot encoded over the union of the sites' values")
+    standardize_target: bool = Field(
+        False, description="regression: train on targets scaled to zero mean, unit variance "
+        "(a flow of 3,000 vehicles/hour is no target for SGD); mse and mae are still reported in "
+        "the target's own units")
+
 
 View = Literal["flat", "image", "sequence"]
 
@@ -94,29 +180,35 @@ class PartitionData(Strict):
         "split (how personalised models are judged); 0 evaluates on the dataset's test split")
 
 
-class FileData(Strict):
-    """A participant's own table (CSV or Parquet): the cross-silo case.
+class SiteData(Strict):
+    """What every source a site owns shares: its label space, its own held-out rows, and
+    how its features are shaped for the model."""
 
-    ``path`` may contain ``{index}`` (index within the group), ``{name}`` (participant
-    name) and ``{group}``, or ``paths`` lists one file per participant of the group.
-    """
-
-    source: Literal["file"]
-    path: str | None = None
-    paths: list[str] | None = None
-    label_column: str = "label"
-    feature_columns: list[str] | None = None
-    num_classes: int = Field(..., ge=2, description="size of the label space shared by all")
-    test_fraction: float = Field(0.0, ge=0, lt=1)
+    num_classes: int | None = Field(
+        None, ge=2, description="size of the label space shared by all (classification; "
+        "regression takes its outputs from the target columns)")
+    test_fraction: float = Field(0.0, ge=0, lt=1, description="rows held out as the site's own test split")
     image_shape: tuple[int, int, int] | None = None
     view: View = "flat"
 
     @model_validator(mode="after")
-    def _one_path(self) -> FileData:
-        if (self.path is None) == (self.paths is None):
-            raise ValueError("give exactly one of 'path' (a template) or 'paths' (a list)")
+    def _view_needs_shape(self) -> SiteData:
         if self.view != "flat" and self.image_shape is None:
             raise ValueError(f"view {self.view!r} needs image_shape: [C, H, W]")
+        return self
+
+
+class SiteFiles(SiteData):
+    """``path`` may contain ``{index}`` (index within the group), ``{name}`` (participant
+    name) and ``{group}``, or ``paths`` lists one per participant of the group."""
+
+    path: str | None = None
+    paths: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _one_path(self) -> SiteFiles:
+        if (self.path is None) == (self.paths is None):
+            raise ValueError("give exactly one of 'path' (a template) or 'paths' (a list)")
         return self
 
     def path_for(self, index: int, name: str, group: str) -> str:
@@ -126,7 +218,52 @@ class FileData(Strict):
         return self.path.format(index=index, name=name, group=group)
 
 
-DataSpec = Annotated[PartitionData | FileData, Field(discriminator="source")]
+class TableColumns(Strict):
+    """Which columns of a table are the target and which the features."""
+
+    label_column: str | list[str] = Field(
+        "label", description="the target column; a list of columns is a vector target (regression)")
+    feature_columns: list[str] | None = Field(None, description="default: every other column")
+
+    @property
+    def label_columns(self) -> list[str]:
+        return [self.label_column] if isinstance(self.label_column, str) else list(self.label_column)
+
+
+class FileData(SiteFiles, TableColumns):
+    """A participant's own table (CSV or Parquet): the cross-silo case."""
+
+    source: Literal["file"]
+
+
+class PythonData(SiteData):
+    """A participant's own loader: ``factory`` is ``"package.module:function"``, called
+    inside the participant as ``function(name=..., index=..., group=..., **options)``.
+
+    It returns ``(x, y)``, ``(x_train, y_train, x_test, y_test)``, or a torch ``Dataset``
+    of ``(x, y)`` pairs. A database, an image store, a site's own reader: anything the
+    site's node can read.
+    """
+
+    source: Literal["python"]
+    factory: str = Field(..., pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the factory")
+
+
+class ImageData(SiteFiles):
+    """A site's image folder in the common layout: one subfolder per class
+    (``root/cat/001.png``). Images are resized to ``image_shape`` (C = 1 greyscale,
+    3 RGB) and scaled to [0, 1]; reading them needs Pillow (``pip install fedray[images]``)."""
+
+    source: Literal["images"]
+    image_shape: tuple[int, int, int]
+    view: View = "image"
+    classes: list[str] | None = Field(
+        None, description="class names in label order, the same at every site (default: the "
+        "sorted subfolder names, which must then be the same at every site)")
+
+
+DataSpec = Annotated[PartitionData | FileData | PythonData | ImageData, Field(discriminator="source")]
 
 
 BUILTIN_MODEL_OPTIONS: dict[str, frozenset[str]] = {
@@ -345,6 +482,37 @@ class SystemSpec(Strict):
         return self
 
 
+class FittedTransform(Strict):
+    """The preprocessing fitted on every site's statistics (``orchestrator/preprocessing.py``):
+    what each site and the evaluation table apply to their raw columns, in this order
+    (numeric columns, then each categorical column's one-hot block)."""
+
+    numeric: list[str]
+    means: list[float]
+    stds: list[float]
+    categories: dict[str, list[str]] = Field(default_factory=dict)
+    standardize: bool = True
+    impute: Literal["mean", "refuse"] = "refuse"
+    rows: int = Field(0, description="rows across the sites the statistics came from")
+    target_means: list[float] = Field(default_factory=list, description="standardize_target: per target column")
+    target_stds: list[float] = Field(default_factory=list)
+
+    def scale_targets(self, y: np.ndarray) -> np.ndarray:
+        """Regression targets as the model learns them (standardized when fitted so)."""
+        if not self.target_stds:
+            return y
+        return ((y.reshape(len(y), -1) - np.asarray(self.target_means)) / np.asarray(self.target_stds)
+                ).reshape(y.shape).astype(np.float32)
+
+    @property
+    def output_columns(self) -> list[str]:
+        return [*self.numeric, *(f"{c}={v}" for c, values in self.categories.items() for v in values)]
+
+
+MISSING_CATEGORY = "<missing>"
+"""The category a missing categorical value becomes under ``impute: mean``."""
+
+
 class ParticipantSpec(Strict):
     """Everything one actor needs to load its data and build its model by itself."""
 
@@ -361,6 +529,9 @@ class ParticipantSpec(Strict):
     num_threads: int = 1
     speed: float = 1.0
     system: SystemSpec = SystemSpec()
+    task: TaskSpec = TaskSpec()
+    preprocess: PreprocessSpec | None = None
+    transform: FittedTransform | None = Field(None, description="set by the driver once fitted")
     strategy: str = Field("fedavg", description="the run's strategy: its client half runs here")
     strategy_options: dict[str, Any] = Field(default_factory=dict)
     state_dir: str | None = Field(

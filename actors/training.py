@@ -3,12 +3,15 @@ and the driver's evaluator."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from actors.spec import TrainSpec
+from actors.spec import TaskSpec, TrainSpec
+from actors.tasks import Loss, metrics
 
 
 def make_optimizer(model: nn.Module, spec: TrainSpec) -> torch.optim.Optimizer:
@@ -45,6 +48,7 @@ def train_locally(
     proximal: tuple[float, list[torch.Tensor]] | None = None,
     gradient_offset: list[torch.Tensor] | None = None,
     extra_loss=None,
+    loss_fn: Loss = F.cross_entropy,
 ) -> dict[str, float]:
     """SGD/Adam over local batches; returns the mean loss, samples seen and steps taken.
 
@@ -52,7 +56,7 @@ def train_locally(
     ``proximal = (mu, anchor)`` adds ``mu/2 * ||w - anchor||^2`` (FedProx, Ditto);
     ``gradient_offset`` is added to every gradient, the gradient of a linear term
     (SCAFFOLD's ``c - c_i``); ``extra_loss(model, idx)`` is any other term (a consensus
-    KD loss). Frozen parameters (``requires_grad`` off) are left out of the optimizer.
+    KD loss). ``loss_fn`` is the task's loss (:mod:`actors.tasks`). Frozen parameters (``requires_grad`` off) are left out of the optimizer.
     """
     model.train()
     opt = make_optimizer(model, spec)
@@ -62,7 +66,7 @@ def train_locally(
     for idx in batches(len(y), spec.batch_size, gen, steps, epochs):
         xb, yb = x[idx], y[idx]
         opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(xb), yb)
+        loss = loss_fn(model(xb), yb)
         if extra_loss is not None:
             loss = loss + extra_loss(model, idx)
         if proximal is not None:
@@ -80,30 +84,26 @@ def train_locally(
     return {"train_loss": total / max(seen, 1), "samples": float(seen), "steps": float(taken)}
 
 
-def local_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int) -> float:
+def local_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int,
+                   loss_fn: Loss = F.cross_entropy) -> float:
     """Accumulate the mean-loss gradient over one shuffled batch (FedSGD's payload)."""
     model.train()
     model.zero_grad(set_to_none=True)
     gen = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(y), generator=gen)[:batch_size]
-    loss = F.cross_entropy(model(x[idx]), y[idx])
+    loss = loss_fn(model(x[idx]), y[idx])
     loss.backward()
     return float(loss.detach())
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> dict[str, float]:
-    """Mean cross-entropy and accuracy; empty data gives NaN metrics, not an error."""
-    if len(y) == 0:
-        return {"loss": float("nan"), "accuracy": float("nan")}
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: TaskSpec,
+             batch_size: int = 1024, target_stds: Sequence[float] = ()) -> dict[str, float]:
+    """The task's metrics (:func:`actors.tasks.metrics`) on the whole set; empty data
+    gives NaN metrics, not an error."""
     model.eval()
-    loss_sum, correct = 0.0, 0
-    for start in range(0, len(y), batch_size):
-        logits = model(x[start : start + batch_size])
-        yb = y[start : start + batch_size]
-        loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
-        correct += int((logits.argmax(1) == yb).sum())
-    return {"loss": loss_sum / len(y), "accuracy": correct / len(y)}
+    outputs = [model(x[start : start + batch_size]) for start in range(0, len(y), batch_size)]
+    return metrics(torch.cat(outputs) if outputs else torch.zeros(0), y, task, target_stds)
 
 
 def to_tensors(x: np.ndarray, y: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -103,7 +103,8 @@ def _print_summary(out: Path) -> None:
     from orchestrator.report import print_frame
 
     summary = json.loads((out / "summary.json").read_text())
-    keys = ["final_accuracy", "best_accuracy", "wall_seconds", "num_aggregations", "num_updates",
+    metrics = [k for k in summary if k.startswith(("final_", "best_"))]  # the task's: accuracy, r2, ...
+    keys = [*metrics, "wall_seconds", "num_aggregations", "num_updates",
             "num_failures", "num_rejected", "mean_staleness", "stop_reason"]
     print()
     print_frame(pd.Series({k: summary.get(k) for k in keys}, name="value"), "summary")

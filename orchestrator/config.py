@@ -29,10 +29,14 @@ from actors.spec import (
     DatasetSpec,
     DataSpec,
     FileData,
+    ImageData,
     ModelSpec,
     PartitionData,
+    PreprocessSpec,
+    PythonData,
     Strict,
     SystemSpec,
+    TaskSpec,
     TrainSpec,
     Windows,
 )
@@ -269,10 +273,15 @@ class Stop(Strict):
     max_aggregations: int | None = Field(50, ge=1)
     max_updates: int | None = Field(None, ge=1)
     max_wall_s: float | None = Field(None, gt=0)
-    target_accuracy: float | None = Field(None, gt=0, le=1)
+    target_accuracy: float | None = Field(None, gt=0, le=1, description="short for target on accuracy")
+    target: float | None = Field(
+        None, description="stop once the task's metric (task.metric: accuracy, r2, mse, ...) "
+        "reaches this value: at least it, or at most it for an error such as mse")
 
     @model_validator(mode="after")
     def _some_limit(self) -> Stop:
+        if self.target is not None and self.target_accuracy is not None:
+            raise ValueError("give target (for task.metric) or target_accuracy, not both")
         if self.max_aggregations is None and self.max_updates is None and self.max_wall_s is None:
             raise ValueError("set at least one of max_aggregations, max_updates, max_wall_s")
         return self
@@ -283,7 +292,7 @@ class Evaluation(Strict):
 
     every: int = Field(1, ge=1, description="evaluate after every N aggregations")
     path: str | None = Field(None, description="CSV/Parquet test table; default: the dataset's test split")
-    label_column: str = "label"
+    label_column: str | list[str] = Field("label", description="its target column(s)")
     batch_size: int = Field(1024, ge=1)
 
 
@@ -342,6 +351,9 @@ class RunConfig(Strict):
         "simulated: each task lasts what the system model says, and results are handled in "
         "simulated-time order, so a run is the same on any machine (simulations)",
     )
+    task: TaskSpec = Field(TaskSpec(), description="classification or regression; its loss and headline metric")
+    preprocess: PreprocessSpec | None = Field(
+        None, description="federated preprocessing of table features (orchestrator/preprocessing.py)")
     dataset: DatasetSpec | None = None
     groups: list[Group] = Field(..., min_length=1)
     strategy: StrategyConfig = StrategyConfig()
@@ -380,7 +392,58 @@ class RunConfig(Strict):
         self._check_dp_sgd()
         self._check_clock()
         self._check_synthetic()
+        self._check_task()
+        self._check_preprocess()
         return self
+
+    def _check_task(self) -> None:
+        """Each data source states its label space for classification and none for
+        regression; soft labels and the built-in datasets are classification only."""
+        task = self.task.kind
+        if task == "regression":
+            if self.dataset is not None and self.dataset.name != "table":
+                raise ValueError(f"task: regression needs table data; dataset {self.dataset.name!r} is classification")
+            if self.strategy.cls.needs_public_set:
+                raise ValueError(
+                    f"strategy {self.strategy.name!r} exchanges soft labels (class probabilities), which "
+                    "regression does not have; use a weight strategy (fedavg, fedper, fedrep, ...)")
+            if self.stop.target_accuracy is not None:
+                raise ValueError("stop.target_accuracy: regression has no accuracy; use stop.target with task.metric")
+        for i, group in enumerate(self.groups):
+            data = group.data
+            if isinstance(data, PartitionData):
+                continue
+            if task == "classification" and data.num_classes is None and not (
+                    isinstance(data, ImageData) and data.classes):
+                raise ValueError(f"groups[{i}].data.num_classes: required for classification")
+            if task == "regression" and data.num_classes is not None:
+                raise ValueError(f"groups[{i}].data.num_classes: regression has no classes; drop it")
+            if task == "regression" and isinstance(data, ImageData):
+                raise ValueError(f"groups[{i}].data: source images labels images by class folder; "
+                                 "it needs task: classification")
+
+    def _check_preprocess(self) -> None:
+        """Preprocessing fits columns of tables: every group's data must be one."""
+        if self.preprocess is None:
+            return
+        if self.preprocess.standardize_target and self.task.kind != "regression":
+            raise ValueError("preprocess.standardize_target: class labels are not scaled; it is for task: regression")
+        for i, group in enumerate(self.groups):
+            tabular = isinstance(group.data, FileData) or (
+                isinstance(group.data, PartitionData) and self.dataset is not None and self.dataset.name == "table")
+            if not tabular:
+                raise ValueError(
+                    f"groups[{i}].data: preprocess applies to tables (source: file, or dataset name: "
+                    f"table); source {group.data.source!r} here gives arrays")
+            if group.data.view != "flat":
+                raise ValueError(f"groups[{i}].data.view: preprocessed tables are flat feature vectors")
+
+    @property
+    def target(self) -> tuple[str, float] | None:
+        """The stop target as (metric, value), or None."""
+        if self.stop.target_accuracy is not None:
+            return "accuracy", self.stop.target_accuracy
+        return None if self.stop.target is None else (self.task.metric_name, self.stop.target)
 
     def _check_synthetic(self) -> None:
         """Synthetic participants draw flat feature vectors, and their test split is fixed
@@ -605,7 +668,7 @@ def _format_loc(loc: tuple) -> str:
 
 
 _TAGGED_UNIONS: dict[str, tuple[str, dict[str, type[BaseModel]]]] = {
-    "data": ("source", {"partition": PartitionData, "file": FileData}),
+    "data": ("source", {"partition": PartitionData, "file": FileData, "python": PythonData, "images": ImageData}),
     "schedule": ("mode", dict(_SCHEDULE_MODES)),
     "availability": ("availability", {"periodic": Availability, "windows": Windows}),  # tag from the keys
 }

@@ -1,7 +1,9 @@
 """Server-side evaluation of the global model on a held-out test set.
 
-The test set is public by construction (a benchmark's test split or a file the operator
-names), so the driver may load it; private participant data never comes here.
+The test set is public by construction (a benchmark's test split, the pooled table's
+held-out rows, or a file or image folder the operator names), so the driver may load it;
+private participant data never comes here. A preprocessed run applies the same fitted
+transform as the participants.
 """
 
 from __future__ import annotations
@@ -11,53 +13,62 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from actors.data import apply_view, load_shared_dataset, read_table
+from actors.data import apply_view, load_shared_dataset, pooled_table, read_table, table_arrays
+from actors.loaders import load_image_folder
 from actors.models import build_model
 from actors.params import layout_of, set_flat
-from actors.spec import FileData, PartitionData
+from actors.spec import FileData, FittedTransform, ImageData, PartitionData, TableColumns
+from actors.tasks import target_array
 from actors.training import evaluate
 from orchestrator.config import Group, RunConfig
 from strategies.types import Layout
 
 
 class ServerEvaluator:
-    """Evaluates flat global vectors with a model built like ``group``'s."""
+    """Evaluates flat global vectors with a model built like ``group``'s, whose output
+    size is ``num_outputs`` (classes, or regression targets)."""
 
-    def __init__(self, config: RunConfig, group: Group) -> None:
-        ev = config.evaluation
-        data = group.data
-        if ev.path is not None:
-            num_classes = data.num_classes if isinstance(data, FileData) else 0
-            spec = FileData(
-                source="file", path=ev.path, label_column=ev.label_column,
-                num_classes=num_classes or _dataset_classes(config),
-                image_shape=getattr(data, "image_shape", None), view=data.view,
-                feature_columns=getattr(data, "feature_columns", None),
-            )
-            x, y = read_table(Path(ev.path), spec, "evaluation")
-            x = apply_view(x, spec.view, spec.image_shape)
-            num_classes = spec.num_classes
-        else:
-            assert config.dataset is not None
-            full = load_shared_dataset(config.dataset, _population(config))
-            x, y = apply_view(full.x_test, data.view, full.image_shape), full.y_test
-            num_classes = full.num_classes
+    def __init__(self, config: RunConfig, group: Group, num_outputs: int,
+                 transform: FittedTransform | None = None) -> None:
+        x, y = test_set(config, group, num_outputs, transform)
         torch.manual_seed(config.seed)
-        self.model = build_model(group.model.name, group.model.options, x.shape[1:], num_classes)
+        self.model = build_model(group.model.name, group.model.options, x.shape[1:], num_outputs)
         self.layout: Layout = layout_of(self.model)
-        self.x, self.y = torch.as_tensor(x), torch.as_tensor(y)
-        self.batch_size = ev.batch_size
+        self.task = config.task
+        self.x, self.y = torch.as_tensor(x), torch.as_tensor(target_array(y, config.task))
+        self.batch_size = config.evaluation.batch_size
         self.num_examples = len(y)
+        self.target_stds = transform.target_stds if transform is not None else []
 
     def __call__(self, params: np.ndarray, layout: Layout) -> dict[str, float]:
         set_flat(self.model, params, layout)
-        return evaluate(self.model, self.x, self.y, self.batch_size)
+        return evaluate(self.model, self.x, self.y, self.task, self.batch_size, self.target_stds)
 
 
-def _dataset_classes(config: RunConfig) -> int:
-    if config.dataset is not None:
-        return load_shared_dataset(config.dataset, _population(config)).num_classes
-    raise ValueError("evaluation.path with partitioned data needs the dataset's class count")
+def test_set(config: RunConfig, group: Group, num_outputs: int,
+             transform: FittedTransform | None) -> tuple[np.ndarray, np.ndarray]:
+    """The driver's test rows in ``group``'s view."""
+    ev, data = config.evaluation, group.data
+    classes = num_outputs if config.task.kind == "classification" else None
+    if ev.path is not None and isinstance(data, ImageData):
+        x, y, _ = load_image_folder(ev.path, data.image_shape, data.classes, "evaluation")
+        return apply_view(x, data.view, data.image_shape), y
+    if ev.path is not None:
+        features = data.feature_columns if isinstance(data, FileData) else (
+            config.dataset.feature_columns if config.dataset is not None else None)
+        columns = TableColumns(label_column=ev.label_column, feature_columns=features)
+        x, y = read_table(Path(ev.path), columns, "evaluation", config.task, classes, transform)
+        return apply_view(x, data.view, getattr(data, "image_shape", None)), y
+    assert config.dataset is not None
+    if config.dataset.name == "table":
+        _, test = pooled_table(config.dataset)
+        columns = TableColumns(label_column=config.dataset.label_column,
+                               feature_columns=config.dataset.feature_columns)
+        x, y, _, _ = table_arrays(test, columns, config.task, classes, transform,
+                                  f"evaluation: {config.dataset.path} test split")
+        return x, y
+    full = load_shared_dataset(config.dataset, _population(config))
+    return apply_view(full.x_test, data.view, full.image_shape), full.y_test
 
 
 def _population(config: RunConfig) -> int:

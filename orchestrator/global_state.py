@@ -27,6 +27,7 @@ import numpy as np
 import ray
 
 from actors.server_models import FamilyModels
+from actors.spec import METRICS, TaskSpec
 from orchestrator.config import RunConfig
 from orchestrator.evaluation import ServerEvaluator
 from strategies import STRATEGIES
@@ -73,7 +74,8 @@ class SharedWeights(GlobalModel):
                 )
         self.layout = first.info["layout"]
         self.params = np.asarray(ray.get(first.call("initial_parameters")), dtype=np.float32)
-        self.evaluator = ServerEvaluator(config, config.groups[0])
+        group = next(g for g in config.groups if g.name == first.group)
+        self.evaluator = ServerEvaluator(config, group, first.info["num_classes"], first.spec.transform)
         if self.evaluator.layout != self.layout:
             raise GlobalStateError("the evaluation model's layout differs from the participants' model")
 
@@ -81,21 +83,25 @@ class SharedWeights(GlobalModel):
         return {**self.evaluator(params, self.layout), "num_examples": self.evaluator.num_examples}
 
 class ParticipantEvaluated(GlobalModel):
-    """Evaluation = mean of each participant's latest self-reported test accuracy."""
+    """Evaluation = mean over participants of each metric they last reported on their own
+    test split (``test_loss``, ``test_accuracy``, ``test_r2``, ...)."""
 
-    def __init__(self) -> None:
+    def __init__(self, task: TaskSpec) -> None:
+        self.names = ["loss", *METRICS[task.kind]]
         self.reports: dict[str, dict[str, float]] = {}
 
     def observe(self, update: Update) -> None:
-        if "test_accuracy" in update.metrics:
+        if "test_loss" in update.metrics:
             self.reports[update.participant] = update.metrics
 
     def evaluate(self, params: np.ndarray) -> dict[str, float]:
-        if not self.reports:
-            return {"loss": float("nan"), "accuracy": float("nan"), "num_examples": 0}
-        acc = [r["test_accuracy"] for r in self.reports.values()]
-        loss = [r["test_loss"] for r in self.reports.values()]
-        return {"loss": float(np.mean(loss)), "accuracy": float(np.mean(acc)), "num_examples": len(acc)}
+        out = {name: float("nan") for name in self.names}
+        for name in self.names:
+            values = [r[f"test_{name}"] for r in self.reports.values() if f"test_{name}" in r]
+            finite = [v for v in values if v == v]  # AUROC is NaN on a one-class test split
+            if finite:
+                out[name] = float(np.mean(finite))
+        return out | {"num_examples": len(self.reports)}
 
 
 class SharedParts(ParticipantEvaluated):
@@ -103,7 +109,7 @@ class SharedParts(ParticipantEvaluated):
     family, whole models under ``fK/`` prefixes (FedDF)."""
 
     def __init__(self, config: RunConfig, members: list[Any], strategy: Strategy) -> None:
-        super().__init__()
+        super().__init__(config.task)
         per_family = strategy.global_state == "families"
         self.expected = {m.name: shared_part(m.info["layout"], strategy.shares) for m in members}
         firsts: dict[Layout, Any] = {}  # distinct architectures, first member of each
@@ -148,7 +154,7 @@ class SoftLabels(ParticipantEvaluated):
     """The consensus: logits on the public set, ``(public_size, num_classes)``, zeros at v0."""
 
     def __init__(self, config: RunConfig, members: list[Any], strategy: Strategy) -> None:
-        super().__init__()
+        super().__init__(config.task)
         if config.dataset is None or config.dataset.public_size == 0:
             raise GlobalStateError("soft-label strategies need dataset.public_size > 0")
         classes = {m.info["num_classes"] for m in members}

@@ -17,6 +17,8 @@ from typing import Any
 
 import pandas as pd
 
+from actors.spec import LOWER_IS_BETTER, METRICS
+
 COLUMNS = [
     "time",  # seconds since the run started, by the run's clock (wall or simulated)
     "wall_time",  # seconds since the run started, by the driver's wall clock
@@ -34,9 +36,21 @@ COLUMNS = [
     "bytes",  # payload bytes moved by this event
     "loss",
     "accuracy",
+    "metric",  # evaluation: the task's headline metric, whose column reports plot
     "in_flight",
     "detail",
 ]
+
+METRIC_COLUMNS = tuple(dict.fromkeys(m for kind in METRICS.values() for m in kind))
+"""Every task's metric columns; an evaluation row fills those of its task."""
+
+
+def headline(frame: pd.DataFrame) -> tuple[str, bool]:
+    """The run's headline metric (the ``metric`` its evaluations name; accuracy in a
+    history from before tasks existed) and whether higher is better."""
+    named = frame.loc[frame.event == "evaluation", "metric"].dropna() if "metric" in frame else ()
+    name = str(named.iloc[-1]) if len(named) else "accuracy"
+    return name, name not in LOWER_IS_BETTER
 
 
 class History:
@@ -73,9 +87,10 @@ class History:
         frame = frame[COLUMNS + extra]
         for col in ("version", "base_version", "staleness", "task_id", "num_examples", "bytes", "in_flight"):
             frame[col] = frame[col].astype("Int64")
-        for col in ("time", "wall_time", "weight", "train_seconds", "simulated_seconds", "loss", "accuracy"):
+        for col in ("time", "wall_time", "weight", "train_seconds", "simulated_seconds", "loss", "accuracy",
+                    *(c for c in METRIC_COLUMNS if c in frame.columns)):
             frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64")
-        for col in ("event", "participant", "group", "detail"):
+        for col in ("event", "participant", "group", "metric", "detail"):
             frame[col] = frame[col].astype("string")
         return frame
 

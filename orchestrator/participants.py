@@ -26,14 +26,15 @@ from actors.data import DataError, partition_problem
 from actors.local_dp import PrivacyBudgetSpent
 from actors.participant import Participant
 from actors.pool import PoolWorker
-from actors.spec import ParticipantSpec, PartitionData
+from actors.spec import FileData, FittedTransform, ParticipantSpec, PartitionData
 from actors.system import SimulatedDropout, Unavailable, draw_speeds, simulated_duration
 from actors.traces import TraceError, participant_systems
 from orchestrator.clock import Clock
 from orchestrator.config import Group, RunConfig, participant_name
 from orchestrator.history import History
 from orchestrator.placement import PlacementError, Placements, check_placement
-from orchestrator.privacy import PrivacyHooks
+from orchestrator.preprocessing import PreprocessingError, fit_transform, scale_warning
+from orchestrator.privacy import PrivacyHooks, SecureAggregationAbort
 from orchestrator.schedules import Task
 from strategies.types import Instructions, Update
 
@@ -139,11 +140,41 @@ class Participants:
         self.members: dict[str, Member] = {}
         self.in_flight: dict[ray.ObjectRef, Task] = {}
         self.placements: Placements | None = None
+        self.transform: FittedTransform | None = None
+        """The run's fitted preprocessing (``preprocess:``), or None."""
 
     # -- start and stop ----------------------------------------------------------------
-    def spawn(self, specs: list[tuple[ParticipantSpec, Group]]) -> None:
-        """Start every participant; each loads its own data. Raises :class:`RunError`
-        when fewer than ``min_participants`` could start, naming each one that did not."""
+    def spawn(self, specs: list[tuple[ParticipantSpec, Group]], transform: FittedTransform | None = None) -> None:
+        """Start every participant; each loads its own data, preprocessed with the run's
+        transform when it has one (``transform``: fitted before, on resume; else fitted
+        here from the sites' statistics). Raises :class:`RunError` when fewer than
+        ``min_participants`` could start, naming each one that did not."""
+        self._create(specs)
+        if self.config.preprocess is not None:
+            self.transform = transform or self._fit()
+            for member in self.members.values():
+                member.spec = member.spec.model_copy(update={"transform": self.transform})
+        self._describe()
+        if self.config.preprocess is None and (warning := scale_warning([m.info for m in self.alive()])):
+            self.history.record("warning", detail=warning)
+            print(f"fedray: warning: {warning}", flush=True)
+
+    def _fit(self) -> FittedTransform:
+        """Federated preprocessing (``orchestrator/preprocessing.py``), from every site."""
+        try:
+            return fit_transform(self.config.preprocess, self.members, self.privacy, self._target_columns())
+        except (PreprocessingError, SecureAggregationAbort) as exc:
+            raise RunError(f"preprocessing: {exc}") from None
+
+    def _target_columns(self) -> list[str]:
+        data, dataset = self.config.groups[0].data, self.config.dataset
+        if isinstance(data, FileData):
+            return data.label_columns
+        assert dataset is not None  # the config allows preprocess on files and tables only
+        return [dataset.label_column] if isinstance(dataset.label_column, str) else list(dataset.label_column)
+
+    def _create(self, specs: list[tuple[ParticipantSpec, Group]]) -> None:
+        """The actors (or pool workers) for every participant; nothing set up yet."""
         self._check_feasible()
         problem = partition_problem(self.config.dataset, specs[0][0].num_partitions) if specs else None
         if problem:
@@ -153,9 +184,7 @@ class Participants:
             self.placements = Placements(self.config.groups)
         except PlacementError as exc:
             raise RunError(str(exc)) from None
-        pending: dict[ray.ObjectRef, list[Member]] = {}
         pools = {g.name: self._start_pool(g) for g in self.config.groups if g.hosting == "pool"}
-        served: dict[Any, list[Member]] = {}  # pool worker -> its participants
         for index, (spec, group) in enumerate(specs):
             if group.name in pools:  # a participant's tasks always go to the same worker
                 workers = pools[group.name]
@@ -163,14 +192,21 @@ class Participants:
             else:
                 handle = self.actor_class.options(**self.placements.actor_options(group, spec.index_in_group)).remote(spec)
                 restarts = group.resources.max_restarts
-            member = Member(spec.name, group.name, index, handle, spec, restarts, pooled=group.name in pools)
-            self.members[spec.name] = member
+            self.members[spec.name] = Member(spec.name, group.name, index, handle, spec, restarts,
+                                             pooled=group.name in pools)
+
+    def _describe(self) -> None:
+        """Each participant sets itself up and describes itself; a pool worker describes
+        all it serves in one call."""
+        pending: dict[ray.ObjectRef, list[Member]] = {}
+        served: dict[Any, list[Member]] = {}  # pool worker -> its participants
+        for member in self.members.values():
             if member.pooled:
-                served.setdefault(handle, []).append(member)
+                served.setdefault(member.handle, []).append(member)
             else:
-                pending[member.call("describe")] = [member]
+                pending[member.call("describe", self.transform)] = [member]
         for worker, members in served.items():  # one call per worker, however many it serves
-            pending[worker.describe_all.remote([m.spec for m in members])] = members
+            pending[worker.describe_all.remote([m.spec for m in members], self.transform)] = members
         errors = self._await_start(pending)
         for name, message in errors:
             self.history.record("failure", participant=name, detail=message)
@@ -414,7 +450,7 @@ def participant_specs(config: RunConfig, run_id: str) -> list[tuple[ParticipantS
             spec = ParticipantSpec(
                 name=name, group=group.name, index_in_group=i,
                 seed=config.seed * 100_003 + index, model=group.model, data=group.data,
-                train=group.train, dataset=config.dataset,
+                train=group.train, dataset=config.dataset, task=config.task, preprocess=config.preprocess,
                 partition_index=partition_index if is_partition else None,
                 num_partitions=num_partitions, num_threads=max(1, int(group.resources.num_cpus)),
                 speed=float(speeds[i]), system=systems[i],

@@ -15,6 +15,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from orchestrator.history import headline
 from orchestrator.progress import FAILURE_EVENTS
 from orchestrator.report import RunResult, objective_column, trial_labels
 
@@ -50,21 +51,27 @@ def _evaluations(history: pd.DataFrame) -> pd.DataFrame:
     return evals
 
 
+UNIT_INTERVAL = frozenset({"accuracy", "macro_f1", "auroc"})
+"""Metrics that live in [0, 1], plotted on that axis so runs compare at a glance."""
+
+
 def plot_accuracy(runs: Sequence[tuple[str, pd.DataFrame]], path: Path, x: str = "time",
                   clock: str = "wall") -> Path:
-    """Held-out accuracy of the global model against the run's seconds (``x="time"``, on
-    the ``clock`` the history's ``time`` column holds) or aggregations (``x="version"``);
-    several runs overlay with a legend."""
+    """The global model's headline metric on held-out data (accuracy, R², ...) against the
+    run's seconds (``x="time"``, on the ``clock`` the history's ``time`` column holds) or
+    aggregations (``x="version"``); several runs overlay with a legend."""
     fig = Figure(figsize=(7, 4.2))
     ax = fig.add_subplot()
+    metric, _ = headline(runs[0][1])
     for label, history in runs:
         evals = _evaluations(history)
-        ax.plot(evals[x], evals.accuracy, marker="o", markersize=3, linewidth=1.6, label=label)
+        ax.plot(evals[x], evals[metric], marker="o", markersize=3, linewidth=1.6, label=label)
     ax.set_xlabel(f"{clock} seconds since the first task was sent" if x == "time" else "aggregations (global version)")
-    ax.set_ylabel("test accuracy")
-    ax.set_title("accuracy vs " + (f"{clock} time" if x == "time" else "aggregations"))
+    ax.set_ylabel(f"test {metric}")
+    ax.set_title(f"{metric} vs " + (f"{clock} time" if x == "time" else "aggregations"))
     ax.grid(alpha=0.3)
-    ax.set_ylim(0, 1.02)
+    if metric in UNIT_INTERVAL:
+        ax.set_ylim(0, 1.02)
     if len(runs) > 1 or runs[0][0]:
         ax.legend(loc="best")
     return _save(fig, path)
@@ -208,8 +215,9 @@ def write_run_plots(run: RunResult, out_dir: Path | None = None, wall: bool = Fa
     history, clock = on_clock(run, wall)
     if history is not None:
         if (history.event == "evaluation").any():
-            written.append(plot_accuracy([("", history)], out_dir / "accuracy_vs_time.png", x="time", clock=clock))
-            written.append(plot_accuracy([("", history)], out_dir / "accuracy_vs_aggregations.png", x="version"))
+            metric, _ = headline(history)
+            written.append(plot_accuracy([("", history)], out_dir / f"{metric}_vs_time.png", x="time", clock=clock))
+            written.append(plot_accuracy([("", history)], out_dir / f"{metric}_vs_aggregations.png", x="version"))
         if (history.event == "dispatch").any():
             written.append(plot_timeline(history, out_dir / "timeline.png"))
         written.append(plot_staleness(history, out_dir / "staleness.png"))

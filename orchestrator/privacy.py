@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -135,22 +135,31 @@ class PrivacyHooks:
         """Mask, collect, recover, decode. Raises :class:`SecureAggregationAbort` when the
         sum cannot be decoded safely; returns ``(sum, count, dropped members)``.
         ``by_name`` holds each participant's driver-side ``Member`` (its ``call``)."""
-        members = sorted({u.participant for u in batch})
-        missing = [n for n in members if n not in self.public_keys]
-        keys = self._collect({self._call(by_name[n], "public_key"): n for n in missing})
-        self.public_keys |= keys
-        cohort = [n for n in members if n in self.public_keys]
+        weights: dict[str, dict[int, float]] = {u.participant: {} for u in batch}
+        for u in batch:
+            weights[u.participant][u.task_id] = float(u.weight)
+        clip = self.dp.clip_norm if self.dp is not None else None
+        total, dropped = self.secure_sum(
+            {name: by_name[name] for name in weights}, size + 1,
+            lambda name, cohort_id, peers: self.call(by_name[name], "masked_update", cohort_id, peers,
+                                                      weights[name], clip))
+        return total[:size], float(total[size]), dropped
+
+    def secure_sum(self, members: dict[str, Any], size: int,
+                   ask: Callable[[str, int, dict[str, bytes]], ray.ObjectRef]) -> tuple[np.ndarray, list[str]]:
+        """The sum of one masked vector of ``size`` per member (``ask(name, cohort_id, peers)``
+        requests one), decoded: mask, collect, recover the masks of members that dropped
+        out. Raises :class:`SecureAggregationAbort` when the sum cannot be decoded safely.
+        Model updates and federated preprocessing's statistics both go through here."""
+        names = sorted(members)
+        missing = [n for n in names if n not in self.public_keys]
+        self.public_keys |= self._collect({self.call(members[n], "public_key"): n for n in missing})
+        cohort = [n for n in names if n in self.public_keys]
         peers = {n: self.public_keys[n] for n in cohort}
         cohort_id = next(self.cohort_ids)
-        weights: dict[str, dict[int, float]] = {n: {} for n in cohort}
-        for u in batch:
-            if u.participant in weights:
-                weights[u.participant][u.task_id] = float(u.weight)
-        clip = self.dp.clip_norm if self.dp is not None else None
-        masked = self._collect({self._call(by_name[n], "masked_update", cohort_id, peers, weights[n], clip): n
-                                for n in cohort})
+        masked = self._collect({ask(n, cohort_id, peers): n for n in cohort})
         survivors = sorted(masked)
-        dropped = sorted(set(members) - set(survivors))
+        dropped = sorted(set(names) - set(survivors))
         for name in dropped:
             self.forget(name)
         if len(survivors) < self.config.min_cohort:
@@ -160,7 +169,7 @@ class PrivacyHooks:
         lost = sorted(set(cohort) - set(survivors))  # masked with these: their masks must go
         recovered: list[np.ndarray] = []
         if lost:
-            refs = {self._call(by_name[n], "unmask_dropped", cohort_id, lost, peers, size + 1): n
+            refs = {self.call(members[n], "unmask_dropped", cohort_id, lost, peers, size): n
                     for n in survivors}
             answers = self._collect(refs)
             if len(answers) < len(refs):
@@ -168,11 +177,10 @@ class PrivacyHooks:
                     f"cohort {cohort_id}: survivors {sorted(set(survivors) - set(answers))} did not "
                     f"return the masks of dropped members {lost}")
             recovered = list(answers.values())
-        total = unmask_sum([masked[n] for n in survivors], recovered)
-        return total[:size], float(total[size]), dropped
+        return unmask_sum([masked[n] for n in survivors], recovered), dropped
 
     @staticmethod
-    def _call(member: Any, method: str, *args: Any) -> ray.ObjectRef:
+    def call(member: Any, method: str, *args: Any) -> ray.ObjectRef:
         """A masking call beside training (its own concurrency group), on the participant's
         actor or on the pool worker serving it (``Member.call`` names the participant)."""
         return member.call(method, *args, concurrency_group=SECAGG_GROUP)

@@ -11,6 +11,9 @@ import sys
 from typing import Any, TextIO
 
 FAILURE_EVENTS = ("failure", "timeout", "dropout")
+
+SHORT = {"accuracy": "acc", "macro_f1": "f1", "auroc": "auc"}
+"""How the status line abbreviates a headline metric (others print whole: r2, mse, mae)."""
 """Events counted as failures, the same set ``summary.json``'s ``num_failures`` counts."""
 
 
@@ -36,7 +39,8 @@ class Progress:
         self.total = total
         self.live = _is_terminal(self.stream) if live is None else live
         self.aggregations = 0
-        self.accuracy = math.nan
+        self.metric = "accuracy"
+        self.score = math.nan  # the headline metric's last value (accuracy, r2, ...)
         self.loss = math.nan
         self.in_flight = 0
         self.last_staleness = 0
@@ -62,7 +66,8 @@ class Progress:
             self.aggregations = int(row["version"])
         elif event == "evaluation":
             self.aggregations = int(row["version"])
-            self.accuracy, self.loss = float(row["accuracy"]), float(row["loss"])
+            self.metric = str(row.get("metric") or "accuracy")
+            self.score, self.loss = float(row[self.metric]), float(row["loss"])
             if not self.live:
                 print(self.line(), file=self.stream, flush=True)
         if self.live:
@@ -73,7 +78,7 @@ class Progress:
         failures, seconds."""
         of = f"/{self.total}" if self.total else ""
         return (
-            f"  agg {self.aggregations:>4}{of}  acc {self.accuracy:.4f}  loss {self.loss:.4f}  "
+            f"  agg {self.aggregations:>4}{of}  {SHORT.get(self.metric, self.metric)} {self.score:.4f}  loss {self.loss:.4f}  "
             f"in-flight {self.in_flight:>3}  staleness {self.last_staleness:>2}  "
             f"failures {self.failures:>3}  {self.seconds:7.1f}s"
         )
@@ -91,7 +96,8 @@ class Progress:
             self._start_bar()
         self._bar.update(
             self._task, completed=self.aggregations,
-            accuracy="-" if math.isnan(self.accuracy) else f"{self.accuracy:.4f}",
+            metric=SHORT.get(self.metric, self.metric),
+            score="-" if math.isnan(self.score) else f"{self.score:.4f}",
             in_flight=self.in_flight, staleness=self.last_staleness, failures=self.failures,
         )
 
@@ -104,7 +110,7 @@ class Progress:
             TextColumn("aggregations"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("acc [bold]{task.fields[accuracy]}[/]"),
+            TextColumn("{task.fields[metric]} [bold]{task.fields[score]}[/]"),
             TextColumn("in flight {task.fields[in_flight]}"),
             TextColumn("staleness {task.fields[staleness]}"),
             TextColumn("failures {task.fields[failures]}"),
@@ -113,7 +119,7 @@ class Progress:
             refresh_per_second=4,
         )
         self._task = self._bar.add_task(
-            "run", total=self.total, accuracy="-", in_flight=0, staleness=0, failures=0,
+            "run", total=self.total, metric="acc", score="-", in_flight=0, staleness=0, failures=0,
         )
         self._bar.start()
 

@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from orchestrator.history import headline
 from orchestrator.progress import FAILURE_EVENTS
 
 ARRIVALS = ("update", "rejected", "late")
@@ -86,15 +87,17 @@ def _read_table(path: Path, stem: str) -> pd.DataFrame | None:
 
 
 def run_summary(history: pd.DataFrame, summary: dict[str, Any] | None = None) -> pd.Series:
-    """One run in one column: accuracy, time, counts of each kind of event, staleness."""
+    """One run in one column: its headline metric, time, counts of each kind of event,
+    staleness."""
     summary = summary or {}
     events = history.event
-    evals = history[events == "evaluation"]
+    metric, higher = headline(history)
+    scores = history.loc[events == "evaluation", metric].dropna() if metric in history else pd.Series(dtype=float)
     updates = history[events == "update"]
     return pd.Series(
         {
-            "final accuracy": float(evals.accuracy.iloc[-1]) if len(evals) else float("nan"),
-            "best accuracy": float(evals.accuracy.max()) if len(evals) else float("nan"),
+            f"final {metric}": float(scores.iloc[-1]) if len(scores) else float("nan"),
+            f"best {metric}": float(scores.max() if higher else scores.min()) if len(scores) else float("nan"),
             "wall seconds": float(history.time.max()),
             "aggregations": int((events == "aggregation").sum()),
             "updates dispatched": int((events == "dispatch").sum()),
@@ -118,10 +121,11 @@ def participant_table(history: pd.DataFrame) -> pd.DataFrame:
     ``sent`` counts payloads that reached the driver (accepted, rejected or late);
     ``local s`` is the mean time a task took on the participant (simulated slowdown
     included), ``compute s`` the real compute inside it; ``samples/s`` is samples
-    trained per second of ``local s``; ``accuracy`` appears only when participants
-    reported one.
+    trained per second of ``local s``; the headline metric (``accuracy``, ``r2``, ...)
+    appears only when participants reported one on their own test split.
     """
     rows = history[history.participant.notna() & (history.participant != "")]
+    metric, _ = headline(history)
     columns = ["group", "dispatched", "sent", "accepted", "rejected", "late", "failed",
                "mean staleness", "max staleness", "local s", "compute s", "samples/s"]
     if rows.empty:
@@ -148,9 +152,9 @@ def participant_table(history: pd.DataFrame) -> pd.DataFrame:
             "compute s": float(arrived.train_seconds.mean()) if len(arrived) else float("nan"),
             "samples/s": float(samples.sum()) / total_s if total_s > 0 else float("nan"),
         }
-        scored = own.accuracy.dropna()
+        scored = own[metric].dropna() if metric in own else ()
         if len(scored):
-            row["accuracy"] = float(scored.iloc[-1])
+            row[metric] = float(scored.iloc[-1])
         out.append(row)
     return pd.DataFrame(out).set_index("participant")
 

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from actors.spec import METRICS
 from orchestrator.config import RunConfig
 from orchestrator.history import History
 from orchestrator.participants import Participants
@@ -24,15 +25,20 @@ FAILURE_EVENTS = ["failure", "timeout", "dropout"]
 
 
 def summarize(frame: pd.DataFrame, config: RunConfig, state: RunState, participants: Participants) -> dict[str, Any]:
-    """``summary.json``: accuracy, time, counts of each outcome, staleness."""
+    """``summary.json``: the task's metrics (last and best of the headline one), time,
+    counts of each outcome, staleness."""
     updates = frame[frame.event == "update"]
     evals = frame[frame.event == "evaluation"]
+    metric, higher = config.task.metric_name, config.task.higher_is_better
+    scores = evals[metric].dropna() if metric in evals else pd.Series(dtype=float)
     summary = {
         "name": config.name,
+        "task": config.task.kind,
+        "metric": metric,
         "stop_reason": str(frame[frame.event == "stop"].detail.iloc[-1]),
-        "final_accuracy": float(evals.accuracy.iloc[-1]),
-        "final_loss": float(evals.loss.iloc[-1]),
-        "best_accuracy": float(evals.accuracy.max()),
+        **{f"final_{m}": float(evals[m].iloc[-1]) if m in evals else float("nan")
+           for m in METRICS[config.task.kind]},
+        f"best_{metric}": float(scores.max() if higher else scores.min()) if len(scores) else float("nan"),
         "wall_seconds": float(frame.time.iloc[-1]),
         "num_aggregations": int(state.version),
         "num_updates": int(len(updates)),
@@ -44,7 +50,7 @@ def summarize(frame: pd.DataFrame, config: RunConfig, state: RunState, participa
         "participants": len(participants.members),
         "participants_lost": sum(m.lost for m in participants.members.values()),
         "num_parameters": int(state.layout.size),
-        "target_accuracy": config.stop.target_accuracy,
+        "target": list(config.target) if config.target else None,
         "time_to_target": state.time_to_target,
     }
     dp_sgd = [g.train.dp_sgd for g in config.groups if g.train.dp_sgd is not None]

@@ -35,6 +35,7 @@ from orchestrator.config import Group, RunConfig
 from orchestrator.global_state import GlobalModel, GlobalStateError, build_global_model
 from orchestrator.history import History
 from orchestrator.participants import Member, Participants, RunError, participant_specs
+from orchestrator.preprocessing import load_transform, save_transform
 from orchestrator.privacy import PrivacyHooks, SecureAggregationAbort
 from orchestrator.progress import Progress
 from orchestrator.results import save_run, summarize, write_config
@@ -114,7 +115,11 @@ class Orchestrator:
         if self.config.logging.tensorboard:  # the same scalars, to TensorBoard
             self.tensorboard = TensorBoardLogger(self.config.logging.tensorboard)
             self.history.listeners.append(self.tensorboard.on_event)
-        self.participants.spawn(self.participant_specs())
+        saved = load_transform(self.out_dir) if self.resume_from is not None and self.out_dir else None
+        self.participants.spawn(self.participant_specs(), saved)
+        if self.participants.transform is not None and self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            save_transform(self.out_dir, self.participants.transform)
         try:
             self.global_model = build_global_model(self.config, self.participants.alive(), self.strategy)
         except GlobalStateError as exc:
@@ -172,6 +177,7 @@ class Orchestrator:
             task_id=state.next_task_id, seed=self.participants.task_seed(member), local_steps=local_steps,
             run_start=self.run_start_epoch, seal=self.privacy.secure,
             simulated_at=self.clock() if simulated is not None else None, simulated_seconds=simulated,
+            transform=self.participants.transform,
         )
         task = Task(member.name, state.next_task_id, state.version, self.schedule.round, self.clock())
         self.participants.dispatch(member, self.state_ref, instructions, task)
@@ -199,7 +205,8 @@ class Orchestrator:
             self.history.record("rejected", **where, detail=problem)
             return
         self.global_model.observe(update)  # participants' own test metrics
-        where["accuracy"] = update.metrics.get("test_accuracy")
+        metric = self.config.task.metric_name
+        where[metric] = update.metrics.get(f"test_{metric}")  # what it reported on its own test split
         admission = self.schedule.admit(arrival.task, staleness)
         if not admission.accepted:
             self.history.record("late", **where, detail=admission.reason)
@@ -296,11 +303,9 @@ class Orchestrator:
 
     def _evaluate(self) -> None:
         metrics = self.global_model.evaluate(self.state.params)  # per family, global_state.py
-        self.state.evaluated(metrics, self.config.stop.target_accuracy, self.clock())
-        self.history.record(
-            "evaluation", version=self.state.version, loss=metrics["loss"], accuracy=metrics["accuracy"],
-            num_examples=metrics["num_examples"], in_flight=len(self.participants.in_flight),
-        )
+        self.state.evaluated(metrics, self.config.target, self.clock())
+        self.history.record("evaluation", version=self.state.version, metric=self.config.task.metric_name,
+                            in_flight=len(self.participants.in_flight), **metrics)
 
     # ------------------------------------------------------------------ checkpoints
     def _checkpoint(self) -> None:

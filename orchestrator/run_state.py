@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from actors.spec import LOWER_IS_BETTER
 from strategies.types import Layout, Update
 
 
@@ -42,10 +43,15 @@ class RunState:
     history_rows: list[dict[str, Any]] = field(default_factory=list)
     elapsed: float = 0.0
 
-    def evaluated(self, metrics: dict[str, float], target: float | None, now: float) -> None:
-        """Remember an evaluation of this version, and when the target was first reached."""
+    def evaluated(self, metrics: dict[str, float], target: tuple[str, float] | None, now: float) -> None:
+        """Remember an evaluation of this version, and when the ``(metric, value)`` target
+        was first reached (at least the value, or at most it for an error metric)."""
         self.last_eval = {**metrics, "version": self.version}
-        if target is not None and metrics["accuracy"] >= target and self.time_to_target is None:
+        if target is None or self.time_to_target is not None:
+            return
+        metric, value = target
+        reached = metrics[metric] <= value if metric in LOWER_IS_BETTER else metrics[metric] >= value
+        if reached:
             self.time_to_target = now
 
     def snapshot(self, members: dict[str, dict[str, Any]], owned: dict[str, dict[str, Any]],

@@ -36,7 +36,8 @@ def stop_reason(config: RunConfig, state: RunState, alive: int, now: float,
     if stop.max_wall_s is not None and (now if wall is None else wall) >= stop.max_wall_s:
         return f"reached max_wall_s={stop.max_wall_s}"
     if state.time_to_target is not None:
-        return f"reached target_accuracy={stop.target_accuracy}"
+        metric, value = config.target or ("accuracy", float("nan"))
+        return f"reached target {metric}={value:g}"
     if alive < config.schedule.min_participants:
         return f"only {alive} participants left, min_participants={config.schedule.min_participants}"
     if state.tasks_without_update >= STALL_TASKS_PER_PARTICIPANT * max(alive, 1):

@@ -213,7 +213,8 @@ def command(args: Any) -> int:
     except SubmitError as exc:
         print(f"fedray: {exc}", file=sys.stderr)
         return 1
-    keys = ["final_accuracy", "best_accuracy", "wall_seconds", "num_aggregations", "stop_reason"]
+    keys = [*(k for k in summary if k.startswith(("final_", "best_"))), "wall_seconds", "num_aggregations",
+            "stop_reason"]
     print("summary: " + ", ".join(f"{k}={summary.get(k)}" for k in keys))
     return 0
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from orchestrator.history import METRIC_COLUMNS
 from orchestrator.progress import FAILURE_EVENTS
 
 
@@ -49,8 +50,9 @@ class TensorBoardLogger:
             self.writer.add_scalar("run/seconds", float(row["time"]), step)
         elif event == "evaluation":
             step = int(row["version"])
-            self.writer.add_scalar("eval/accuracy", float(row["accuracy"]), step)
-            self.writer.add_scalar("eval/loss", float(row["loss"]), step)
+            for name in ("loss", *METRIC_COLUMNS):  # the task's metrics: NaN ones are skipped
+                if row.get(name) is not None and row[name] == row[name]:
+                    self.writer.add_scalar(f"eval/{name}", float(row[name]), step)
 
     def close(self) -> None:
         self.writer.close()

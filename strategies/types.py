@@ -128,6 +128,9 @@ class Instructions:
     simulated_seconds: float | None = None
     """Under ``clock: simulated``: how long the task lasts, fixed by the driver's system
     model when it dispatched the task; the participant does not sleep."""
+    transform: Any = None
+    """The run's fitted preprocessing (``actors.spec.FittedTransform``), for a participant
+    that sets itself up with this task (a restarted actor); opaque to strategies."""
 
 
 @dataclass

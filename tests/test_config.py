@@ -68,7 +68,7 @@ BAD_CONFIGS = {
     ),
     "bad-data-source": (
         lambda c: c["groups"][0].update(data={"source": "ftp"}),
-        r"groups\[0\]\.data\.source: Input should be 'partition' or 'file' \(got 'ftp'\)",
+        r"groups\[0\]\.data\.source: Input should be 'partition', 'file', 'python' or 'images' \(got 'ftp'\)",
     ),
     "bad-partition-kind": (
         lambda c: c["dataset"]["partition"].update(kind="zipf"),
@@ -105,7 +105,7 @@ BAD_CONFIGS = {
     ),
     "file-data-without-num-classes": (
         lambda c: c["groups"][0].update(data={"source": "file", "path": "x_{index}.csv"}),
-        r"groups\[0\]\.data\.num_classes: required field is missing",
+        r"groups\[0\]\.data\.num_classes: required for classification",
     ),
     "file-data-with-path-and-paths": (
         lambda c: c["groups"][0].update(data={"source": "file", "path": "a.csv", "paths": ["b.csv"],

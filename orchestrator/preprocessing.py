@@ -1,0 +1,142 @@
+"""The driver's half of federated preprocessing: fit one transform from every site's sums.
+
+After the participants start and before any of them sets up its model, the driver asks
+each site for its table's schema, then for two rounds of per-column sums
+(:mod:`actors.preprocess` says which and why two). With ``privacy.secure_aggregation`` the
+sums are masked like model updates, so the driver learns only the totals. The fitted
+:class:`~actors.spec.FittedTransform` is saved as ``preprocess.json`` in the run
+directory, handed to every participant (late joiners and restarted actors included) and
+applied to the evaluation table.
+
+Without ``preprocess``, tables whose feature scales differ by more than
+:data:`SCALE_WARNING_RATIO` get one warning naming the widest columns: a network trained
+on raw clinical units ends at the majority class without saying why.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+
+from actors.spec import FittedTransform, PreprocessSpec
+from orchestrator.privacy import PrivacyHooks
+
+STATISTICS_TIMEOUT_S = 120.0
+"""How long a site may take to read its table and answer one round."""
+
+SCALE_WARNING_RATIO = 100.0
+"""Warn when the largest feature column's magnitude exceeds the smallest's this many times."""
+
+
+class PreprocessingError(RuntimeError):
+    """The sites' tables cannot be fitted together; the message names sites and columns."""
+
+
+def fit_transform(spec: PreprocessSpec, members: dict[str, Any], privacy: PrivacyHooks,
+                  targets: list[str]) -> FittedTransform:
+    """Schema, then sums, then squared deviations, from the ``members`` (name -> driver-side
+    ``Member``); raises :class:`PreprocessingError` naming what does not fit. The
+    ``targets`` columns join the sums under ``standardize_target``."""
+    schemas = _collect({m.call("table_schema"): name for name, m in members.items()}, "schema")
+    features = _shared_columns(schemas)
+    numeric = features + (targets if spec.standardize_target else [])
+    categories = {column: sorted({v for s in schemas.values() for v in s["categories"][column]})
+                  for column in spec.categorical}
+    k = len(numeric)
+    first = _sum(members, privacy, numeric, None, 2 * k)
+    counts, totals = first[:k], first[k:]
+    empty = [c for c, n in zip(numeric, counts) if n == 0]
+    if empty:
+        raise PreprocessingError(f"column(s) {empty} have no values at any site")
+    means = totals / counts
+    deviations = _sum(members, privacy, numeric, means.tolist(), k)
+    stds = np.sqrt(np.maximum(deviations, 0.0) / counts)
+    stds = np.where(stds > 1e-12, stds, 1.0)  # a constant column stays constant (zero)
+    f = len(features)
+    return FittedTransform(numeric=features, means=means[:f].tolist(), stds=stds[:f].tolist(),
+                           categories=categories, standardize=spec.standardize, impute=spec.impute,
+                           rows=int(sum(s["rows"] for s in schemas.values())),
+                           target_means=means[f:].tolist(), target_stds=stds[f:].tolist())
+
+
+def _shared_columns(schemas: dict[str, dict]) -> list[str]:
+    """The numeric columns, which every site must have alike."""
+    (first, reference), *others = sorted(schemas.items())
+    for name, schema in others:
+        if schema["numeric"] != reference["numeric"]:
+            only_here = sorted(set(schema["numeric"]) - set(reference["numeric"]))
+            only_there = sorted(set(reference["numeric"]) - set(schema["numeric"]))
+            raise PreprocessingError(
+                f"participant {name}'s table has different columns from participant {first}'s: "
+                f"only in {name}: {only_here or 'none'}; only in {first}: {only_there or 'none'}"
+                + ("" if only_here or only_there else " (same columns, another order)"))
+    return list(reference["numeric"])
+
+
+def _sum(members: dict[str, Any], privacy: PrivacyHooks, numeric: list[str], means: list[float] | None,
+         size: int) -> np.ndarray:
+    """One round's total over the sites: masked under secure aggregation, else plain."""
+    if privacy.secure:
+        total, dropped = privacy.secure_sum(
+            members, size, lambda name, cohort_id, peers: privacy.call(
+                members[name], "masked_table_statistics", numeric, means, cohort_id, peers))
+        if dropped:
+            raise PreprocessingError(f"participants {dropped} left during secure preprocessing")
+        return total
+    vectors = _collect({m.call("table_statistics", numeric, means): name for name, m in members.items()},
+                       "statistics")
+    return np.sum(list(vectors.values()), axis=0)
+
+
+def _collect(refs: dict[ray.ObjectRef, str], what: str) -> dict[str, Any]:
+    """Every site's answer; one that fails or does not answer stops the fit, naming it
+    (a transform fitted without a site would not describe its data)."""
+    ready, late = ray.wait(list(refs), num_returns=len(refs), timeout=STATISTICS_TIMEOUT_S)
+    if late:
+        raise PreprocessingError(f"participants {sorted(refs[r] for r in late)} sent no table {what} "
+                                 f"within {STATISTICS_TIMEOUT_S:.0f}s")
+    out = {}
+    for ref in ready:
+        try:
+            out[refs[ref]] = ray.get(ref)
+        except ray.exceptions.RayError as exc:
+            cause = getattr(exc, "cause", None) or exc
+            raise PreprocessingError(str(cause).splitlines()[0]) from None
+    return out
+
+
+def save_transform(directory: Path, transform: FittedTransform) -> Path:
+    """``preprocess.json``: what every site applied, to apply to new data the same way."""
+    path = directory / "preprocess.json"
+    path.write_text(json.dumps(transform.model_dump(), indent=1))
+    return path
+
+
+def load_transform(directory: Path) -> FittedTransform | None:
+    path = directory / "preprocess.json"
+    return FittedTransform.model_validate_json(path.read_text()) if path.exists() else None
+
+
+def scale_warning(infos: list[dict[str, Any]]) -> str | None:
+    """One warning naming the widest and narrowest feature columns when raw table scales
+    differ by more than :data:`SCALE_WARNING_RATIO` across the sites, else None."""
+    tables = [i for i in infos if i.get("feature_scales") is not None and len(i["feature_scales"])]
+    if not tables:
+        return None
+    names = list(tables[0]["feature_names"])
+    scales = np.max([np.asarray(i["feature_scales"], np.float64) for i in tables
+                     if list(i["feature_names"]) == names], axis=0)
+    positive = scales > 0
+    if positive.sum() < 2 or scales[positive].max() <= SCALE_WARNING_RATIO * scales[positive].min():
+        return None
+    order = np.argsort(scales)
+    widest = [f"{names[i]} (up to {scales[i]:.4g})" for i in order[::-1][:3]]
+    narrowest = [f"{names[i]} (up to {scales[i]:.4g})" for i in order if scales[i] > 0][:3]
+    return (f"feature scales differ by {scales[positive].max() / scales[positive].min():.0f}x across the "
+            f"sites' tables: widest {', '.join(widest)}; narrowest {', '.join(narrowest)}. A model on raw "
+            "units often learns only the majority class: add `preprocess: {standardize: true}` to fit one "
+            "scaling from every site's statistics")
