@@ -10,10 +10,12 @@ with ``ray.remote(Participant).options(num_cpus=..., num_gpus=..., ...)``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import socket
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -22,6 +24,7 @@ import torch
 from actors import preprocess, private_state
 from actors.attacks import apply_attack
 from actors.data import DataError, LocalData, feature_names, load_participant_data, site_frame
+from actors.gpu_memory import apply_cap, describe_oom, memory_cap_fraction
 from actors.local_model import TorchLocalModel
 from actors.secure_aggregation import SEALED_METRIC, MaskingKey, SealedUpdates
 from actors.spec import FittedTransform, ParticipantSpec
@@ -51,6 +54,23 @@ def pick_device() -> torch.device:
     if ray.is_initialized() and not ray.get_gpu_ids():
         return torch.device("cpu")
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+class GPUMemoryExceeded(RuntimeError):
+    """The participant's training needed more GPU memory than its cap allows."""
+
+
+def cap_gpu_memory(spec: ParticipantSpec, device: torch.device) -> float | None:
+    """Cap this process's CUDA allocator at the participant's share of its card (its
+    ``num_gpus``, or ``gpu_memory_gb``): Ray's fractional GPUs only schedule, so without
+    this one participant can take a whole card from its neighbours. Returns the cap in GB."""
+    if device.type != "cuda" or spec.num_gpus <= 0:
+        return None
+    device = torch.device("cuda", device.index if device.index is not None else torch.cuda.current_device())
+    total_gb = torch.cuda.get_device_properties(device).total_memory / 2**30
+    fraction = memory_cap_fraction(spec.num_gpus, spec.gpu_memory_gb, total_gb)
+    apply_cap(fraction, device)
+    return fraction * total_gb
 
 
 class Participant:
@@ -87,6 +107,7 @@ class Participant:
         random.seed(spec.seed)
         np.random.seed(spec.seed % 2**32)
         self.device = pick_device()
+        self.gpu_cap_gb = cap_gpu_memory(spec, self.device)
         self.data: LocalData = load_participant_data(spec)
         self._local = TorchLocalModel(spec, self.data, self.device)
         self.strategy = build_strategy(spec.strategy, spec.strategy_options)
@@ -106,9 +127,21 @@ class Participant:
         self.client.load_state_dict(getattr(self.private, "client_state", {}))
         if self._local.dp_accountant is not None:
             self._local.dp_accountant.history = list(getattr(self.private, "dp_sgd_history", []))
-        self._local.warm_up()
+        with self._within_cap():
+            self._local.warm_up()
         self._initial = self._local.get()
         self._set_up = True
+
+    @contextlib.contextmanager
+    def _within_cap(self) -> Iterator[None]:
+        """Past its GPU memory cap the participant fails alone, saying who, the cap and
+        the request; torch's own message names neither."""
+        try:
+            yield
+        except torch.OutOfMemoryError as exc:
+            torch.cuda.empty_cache()
+            raise GPUMemoryExceeded(describe_oom(f"participant {self.spec.name}",
+                                                 getattr(self, "gpu_cap_gb", None) or 0.0, exc)) from None
 
     @property
     def local(self) -> TorchLocalModel:
@@ -193,7 +226,8 @@ class Participant:
         self._check_online(run_clock)
         train = self.spec.train
         work = Work(instructions.seed, train.local_epochs, instructions.local_steps or train.local_steps)
-        result = self.client.work(self.local, state, work)
+        with self._within_cap():
+            result = self.client.work(self.local, state, work)
         payload = apply_attack(result.payload, self.spec.system.attack, instructions.seed)  # honest unless configured
         payload = payload.astype(np.float32, copy=False)
         metrics = dict(result.metrics)

@@ -527,6 +527,8 @@ class ParticipantSpec(Strict):
     partition_index: int | None = None
     num_partitions: int = 0
     num_threads: int = 1
+    num_gpus: float = Field(0.0, description="its share of a GPU: its memory cap by default")
+    gpu_memory_gb: float | None = None
     speed: float = 1.0
     system: SystemSpec = SystemSpec()
     task: TaskSpec = TaskSpec()

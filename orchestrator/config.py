@@ -55,6 +55,9 @@ class Resources(Strict):
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: float = Field(0.0, ge=0, description="fractions share one GPU")
     memory: int | None = Field(None, gt=0, description="bytes reserved for the actor")
+    gpu_memory_gb: float | None = Field(
+        None, gt=0, description="hard cap on the participant's GPU memory (default: its num_gpus "
+        "share of the card); an allocation past it fails that participant alone")
     resources: dict[str, float] = Field(default_factory=dict, description="custom Ray resources")
     max_restarts: int = Field(0, ge=-1, description="Ray restarts of a crashed actor (-1: forever)")
 
@@ -62,6 +65,8 @@ class Resources(Strict):
     def _whole_gpus(self) -> Resources:
         if self.num_gpus > 1 and self.num_gpus != int(self.num_gpus):
             raise ValueError("num_gpus above 1 must be a whole number")
+        if self.gpu_memory_gb is not None and self.num_gpus == 0:
+            raise ValueError("gpu_memory_gb caps GPU memory: it needs num_gpus > 0")
         return self
 
 

@@ -453,6 +453,7 @@ def participant_specs(config: RunConfig, run_id: str) -> list[tuple[ParticipantS
                 train=group.train, dataset=config.dataset, task=config.task, preprocess=config.preprocess,
                 partition_index=partition_index if is_partition else None,
                 num_partitions=num_partitions, num_threads=max(1, int(group.resources.num_cpus)),
+                num_gpus=group.resources.num_gpus, gpu_memory_gb=group.resources.gpu_memory_gb,
                 speed=float(speeds[i]), system=systems[i],
                 strategy=config.strategy.name, strategy_options=config.strategy.options,
                 state_dir=private_state_dir(config, run_id, name, group),

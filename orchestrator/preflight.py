@@ -270,7 +270,48 @@ def before_ray(config: RunConfig) -> Plan | None:
 
     if config.ray.address is not None or ray.is_initialized():
         return None
-    return plan(config, machine_capacity(config))
+    capacity = machine_capacity(config)
+    result = plan(config, capacity)
+    problem = gpu_caps_problem(result.config, int(capacity.gpus), card_memory_gb())
+    if problem:
+        raise HostingError(f"GPU memory caps: {problem}")
+    return result
+
+
+def gpu_caps_problem(config: RunConfig, gpus: int, card_gb: float | None) -> str | None:
+    """Whether the GPU processes' memory caps (``gpu_memory_gb``, else their ``num_gpus``
+    share) fit on the cards Ray would place them on; None when they do, or when the card
+    size is unknown.
+
+    >>> from orchestrator.config import load_config
+    >>> raw = {"dataset": {}, "groups": [{"name": "a", "count": 2, "hosting": "dedicated",
+    ...        "resources": {"num_gpus": 0.5, "gpu_memory_gb": 50}}]}
+    >>> gpu_caps_problem(load_config(raw), gpus=1, card_gb=80.0).split(":")[0]
+    'card 0 (80 GB) holds a-0 (50 GB), a-1 (50 GB)'
+    """
+    from actors.gpu_memory import caps_fit
+
+    requests = [(f"{g.name}-{i}", g.resources.num_gpus, g.resources.gpu_memory_gb)
+                for g in config.groups if g.resources.num_gpus for i in range(processes(g))]
+    if not requests or not gpus or card_gb is None:
+        return None
+    return caps_fit(requests, card_gb, gpus)
+
+
+def card_memory_gb() -> float | None:
+    """The smallest local GPU's memory in GB, from ``nvidia-smi`` (no torch import), or
+    None without one."""
+    import shutil
+    import subprocess
+
+    if shutil.which("nvidia-smi") is None:
+        return None
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout
+        return min(float(line) for line in out.split()) / 1024  # MiB
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
 
 
 def on_ray(config: RunConfig) -> Plan:

@@ -63,3 +63,24 @@ def test_client_halves_run_on_the_gpu(ray_session, strategy):
     assert {i["device"] for i in orchestrator.members_info.values()} == {"cuda"}
     assert (history.event == "aggregation").sum() == 2
     assert not history.event.isin(["rejected", "failure"]).any(), history[history.event.isin(["rejected", "failure"])].detail
+
+
+@pytest.mark.gpu
+def test_a_participant_past_its_memory_cap_fails_alone(ray_session):
+    """Two groups share one card at 0.25 each, capped at 1 GB; one group's model asks for
+    2 GiB at every step. Those participants fail, each failure naming the participant and
+    its cap, and the run goes on with the others' updates."""
+    if not torch.cuda.is_available() or ray.cluster_resources().get("GPU", 0) < 1:
+        pytest.skip("needs a CUDA GPU visible to Ray (none on this machine)")
+    config = digits_config(stop={"max_aggregations": 3}, schedule={"mode": "sync", "min_participants": 1})
+    fine = config["groups"][0] | {"count": 2, "resources": {"num_cpus": 0.5, "num_gpus": 0.25, "gpu_memory_gb": 1.0}}
+    greedy = fine | {"name": "greedy", "model": {"name": "tests.plugins:hungry", "gib": 2.0}}
+    config["groups"] = [fine, greedy]
+    history = Orchestrator(load_config(config)).run()
+
+    failures = history[history.event == "failure"]
+    assert set(failures.participant) == {"greedy-0", "greedy-1"}
+    assert failures.detail.str.contains("ran out of GPU memory under its cap of 1 GB").all()
+    assert (history.event == "aggregation").sum() == 3
+    updates = history[history.event == "update"]
+    assert set(updates.participant) == {"site-0", "site-1"}
