@@ -215,7 +215,7 @@ def load_participant_data(spec: ParticipantSpec) -> LocalData:
     if isinstance(data, FileData) or _pooled(spec):
         frame, columns, where = site_frame(spec)
         x, y, names, scales = table_arrays(frame, columns, spec.task, _classes(spec), spec.transform, where)
-        x = apply_view(x, data.view, data.image_shape)
+        x = apply_view(x, data.view, getattr(data, "image_shape", None))  # a table shard has none
         local = _hold_out(x, y, data.test_fraction, x_classes(spec, y), spec.seed, where)
         return LocalData(*_fields(local), feature_names=names, feature_scales=scales)
     if isinstance(data, PythonData):

@@ -57,7 +57,15 @@ def site_schema(frame: pd.DataFrame, features: list[str], spec: PreprocessSpec, 
 
 
 def numeric_block(frame: pd.DataFrame, numeric: list[str], where: str) -> np.ndarray:
-    """The numeric columns as float64, NaN where missing; inf is never a measurement."""
+    """The numeric columns as float64, NaN where missing; inf is never a measurement.
+    A text column is named: a regression target under ``standardize_target`` (the schema
+    checks features only), or an evaluation table's column the sites held as numbers."""
+    import pandas as pd
+
+    text = [c for c in numeric if not pd.api.types.is_numeric_dtype(frame[c])]
+    if text:
+        sample = frame[text[0]].dropna().astype(str).iloc[:3].tolist()
+        raise PreprocessError(f"{where}: column {text[0]!r} is not numeric (values such as {sample})")
     x = frame[numeric].to_numpy(np.float64) if numeric else np.zeros((len(frame), 0))
     bad = np.isinf(x).any(0)
     if bad.any():

@@ -249,6 +249,15 @@ class PythonData(SiteData):
     factory: str = Field(..., pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
     options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the factory")
 
+    @model_validator(mode="after")
+    def _loader_accepts(self) -> PythonData:
+        """Import the loader and check ``options`` against its signature now, not inside
+        every participant after Ray started."""
+        from actors.loaders import check_loader
+
+        check_loader(self.factory, self.options)
+        return self
+
 
 class ImageData(SiteFiles):
     """A site's image folder in the common layout: one subfolder per class

@@ -35,7 +35,7 @@ class ServerEvaluator:
         self.model = build_model(group.model.name, group.model.options, x.shape[1:], num_outputs)
         self.layout: Layout = layout_of(self.model)
         self.task = config.task
-        self.x, self.y = torch.as_tensor(x), torch.as_tensor(target_array(y, config.task))
+        self.x, self.y = torch.tensor(x), torch.tensor(target_array(y, config.task))  # copies: x may be read-only
         self.batch_size = config.evaluation.batch_size
         self.num_examples = len(y)
         self.target_stds = transform.target_stds if transform is not None else []
