@@ -268,7 +268,7 @@ def site_frame(spec: ParticipantSpec) -> tuple[pd.DataFrame, TableColumns, str]:
     data = spec.data
     if isinstance(data, FileData):
         path = data.path_for(spec.index_in_group, spec.name, spec.group)
-        return read_frame(Path(path), spec.name), data, f"participant {spec.name}: {path}"
+        return read_frame(Path(path), f"participant {spec.name}"), data, f"participant {spec.name}: {path}"
     assert spec.dataset is not None and spec.partition_index is not None
     train, _ = pooled_table(spec.dataset)
     idx = split_indices(spec.dataset, load_shared_dataset(spec.dataset).y_train, spec.num_partitions)
@@ -279,19 +279,19 @@ def site_frame(spec: ParticipantSpec) -> tuple[pd.DataFrame, TableColumns, str]:
 
 def read_frame(path: Path, who: str) -> pd.DataFrame:
     """A CSV/Parquet table with at least one row, or a :class:`DataError` naming whose
-    file it is and what is wrong with it."""
+    file it is (``who``: "participant site-3", "evaluation") and what is wrong with it."""
     import pandas as pd  # only table data pays for it
 
     if not path.exists():
-        raise DataError(f"participant {who}: data file not found: {path}")
+        raise DataError(f"{who}: data file not found: {path}")
     try:
         frame = pd.read_parquet(path) if path.suffix in (".parquet", ".pq") else pd.read_csv(path)
     except pd.errors.EmptyDataError:
-        raise DataError(f"participant {who}: {path} is empty (no header, no rows)") from None
+        raise DataError(f"{who}: {path} is empty (no header, no rows)") from None
     except Exception as exc:  # noqa: BLE001 - any reader failure is the user's file
-        raise DataError(f"participant {who}: cannot read {path}: {exc}") from None
+        raise DataError(f"{who}: cannot read {path}: {exc}") from None
     if frame.empty:
-        raise DataError(f"participant {who}: {path} has no rows")
+        raise DataError(f"{who}: {path} has no rows")
     return frame
 
 
@@ -434,8 +434,14 @@ def _image_data(spec: ParticipantSpec, data: ImageData) -> LocalData:
                      spec.seed, root)
 
 
+def split_rows(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A site's training and held-out row indices: the same seed, the same split, so
+    preprocessing statistics can leave out exactly the rows the site will test on."""
+    n_test = int(round(fraction * n))
+    order = np.random.default_rng(seed).permutation(n)
+    return order[n_test:], order[:n_test]
+
+
 def _hold_out(x, y, fraction, num_classes, seed, source) -> LocalData:
-    n_test = int(round(fraction * len(y)))
-    order = np.random.default_rng(seed).permutation(len(y))
-    te, tr = order[:n_test], order[n_test:]
+    tr, te = split_rows(len(y), fraction, seed)
     return LocalData(x[tr], y[tr], x[te], y[te], num_classes, source)

@@ -9,11 +9,12 @@ the group trains with ``dp_sgd`` every ``train`` call is a DP-SGD run.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 
+from actors.cohort import TRAINED_TOGETHER
 from actors.data import LocalData, apply_view, load_shared_dataset
 from actors.distillation import consensus_term, distill, load_public_set, predict_logits
 from actors.local_dp import check_budget, check_supported, train_dp_sgd
@@ -42,6 +43,8 @@ class TorchLocalModel:
         if (dp := spec.train.dp_sgd) is not None:  # refuse a model Opacus cannot handle now
             check_supported(self.model, spec.name, spec.model.name)
             self.dp_accountant = PrivacyAccountant(dp.noise_multiplier, dp.delta)
+        self.trainer: Callable[..., dict[str, float]] | None = None
+        """Set while a pool worker trains several participants together (actors/cohort.py)."""
         self._public: torch.Tensor | None = None
         self._test: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -60,7 +63,14 @@ class TorchLocalModel:
 
     # -- local work --------------------------------------------------------------------
     def train(self, work: Work, terms: Sequence[Term] = (), trainable: str | None = None) -> dict[str, float]:
-        """Local training as the client half asks; DP-SGD when the silo requires it."""
+        """Local training as the client half asks: now, or with the other participants its
+        pool worker trains at the same time (``trainer``, set by :mod:`actors.cohort`)."""
+        if self.trainer is not None:
+            return self.trainer(self, work, terms, trainable)
+        return self.train_now(work, terms, trainable) | {TRAINED_TOGETHER: 1.0}
+
+    def train_now(self, work: Work, terms: Sequence[Term] = (), trainable: str | None = None) -> dict[str, float]:
+        """Local training by itself; DP-SGD when the silo requires it."""
         if self.dp_accountant is not None:
             return self._train_dp(work, terms, trainable)
         proximal = offset = extra = None

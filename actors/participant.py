@@ -23,7 +23,14 @@ import torch
 
 from actors import preprocess, private_state
 from actors.attacks import apply_attack
-from actors.data import DataError, LocalData, feature_names, load_participant_data, site_frame
+from actors.data import (
+    DataError,
+    LocalData,
+    feature_names,
+    load_participant_data,
+    site_frame,
+    split_rows,
+)
 from actors.gpu_memory import apply_cap, describe_oom, memory_cap_fraction
 from actors.local_model import TorchLocalModel
 from actors.secure_aggregation import SEALED_METRIC, MaskingKey, SealedUpdates
@@ -285,8 +292,11 @@ class Participant:
 
     # -- federated preprocessing: statistics of the raw table, before set-up ---------
     def _raw_table(self) -> tuple[Any, list[str], str]:
+        """Its raw table less the rows it holds out as its test split: statistics that saw
+        those rows would leak them into the transform it is later tested through."""
         frame, columns, where = site_frame(self.spec)
-        return frame, feature_names(frame, columns, where), where
+        train, _ = split_rows(len(frame), self.spec.data.test_fraction, self.spec.seed)
+        return frame.iloc[np.sort(train)], feature_names(frame, columns, where), where
 
     def table_schema(self) -> dict[str, Any]:
         """Round 0, in the clear: numeric columns and categorical values (the schema)."""
@@ -297,20 +307,25 @@ class Participant:
         except preprocess.PreprocessError as exc:
             raise DataError(str(exc)) from None
 
-    def table_statistics(self, numeric: list[str], means: list[float] | None) -> np.ndarray:
-        """Round 1 (``means`` None): counts and sums per numeric column; round 2: sums of
-        squared deviations from the global ``means``."""
+    def table_statistics(self, numeric: list[str], scales: list[float] | None = None,
+                         means: list[float] | None = None) -> np.ndarray:
+        """Round 1 (no ``scales``): each column's power-of-two magnitude, one-hot; round 2:
+        counts and sums of the values times ``scales``; round 3: sums of squared scaled
+        deviations from the scaled global ``means`` (see :mod:`actors.preprocess`)."""
         frame, _, where = self._raw_table()
         try:
             x = preprocess.numeric_block(frame, numeric, where)
         except preprocess.PreprocessError as exc:
             raise DataError(str(exc)) from None
+        if scales is None:
+            return preprocess.magnitudes(x)
+        x = x * np.asarray(scales)
         return preprocess.sums(x) if means is None else preprocess.squared_deviations(x, np.asarray(means))
 
-    def masked_table_statistics(self, numeric: list[str], means: list[float] | None, cohort_id: int,
-                                peers: dict[str, bytes]) -> np.ndarray:
+    def masked_table_statistics(self, numeric: list[str], scales: list[float] | None,
+                                means: list[float] | None, cohort_id: int, peers: dict[str, bytes]) -> np.ndarray:
         """The same statistics, masked for secure aggregation: the driver sees only the sum."""
-        plain = encode(self.table_statistics(numeric, means))
+        plain = encode(self.table_statistics(numeric, scales, means))
         return plain + self.secagg_key.masks_with(self.spec.name, sorted(peers), peers, cohort_id, plain.size)
 
     # -- the simulator ---------------------------------------------------------------

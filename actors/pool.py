@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from actors import private_state
+from actors.cohort import Cohort
 from actors.data import DataError
 from actors.participant import Participant
 from actors.spec import FittedTransform, ParticipantSpec
@@ -104,6 +105,43 @@ class PoolWorker:
     def train(self, state: GlobalState, instructions: Instructions, spec: ParticipantSpec) -> Update:
         return self._serve(spec, "train", state, instructions)
 
+    def train_batch(self, state: GlobalState, instructions: list[Instructions], specs: list[ParticipantSpec]
+                    ) -> tuple[Update | Exception, ...]:
+        """One task for each of several participants, their local training run together
+        where it batches (:mod:`actors.cohort`). One result per task, in order: its update,
+        or the exception it ended with, which the driver treats as that task's outcome
+        (called with ``num_returns=len(specs)``, so each task has its own object ref)."""
+        participants = [self._participant(spec) for spec in specs]  # held here even if trimmed
+        results: list[Update | Exception | None] = [None] * len(specs)
+        ready = []
+        for i, (p, instr) in enumerate(zip(participants, instructions, strict=True)):
+            try:  # one at a time: setting up seeds torch's global generator
+                p.adopt(instr.transform)
+                p.local  # noqa: B018 - sets it up
+                ready.append(i)
+            except Exception as exc:  # noqa: BLE001 - that task's outcome (a DataError, say)
+                results[i] = exc
+        cohort = Cohort(len(ready))
+
+        def task(i: int) -> None:
+            p = participants[i]
+            p.local.trainer = cohort.trainer()
+            try:
+                results[i] = p.train(state, instructions[i])
+            except Exception as exc:  # noqa: BLE001 - that task's outcome
+                results[i] = exc
+            finally:
+                p.local.trainer = None
+                cohort.finished()
+
+        threads = [threading.Thread(target=task, args=(i,)) for i in ready]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        self._trim(specs[-1].name)
+        return tuple(r if r is not None else RuntimeError("task produced no result") for r in results)
+
     def public_key(self, spec: ParticipantSpec) -> bytes:
         return self._serve(spec, "public_key")
 
@@ -118,12 +156,13 @@ class PoolWorker:
     def table_schema(self, spec: ParticipantSpec) -> dict[str, Any]:
         return self._serve(spec, "table_schema")
 
-    def table_statistics(self, numeric: list[str], means: list[float] | None, spec: ParticipantSpec) -> np.ndarray:
-        return self._serve(spec, "table_statistics", numeric, means)
+    def table_statistics(self, numeric: list[str], scales: list[float] | None, means: list[float] | None,
+                         spec: ParticipantSpec) -> np.ndarray:
+        return self._serve(spec, "table_statistics", numeric, scales, means)
 
-    def masked_table_statistics(self, numeric: list[str], means: list[float] | None, cohort_id: int,
-                                peers: dict[str, bytes], spec: ParticipantSpec) -> np.ndarray:
-        return self._serve(spec, "masked_table_statistics", numeric, means, cohort_id, peers)
+    def masked_table_statistics(self, numeric: list[str], scales: list[float] | None, means: list[float] | None,
+                                cohort_id: int, peers: dict[str, bytes], spec: ParticipantSpec) -> np.ndarray:
+        return self._serve(spec, "masked_table_statistics", numeric, scales, means, cohort_id, peers)
 
     def discard_private_state(self, specs: list[ParticipantSpec]) -> None:
         """The run is over and cannot be resumed: delete these participants' private state."""

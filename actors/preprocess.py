@@ -3,13 +3,17 @@
 Raw site tables come in their own units (0.001 to 4,000 in clinical data) with missing
 values and text categories. Standardizing with one site's own statistics would give
 every site a different feature space, so the driver fits one transform from all sites'
-statistics (``orchestrator/preprocessing.py``) in two rounds, each a plain sum that secure
-aggregation can mask:
+statistics (``orchestrator/preprocessing.py``) in three rounds, each a plain sum that
+secure aggregation can mask:
 
-1. per numeric column, the count of present values and their sum (the global mean);
-2. per numeric column, the sum of squared deviations from that global mean (the global
-   variance, computed this way because ``E[x^2] - E[x]^2`` cancels catastrophically for a
-   column such as 4,000 +- 1).
+1. per numeric column, a one-hot of the power of two of its largest absolute value (their
+   sum is a histogram over the sites; its top bucket fixes a power-of-two scale per column,
+   so the next sums fit secure aggregation's fixed point whatever the units: 1e-6 or 1e5);
+2. per numeric column, the count of present values and the sum of the scaled values (the
+   global mean);
+3. per numeric column, the sum of squared scaled deviations from that global mean (the
+   global variance, computed this way because ``E[x^2] - E[x]^2`` cancels catastrophically
+   for a column such as 4,000 +- 1).
 
 The category values of each categorical column travel in the clear beforehand: they are
 the table's schema (and fix the one-hot layout), not statistics. pandas is needed here.
@@ -71,6 +75,29 @@ def numeric_block(frame: pd.DataFrame, numeric: list[str], where: str) -> np.nda
     if bad.any():
         raise PreprocessError(f"{where}: column {numeric[int(np.argmax(bad))]!r} holds inf values")
     return x
+
+
+EXPONENTS = np.arange(-64, 65)
+"""Powers of two a column's largest magnitude may have (beyond: clipped to the ends)."""
+
+
+def magnitudes(x: np.ndarray) -> np.ndarray:
+    """Round 1: per column, a one-hot over :data:`EXPONENTS` of ``frexp(max |x|)``'s
+    exponent (all zeros for a column with no non-zero value)."""
+    peak = np.nan_to_num(np.nanmax(np.abs(x), axis=0), nan=0.0) if len(x) else np.zeros(x.shape[1])
+    out = np.zeros((x.shape[1], len(EXPONENTS)))
+    present = peak > 0
+    exponent = np.clip(np.frexp(peak)[1], EXPONENTS[0], EXPONENTS[-1]) - EXPONENTS[0]
+    out[np.flatnonzero(present), exponent[present]] = 1.0
+    return out.ravel()
+
+
+def scales_from(histogram: np.ndarray, columns: int) -> np.ndarray:
+    """Per column ``2**-e`` for the largest exponent any site has, so every scaled value
+    lies within [-1, 1]; 1.0 for a column that is zero everywhere."""
+    counts = histogram.reshape(columns, len(EXPONENTS))
+    top = np.array([EXPONENTS[np.flatnonzero(c > 0.5)[-1]] if (c > 0.5).any() else 0 for c in counts])
+    return np.ldexp(1.0, -top)
 
 
 def sums(x: np.ndarray) -> np.ndarray:

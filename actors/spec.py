@@ -343,6 +343,16 @@ class TrainSpec(Strict):
     momentum: float = Field(0.0, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     dp_sgd: DPSGD | None = Field(None, description="train with local DP-SGD (weight/delta strategies only)")
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16: forward passes under bfloat16 autocast (weights and optimizer "
+        "state stay fp32); on GPUs with bf16 units, faster and lighter")
+
+    @model_validator(mode="after")
+    def _precision_fits(self) -> TrainSpec:
+        if self.precision == "bf16" and self.dp_sgd is not None:
+            raise ValueError("precision bf16 is not supported with dp_sgd (Opacus' per-example "
+                             "gradients are computed in fp32); use precision: fp32")
+        return self
 
 
 class SpeedDistribution(Strict):

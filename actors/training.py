@@ -21,6 +21,11 @@ def make_optimizer(model: nn.Module, spec: TrainSpec) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
 
 
+def precision(spec: TrainSpec, device: torch.device) -> torch.autocast:
+    """The forward pass's autocast: bfloat16 under ``precision: bf16``, else off."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=spec.precision == "bf16")
+
+
 def batches(n: int, batch_size: int, generator: torch.Generator, steps: int | None, epochs: int):
     """Index batches: ``epochs`` shuffled passes, or exactly ``steps`` batches if given."""
     done = 0
@@ -66,7 +71,8 @@ def train_locally(
     for idx in batches(len(y), spec.batch_size, gen, steps, epochs):
         xb, yb = x[idx], y[idx]
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(xb), yb)
+        with precision(spec, x.device):
+            loss = loss_fn(model(xb).float(), yb)
         if extra_loss is not None:
             loss = loss + extra_loss(model, idx)
         if proximal is not None:

@@ -124,6 +124,11 @@ class Group(Strict):
         "their models about three times over) to this many MiB per worker",
     )
 
+    batched: bool | Literal["auto"] = Field(
+        "auto", description="pool workers train the tasks they have at once together, as one "
+        "batched computation where the local step allows it (actors/cohort.py); auto: on GPU "
+        "workers (num_gpus > 0)")
+
     @model_validator(mode="before")
     @classmethod
     def _workers_mean_pool(cls, data: Any) -> Any:
@@ -149,6 +154,13 @@ class Group(Strict):
                 "workers are always restarted (their participants' state is on disk): drop it, or set "
                 "hosting: dedicated (or auto)")
         return self
+
+    @property
+    def batches(self) -> bool:
+        """Whether this group's pool workers train their tasks together."""
+        if self.hosting != "pool":
+            return False
+        return self.resources.num_gpus > 0 if self.batched == "auto" else bool(self.batched)
 
     @property
     def pool_size(self) -> int:

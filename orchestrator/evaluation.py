@@ -8,6 +8,7 @@ transform as the participants.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +30,8 @@ class ServerEvaluator:
     size is ``num_outputs`` (classes, or regression targets)."""
 
     def __init__(self, config: RunConfig, group: Group, num_outputs: int,
-                 transform: FittedTransform | None = None) -> None:
-        x, y = test_set(config, group, num_outputs, transform)
+                 transform: FittedTransform | None = None, site_features: Sequence[str] = ()) -> None:
+        x, y = test_set(config, group, num_outputs, transform, site_features)
         torch.manual_seed(config.seed)
         self.model = build_model(group.model.name, group.model.options, x.shape[1:], num_outputs)
         self.layout: Layout = layout_of(self.model)
@@ -45,9 +46,10 @@ class ServerEvaluator:
         return evaluate(self.model, self.x, self.y, self.task, self.batch_size, self.target_stds)
 
 
-def test_set(config: RunConfig, group: Group, num_outputs: int,
-             transform: FittedTransform | None) -> tuple[np.ndarray, np.ndarray]:
-    """The driver's test rows in ``group``'s view."""
+def test_set(config: RunConfig, group: Group, num_outputs: int, transform: FittedTransform | None,
+             site_features: Sequence[str] = ()) -> tuple[np.ndarray, np.ndarray]:
+    """The driver's test rows in ``group``'s view. An unpreprocessed table is read with the
+    sites' feature columns (``site_features``), so a column it lacks is named."""
     ev, data = config.evaluation, group.data
     classes = num_outputs if config.task.kind == "classification" else None
     if ev.path is not None and isinstance(data, ImageData):
@@ -56,6 +58,8 @@ def test_set(config: RunConfig, group: Group, num_outputs: int,
     if ev.path is not None:
         features = data.feature_columns if isinstance(data, FileData) else (
             config.dataset.feature_columns if config.dataset is not None else None)
+        if transform is None and site_features:
+            features = list(site_features)
         columns = TableColumns(label_column=ev.label_column, feature_columns=features)
         x, y = read_table(Path(ev.path), columns, "evaluation", config.task, classes, transform)
         return apply_view(x, data.view, getattr(data, "image_shape", None)), y

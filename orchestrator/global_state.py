@@ -75,7 +75,8 @@ class SharedWeights(GlobalModel):
         self.layout = first.info["layout"]
         self.params = np.asarray(ray.get(first.call("initial_parameters")), dtype=np.float32)
         group = next(g for g in config.groups if g.name == first.group)
-        self.evaluator = ServerEvaluator(config, group, first.info["num_classes"], first.spec.transform)
+        self.evaluator = ServerEvaluator(config, group, first.info["num_classes"], first.spec.transform,
+                                         first.info.get("feature_names", ()))
         if self.evaluator.layout != self.layout:
             raise GlobalStateError("the evaluation model's layout differs from the participants' model")
 

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import ray
 
+from actors.cohort import TRAINED_TOGETHER
 from actors.data import DataError, partition_problem
 from actors.local_dp import PrivacyBudgetSpent
 from actors.participant import Participant
@@ -101,7 +102,8 @@ class Arrival:
             "in_flight": in_flight, "staleness": version - u.base_version,
             "num_examples": u.num_examples, "bytes": u.nbytes,
             "train_seconds": u.train_seconds, "simulated_seconds": u.simulated_seconds,
-            "loss": u.metrics.get("train_loss"), "samples": u.metrics.get("samples")}
+            "loss": u.metrics.get("train_loss"), "samples": u.metrics.get("samples"),
+            "batched": u.metrics.get(TRAINED_TOGETHER)}
         if "dp_sgd_epsilon" in u.metrics:  # local DP-SGD: the participant's budget spent so far
             out["epsilon"] = u.metrics["dp_sgd_epsilon"]
         return out
@@ -124,6 +126,8 @@ def error_message(exc: BaseException) -> str:
     if isinstance(exc, ray.exceptions.RayTaskError) and cause is not None:
         return f"{type(cause).__name__}: {cause}".splitlines()[0]
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    if not isinstance(exc, ray.exceptions.RayError):  # a participant's own error, returned as a value
+        return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
     return lines[0] if lines else type(exc).__name__
 
 
@@ -142,6 +146,9 @@ class Participants:
         self.placements: Placements | None = None
         self.transform: FittedTransform | None = None
         """The run's fitted preprocessing (``preprocess:``), or None."""
+        self.batched: dict[str, bool] = {}
+        """Per group: whether a pool worker trains its participants' tasks together (set at
+        spawn, once pre-flight has chosen each group's hosting)."""
 
     # -- start and stop ----------------------------------------------------------------
     def spawn(self, specs: list[tuple[ParticipantSpec, Group]], transform: FittedTransform | None = None) -> None:
@@ -175,6 +182,7 @@ class Participants:
 
     def _create(self, specs: list[tuple[ParticipantSpec, Group]]) -> None:
         """The actors (or pool workers) for every participant; nothing set up yet."""
+        self.batched = {g.name: g.batches for g in self.config.groups}
         self._check_feasible()
         problem = partition_problem(self.config.dataset, specs[0][0].num_partitions) if specs else None
         if problem:
@@ -310,7 +318,29 @@ class Participants:
     # -- tasks -------------------------------------------------------------------------
     def dispatch(self, member: Member, state_ref: ray.ObjectRef, instructions: Instructions,
                  task: Task) -> None:
-        ref = member.call("train", state_ref, instructions)
+        self._track(member.call("train", state_ref, instructions), member, instructions, task)
+
+    def dispatch_all(self, state_ref: ray.ObjectRef, tasks: list[tuple[Member, Instructions, Task]]) -> None:
+        """Send ``tasks``; the ones for participants of a batched pool group that share a
+        worker go in one call, so the worker trains them together (actors/cohort.py)."""
+        together: dict[int, list[tuple[Member, Instructions, Task]]] = {}
+        for item in tasks:
+            member = item[0]
+            if member.pooled and self.batched[member.group]:
+                together.setdefault(id(member.handle), []).append(item)
+            else:
+                self.dispatch(member, state_ref, *item[1:])
+        for items in together.values():
+            if len(items) == 1:
+                self.dispatch(items[0][0], state_ref, *items[0][1:])
+                continue
+            handle = items[0][0].handle
+            refs = handle.train_batch.options(num_returns=len(items)).remote(
+                state_ref, [i for _, i, _ in items], [m.spec for m, _, _ in items])
+            for ref, (member, instructions, task) in zip(refs, items, strict=True):
+                self._track(ref, member, instructions, task)
+
+    def _track(self, ref: ray.ObjectRef, member: Member, instructions: Instructions, task: Task) -> None:
         self.in_flight[ref] = task
         self.clock.started(ref, task.dispatched_at, task.task_id, instructions.simulated_seconds or 0.0)
         member.busy, member.tasks = True, member.tasks + 1
@@ -340,6 +370,8 @@ class Participants:
         where = member.where(task, version) | {"in_flight": len(self.in_flight)}
         try:
             update: Update = ray.get(ref)
+            if isinstance(update, Exception):  # a task of a batch ended so (PoolWorker.train_batch)
+                raise update
         except SimulatedDropout as exc:
             self.history.record("dropout", **where, detail=error_message(exc))
         except Unavailable as exc:
@@ -349,6 +381,8 @@ class Participants:
             member.lost = True
             self.history.record("participant_lost", **where, detail=error_message(exc))
         except ray.exceptions.RayError as exc:  # actor/task errors, and Ray's OOM kills too
+            self.failed(member, where, exc)
+        except Exception as exc:  # noqa: BLE001 - a batched task's own error, returned as its value
             self.failed(member, where, exc)
         else:
             member.failures, member.restarting = 0, False

@@ -1,8 +1,8 @@
 """The driver's half of federated preprocessing: fit one transform from every site's sums.
 
 After the participants start and before any of them sets up its model, the driver asks
-each site for its table's schema, then for two rounds of per-column sums
-(:mod:`actors.preprocess` says which and why two). With ``privacy.secure_aggregation`` the
+each site for its table's schema, then for three rounds of per-column sums
+(:mod:`actors.preprocess` says which and why). With ``privacy.secure_aggregation`` the
 sums are masked like model updates, so the driver learns only the totals. The fitted
 :class:`~actors.spec.FittedTransform` is saved as ``preprocess.json`` in the run
 directory, handed to every participant (late joiners and restarted actors included) and
@@ -16,12 +16,14 @@ on raw clinical units ends at the majority class without saying why.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import ray
 
+from actors.preprocess import EXPONENTS, scales_from
 from actors.spec import FittedTransform, PreprocessSpec
 from orchestrator.privacy import PrivacyHooks
 
@@ -46,21 +48,34 @@ def fit_transform(spec: PreprocessSpec, members: dict[str, Any], privacy: Privac
     numeric = features + (targets if spec.standardize_target else [])
     categories = {column: sorted({v for s in schemas.values() for v in s["categories"][column]})
                   for column in spec.categorical}
-    k = len(numeric)
-    first = _sum(members, privacy, numeric, None, 2 * k)
-    counts, totals = first[:k], first[k:]
-    empty = [c for c, n in zip(numeric, counts) if n == 0]
-    if empty:
-        raise PreprocessingError(f"column(s) {empty} have no values at any site")
-    means = totals / counts
-    deviations = _sum(members, privacy, numeric, means.tolist(), k)
-    stds = np.sqrt(np.maximum(deviations, 0.0) / counts)
-    stds = np.where(stds > 1e-12, stds, 1.0)  # a constant column stays constant (zero)
+    means, stds = fit_statistics(
+        lambda scales, means, size: _sum(members, privacy, numeric, scales, means, size), numeric)
     f = len(features)
     return FittedTransform(numeric=features, means=means[:f].tolist(), stds=stds[:f].tolist(),
                            categories=categories, standardize=spec.standardize, impute=spec.impute,
                            rows=int(sum(s["rows"] for s in schemas.values())),
                            target_means=means[f:].tolist(), target_stds=stds[f:].tolist())
+
+
+Round = Callable[[list[float] | None, list[float] | None, int], np.ndarray]
+"""``(scales, means, size) -> the sites' summed statistics``: one round (plain or masked)."""
+
+
+def fit_statistics(total: Round, numeric: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Global means and standard deviations of the ``numeric`` columns from three rounds
+    of sums (magnitudes, then scaled counts and sums, then scaled squared deviations);
+    a column that is constant everywhere gets std 1 and so stays constant (zero)."""
+    k = len(numeric)
+    scales = scales_from(total(None, None, k * len(EXPONENTS)), k)
+    first = total(scales.tolist(), None, 2 * k)
+    counts, totals = first[:k], first[k:]
+    empty = [c for c, n in zip(numeric, counts) if n == 0]
+    if empty:
+        raise PreprocessingError(f"column(s) {empty} have no values at any site")
+    scaled_means = totals / counts
+    deviations = total(scales.tolist(), scaled_means.tolist(), k)
+    stds = np.sqrt(np.maximum(deviations, 0.0) / counts) / scales
+    return scaled_means / scales, np.where(stds > 0, stds, 1.0)
 
 
 def _shared_columns(schemas: dict[str, dict]) -> list[str]:
@@ -77,17 +92,17 @@ def _shared_columns(schemas: dict[str, dict]) -> list[str]:
     return list(reference["numeric"])
 
 
-def _sum(members: dict[str, Any], privacy: PrivacyHooks, numeric: list[str], means: list[float] | None,
-         size: int) -> np.ndarray:
+def _sum(members: dict[str, Any], privacy: PrivacyHooks, numeric: list[str], scales: list[float] | None,
+         means: list[float] | None, size: int) -> np.ndarray:
     """One round's total over the sites: masked under secure aggregation, else plain."""
     if privacy.secure:
         total, dropped = privacy.secure_sum(
             members, size, lambda name, cohort_id, peers: privacy.call(
-                members[name], "masked_table_statistics", numeric, means, cohort_id, peers))
+                members[name], "masked_table_statistics", numeric, scales, means, cohort_id, peers))
         if dropped:
             raise PreprocessingError(f"participants {dropped} left during secure preprocessing")
         return total
-    vectors = _collect({m.call("table_statistics", numeric, means): name for name, m in members.items()},
+    vectors = _collect({m.call("table_statistics", numeric, scales, means): name for name, m in members.items()},
                        "statistics")
     return np.sum(list(vectors.values()), axis=0)
 

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import ray
 
+from actors.data import DataError
 from actors.spec import ParticipantSpec
 from orchestrator import checkpoint, preflight
 from orchestrator.adaptive import AdaptiveLocalWork
@@ -122,7 +123,7 @@ class Orchestrator:
             save_transform(self.out_dir, self.participants.transform)
         try:
             self.global_model = build_global_model(self.config, self.participants.alive(), self.strategy)
-        except GlobalStateError as exc:
+        except (GlobalStateError, DataError) as exc:  # DataError: the evaluation table
             raise RunError(str(exc)) from None
         self.state = RunState(self.run_id, self.global_model.params, self.global_model.layout)
         if self.config.schedule.adaptive_local_work:  # local steps scaled by measured samples/s
@@ -166,10 +167,18 @@ class Orchestrator:
         held = self.privacy.hold_back(self.state.buffer, self._ready(now))
         idle = self.participants.idle(  # late joiners wait for their version
             now, lambda m: m.name not in held and self.state.version >= self.join_at[m.group])
-        for name in self.schedule.select(idle, sum(m.busy for m in alive), len(alive), now):
-            self._dispatch(self.participants.members[name])
+        chosen = self.schedule.select(idle, sum(m.busy for m in alive), len(alive), now)
+        tasks = [self._task_for(self.participants.members[name]) for name in chosen]
+        self.participants.dispatch_all(self.state_ref, tasks)
+        for member, instructions, task in tasks:
+            self.history.record(
+                "dispatch", participant=member.name, group=member.group, task_id=task.task_id,
+                version=task.base_version, base_version=task.base_version, bytes=self.state.params.nbytes,
+                in_flight=len(self.participants.in_flight), local_steps=instructions.local_steps,
+            )
 
-    def _dispatch(self, member: Member) -> None:
+    def _task_for(self, member: Member) -> tuple[Member, Instructions, Task]:
+        """The next task for ``member``: its instructions, and what the driver tracks."""
         state = self.state
         local_steps = self.adaptive.steps_for(member.name) if self.adaptive is not None else None
         simulated = self.participants.simulated_seconds(member, local_steps, state.params.nbytes)
@@ -180,13 +189,8 @@ class Orchestrator:
             transform=self.participants.transform,
         )
         task = Task(member.name, state.next_task_id, state.version, self.schedule.round, self.clock())
-        self.participants.dispatch(member, self.state_ref, instructions, task)
         state.next_task_id += 1
-        self.history.record(
-            "dispatch", participant=member.name, group=member.group, task_id=task.task_id,
-            version=state.version, base_version=state.version, bytes=state.params.nbytes,
-            in_flight=len(self.participants.in_flight), local_steps=instructions.local_steps,
-        )
+        return member, instructions, task
 
     def _receive(self, ref: ray.ObjectRef) -> None:
         arrival = self.participants.receive(ref, self.state.version)

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from actors.data import DataError, read_table
-from actors.spec import FileData
+from actors.spec import FileData, TaskSpec
 from orchestrator.config import ConfigError, RunConfig, load_config
 from strategies import STRATEGIES
 
@@ -257,16 +257,16 @@ def _spec(**kw) -> FileData:
 @pytest.mark.parametrize(
     ("frame", "expected"),
     [
-        (pd.DataFrame({"a": [1.0, 2.0], "y": [0, 1]}), "no label column 'label'"),
-        (pd.DataFrame({"a": ["x", "y"], "label": [0, 1]}), "non-numeric feature columns \\['a'\\]"),
+        (pd.DataFrame({"a": [1.0, 2.0], "y": [0, 1]}), "has no target column 'label'"),
+        (pd.DataFrame({"a": ["x", "y"], "label": [0, 1]}), "column 'a' is not numeric"),
         (pd.DataFrame({"a": [1.0, 2.0], "label": [0.5, 1.5]}), "must hold integers"),
         (pd.DataFrame({"a": pd.Series([], dtype=float), "label": pd.Series([], dtype=int)}), "no rows"),
-        (pd.DataFrame({"a": [1.0, np.nan], "label": [0, 1]}), "non-finite"),
+        (pd.DataFrame({"a": [1.0, np.nan], "label": [0, 1]}), "column 'a' has 1 missing or infinite values"),
     ],
 )
 def test_bad_data_files_name_the_participant_and_the_file(tmp_path, frame, expected):
     path = tmp_path / "hospital-3.csv"
     frame.to_csv(path, index=False)
     with pytest.raises(DataError, match=expected) as info:
-        read_table(path, _spec(), "clinic-3")
+        read_table(path, _spec(), "participant clinic-3", TaskSpec(), 3)
     assert "participant clinic-3" in str(info.value) and str(path) in str(info.value)

@@ -103,6 +103,22 @@ def test_pooled_and_dedicated_hosting_give_the_same_model(ray_session):
     assert len(runs["dedicated"][1]) == 4 and len(runs["pool"][1]) == 2  # 4 participants, 2 processes
 
 
+def test_batched_pool_training_gives_the_same_model_as_one_at_a_time(ray_session):
+    """Two workers, two participants each: with ``batched: true`` each worker trains its
+    two tasks as one vmapped computation (the history's ``batched`` column says 2), and
+    the global model equals the one trained one participant at a time, and dedicated."""
+    runs = {}
+    for batched in (False, True):
+        raw = _config("pool")
+        raw["groups"][0]["batched"] = batched
+        orch = Orchestrator(load_config(raw))
+        history = orch.run()
+        runs[batched] = orch.params.copy()
+        updates = history[history.event == "update"]
+        assert set(updates.batched) == ({2.0} if batched else {1.0}), updates.batched.value_counts()
+    np.testing.assert_allclose(runs[True], runs[False], rtol=0, atol=1e-5)
+
+
 class WaitForRestart:
     """A progress listener that, at the first aggregation after the killed worker's tasks
     failed, holds the run loop until Ray has restarted the worker and every back-off has
@@ -153,18 +169,25 @@ def test_a_killed_pool_worker_comes_back_and_its_participants_go_on(ray_session)
     assert {"site-0", "site-2"} <= set(served.participant)  # served again by the new process
 
 
+@pytest.mark.parametrize("batched", [False, True], ids=["one_at_a_time", "batched"])
 @pytest.mark.parametrize("name", sorted(STRATEGIES))  # every registered strategy, new ones too
-def test_every_strategy_runs_on_pooled_participants(ray_session, name):
+def test_every_strategy_runs_on_pooled_participants(ray_session, name, batched):
+    """Batched: each strategy's client half trains through the worker's cohort, together
+    where its local step batches and one at a time where it does not (loss terms, a
+    frozen part, gradients), and the history says which."""
     cls = STRATEGIES[name]
-    group = {"name": "site", "count": 3, "hosting": "pool", "workers": 1,
+    group = {"name": "site", "count": 3, "hosting": "pool", "workers": 1, "batched": batched,
              "model": {"name": "mlp", "hidden": [16]}, "train": {"local_steps": 2, "batch_size": 16, "lr": 0.1},
              "resources": {"num_cpus": 0.5}}
     dataset = {"name": "digits", "partition": {"kind": "iid"}, "public_size": 100 if cls.needs_public_set else 0}
     raw = digits_config(groups=[group], dataset=dataset, strategy={"name": name}, stop={"max_aggregations": 2})
     history = Orchestrator(load_config(raw)).run()
     assert (history.event == "aggregation").sum() == 2, history.event.value_counts()
-    assert set(history[history.event == "update"].participant) == {"site-0", "site-1", "site-2"}
-    assert not history.event.isin(["failure", "rejected"]).any()
+    updates = history[history.event == "update"]
+    assert set(updates.participant) == {"site-0", "site-1", "site-2"}
+    assert not history.event.isin(["failure", "rejected"]).any(), history[history.event == "failure"].detail
+    if batched and name in ("fedavg", "fedadam", "median"):  # plain local training: together
+        assert set(updates.batched) == {3.0}
 
 
 def test_dp_fedavg_runs_on_pooled_participants_and_spends_its_budget(ray_session):

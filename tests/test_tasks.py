@@ -26,6 +26,7 @@ from sklearn.metrics import (
 from actors.preprocess import (
     PreprocessError,
     apply_transform,
+    magnitudes,
     numeric_block,
     site_schema,
     squared_deviations,
@@ -34,6 +35,7 @@ from actors.preprocess import (
 from actors.spec import MISSING_CATEGORY, FittedTransform, PreprocessSpec, TaskSpec
 from actors.tasks import auroc, loss_function, metrics
 from orchestrator.config import ConfigError, load_config
+from orchestrator.preprocessing import fit_statistics
 from orchestrator.run_state import RunState
 from orchestrator.stopping import stop_reason
 from strategies.secure_aggregation import encode, unmask_sum
@@ -213,14 +215,27 @@ def test_site_schema_missing_categories():
         site_schema(frame, ["age", "scanner"], PreprocessSpec(categorical=["ward"]), "w")
 
 
+def _fit(sites: list[np.ndarray], secure: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The driver's rounds (orchestrator/preprocessing.py's fit_statistics) over sites held
+    here; ``secure``: each site's vector encoded to the masks' fixed point and the ring sum
+    decoded, as under secure aggregation (the pairwise masks cancel exactly: left out)."""
+    def total(scales, means, size):
+        vectors = []
+        for x in sites:
+            if scales is None:
+                v = magnitudes(x)
+            else:
+                xs = x * np.asarray(scales)
+                v = sums(xs) if means is None else squared_deviations(xs, np.asarray(means))
+            vectors.append(v)
+        assert all(v.size == size for v in vectors)
+        return unmask_sum([encode(v) for v in vectors]) if secure else np.sum(vectors, axis=0)
+
+    return fit_statistics(total, [f"c{i}" for i in range(sites[0].shape[1])])
+
+
 def _pooled_fit(sites: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """The driver's two rounds of sums, done by hand: global means, then stds."""
-    first = np.sum([sums(x) for x in sites], axis=0)
-    k = sites[0].shape[1]
-    counts, totals = first[:k], first[k:]
-    means = totals / counts
-    deviations = np.sum([squared_deviations(x, means) for x in sites], axis=0)
-    return means, np.sqrt(deviations / counts)
+    return _fit(sites)
 
 
 def test_sums_and_deviations_over_sites_with_missing_values_equal_the_pooled_statistics():
@@ -254,14 +269,7 @@ def test_a_column_far_from_zero_keeps_its_std(level):
 
 
 def _secure_fit(sites: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """The same two rounds as the driver computes them under secure aggregation: each
-    site's vector encoded to the masks' fixed point, the ring sum decoded (the pairwise
-    masks cancel exactly, so they are left out)."""
-    k = sites[0].shape[1]
-    first = unmask_sum([encode(sums(x)) for x in sites])
-    means = first[k:] / first[:k]
-    deviations = unmask_sum([encode(squared_deviations(x, means)) for x in sites])
-    return means, np.sqrt(np.maximum(deviations, 0.0) / first[:k])
+    return _fit(sites, secure=True)
 
 
 def test_fixed_point_masking_keeps_ordinary_columns():
@@ -272,9 +280,6 @@ def test_fixed_point_masking_keeps_ordinary_columns():
     np.testing.assert_allclose(secure[1], plain[1], rtol=1e-7)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: secure preprocessing encodes raw statistics in the masks' "
-                   "2**-24 fixed point (range +-5.5e11): a 1e-6-unit column's squared deviations round "
-                   "to 0 and a column of std 2e4 over 1,600 rows wraps; both get std 0 -> 1.0, unscaled")
 @pytest.mark.parametrize(("loc", "scale", "rows"), [(3e-6, 1e-6, 80), (5e4, 2e4, 400)],
                          ids=["micro_unit_column", "wide_column"])
 def test_fixed_point_masking_keeps_micro_and_wide_columns(loc, scale, rows):
@@ -283,7 +288,7 @@ def test_fixed_point_masking_keeps_micro_and_wide_columns(loc, scale, rows):
     _, plain = _pooled_fit(sites)
     _, secure = _secure_fit(sites)
     assert 0.8 * scale < plain[0] < 1.2 * scale
-    assert secure[0] == pytest.approx(plain[0], rel=1e-3)  # measured: 0.0 for both
+    assert secure[0] == pytest.approx(plain[0], rel=1e-5)  # before per-column scales: 0.0
 
 
 def test_numeric_block_names_a_text_column():

@@ -1,0 +1,161 @@
+"""GPU: many participants on one card, fedray against one process doing the same work.
+
+Two workloads (the GPU issue's), each run three ways on the same card:
+
+- ``16 x MLP 512-2048-2048-10``: 16 participants, 20,000 rows of 512 features each
+  (Synthetic(1, 1), generated inside the participant), one epoch of batch 256 per task,
+  SGD lr 0.05, sync FedAvg, 10 rounds.
+- ``64 x MLP 64-128-10``: 64 participants, 500 rows of 64 features each, same schedule.
+
+Ways: ``serial`` (one process, every participant's data already on the card, trained one
+after another, averaged: the floor a hand-written loop reaches), ``fedray pool`` (one
+pool worker holding the whole card, ``batched: false``) and ``fedray batched`` (the same
+worker training its tasks together, ``batched: true``). Throughput is samples trained per
+second of training rounds (start-up reported apart); GPU memory is the card's used memory
+at its peak while the run goes (nvidia-smi, every 0.2 s), for fedray all processes together.
+
+    python benchmarks/gpu.py           # on a CUDA machine; skips cleanly without one
+    python benchmarks/gpu.py --quick   # fewer rounds and rows
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import threading
+import time
+
+import pandas as pd
+import torch
+
+from actors.data import synthetic_task
+from actors.models import build_model
+from actors.spec import DatasetSpec, TrainSpec
+from actors.training import train_locally
+
+WORKLOADS = {
+    "16 x MLP 512-2048-2048-10": {"count": 16, "rows": 20_000, "features": 512, "hidden": [2048, 2048]},
+    "64 x MLP 64-128-10": {"count": 64, "rows": 500, "features": 64, "hidden": [128]},
+}
+TRAIN = {"local_epochs": 1, "batch_size": 256, "lr": 0.05}
+
+
+def dataset(w: dict) -> dict:
+    rows = int(w["rows"] / 0.9)  # 10% held out as each participant's test split
+    return {"name": "synthetic", "num_features": w["features"], "min_size": rows, "max_size": rows,
+            "size_sigma": 0.0, "test_fraction": 0.1, "eval_participants": 2, "seed": 0}
+
+
+def config(w: dict, rounds: int, batched: bool, gpus: float = 1) -> dict:
+    return {"name": "gpu", "seed": 0, "dataset": dataset(w),
+            "groups": [{"name": "site", "count": w["count"], "hosting": "pool", "workers": 1, "batched": batched,
+                        "cache_size": w["count"], "model": {"name": "mlp", "hidden": w["hidden"]},
+                        "train": TRAIN, "resources": {"num_cpus": 1, "num_gpus": gpus}}],
+            "strategy": {"name": "fedavg"}, "schedule": {"mode": "sync"},
+            "stop": {"max_aggregations": rounds}, "evaluation": {"every": rounds}}
+
+
+class PeakMemory:
+    """The card's used memory at its peak, sampled with nvidia-smi in a thread."""
+
+    def __init__(self) -> None:
+        self.peak, self.done = 0.0, threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self.done.is_set() and torch.cuda.is_available():
+            out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                                 capture_output=True, text=True).stdout
+            self.peak = max(self.peak, float(out.split()[0]) / 1024)
+            time.sleep(0.2)
+
+    def __enter__(self) -> PeakMemory:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.thread.join()
+
+
+def serial(w: dict, rounds: int, device: torch.device) -> dict:
+    """One process, data on the card, each participant trained in turn, then averaged."""
+    with PeakMemory() as memory:
+        result = _serial(w, rounds, device)
+    return result | {"GPU GB": memory.peak}
+
+
+def _serial(w: dict, rounds: int, device: torch.device) -> dict:
+    task = synthetic_task(DatasetSpec.model_validate(dataset(w)))
+    spec = TrainSpec(**TRAIN)
+    data = [tuple(torch.as_tensor(a, device=device) for a in task.participant(i)[:2]) for i in range(w["count"])]
+    model = build_model("mlp", {"hidden": w["hidden"]}, (w["features"],), 10).to(device)
+    params = [p.detach().clone() for p in model.parameters()]
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    train_locally(model, *data[0], spec, seed=0, epochs=1, steps=1)  # torch's first-call set-up, untimed
+    with torch.no_grad():  # as fedray's participants warm up, then undo it
+        for p, g in zip(model.parameters(), params):
+            p.copy_(g)
+    sync()
+    started, samples = time.perf_counter(), 0
+    for r in range(rounds):
+        total = [torch.zeros_like(p) for p in params]
+        for i, (x, y) in enumerate(data):
+            with torch.no_grad():
+                for p, g in zip(model.parameters(), params):
+                    p.copy_(g)
+            samples += int(train_locally(model, x, y, spec, seed=r * 1000 + i, epochs=1)["samples"])
+            with torch.no_grad():
+                for t, p in zip(total, model.parameters()):
+                    t += p
+        params = [t / len(data) for t in total]
+    sync()
+    seconds = time.perf_counter() - started
+    return {"start s": 0.0, "train s": seconds, "samples/s": samples / seconds}
+
+
+def fedray(w: dict, rounds: int, batched: bool, gpus: float) -> dict:
+    from orchestrator.config import load_config
+    from orchestrator.run import Orchestrator
+
+    with PeakMemory() as memory:
+        history = Orchestrator(load_config(config(w, rounds, batched, gpus))).run()
+    first = float(history.time[history.event == "dispatch"].min())
+    seconds = float(history.time[history.event == "aggregation"].max()) - first
+    updates = history[history.event == "update"]
+    return {"start s": first, "train s": seconds, "samples/s": float(updates.samples.sum()) / seconds,
+            "GPU GB": memory.peak, "batched": float(updates.batched.mean())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on the CPU: checks the script runs")
+    args = parser.parse_args()
+    if not torch.cuda.is_available() and not args.cpu_smoke:
+        print("benchmarks/gpu.py: no CUDA device here; nothing to measure")
+        return
+    import ray
+
+    gpus = 0 if args.cpu_smoke else 1
+    ray.init(num_gpus=gpus, num_cpus=4, include_dashboard=False)
+    device = torch.device("cpu" if args.cpu_smoke else "cuda")
+    rounds = 2 if args.cpu_smoke else 3 if args.quick else 10
+    rows = []
+    for label, w in WORKLOADS.items():
+        shrink = 100 if args.cpu_smoke else 4 if args.quick else 1
+        w = w | {"rows": w["rows"] // shrink, "count": w["count"] // (8 if args.cpu_smoke else 1)}
+        if args.cpu_smoke:
+            w["hidden"] = [16]
+        base = serial(w, rounds, device)
+        for way, result in (("serial", base), ("fedray pool", fedray(w, rounds, False, gpus)),
+                            ("fedray batched", fedray(w, rounds, True, gpus))):
+            rows.append({"workload": label, "way": way, **result,
+                         "x serial": result["samples/s"] / base["samples/s"]})
+    table = pd.DataFrame(rows).set_index(["workload", "way"])
+    print(f"{torch.cuda.get_device_name() if gpus else 'CPU smoke run'}, {rounds} rounds")
+    print(table.to_string(float_format=lambda v: f"{v:.2f}"))
+
+
+if __name__ == "__main__":
+    main()
