@@ -199,3 +199,18 @@ def test_cuda_matches_serial_training(spec_name):
     # sqrt(v): a near-zero gradient's rounding moves its parameter by up to ~lr. Serial
     # CUDA against serial CPU differs as much, so the tolerance is wider than on CPU.
     _compare(SPECS[spec_name], epochs=2, steps=None, device="cuda", atol=1e-4)
+
+
+def test_bf16_autocast_trains_close_to_fp32_but_not_identically():
+    """``precision: bf16`` runs the forward pass in bfloat16: the same run, slightly
+    different numbers (so the setting is really applied), and still learning."""
+    torch.manual_seed(0)
+    x = torch.randn(256, 8)
+    y = (x[:, 0] > 0).long()
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(0)
+        model = build_model("mlp", {"hidden": [16]}, (8,), 2)
+        losses[precision] = train_locally(model, x, y, TrainSpec(precision=precision, lr=0.1), seed=0, epochs=5)
+    assert losses["bf16"]["train_loss"] != losses["fp32"]["train_loss"]
+    assert losses["bf16"]["train_loss"] == pytest.approx(losses["fp32"]["train_loss"], rel=0.05)

@@ -188,6 +188,21 @@ def test_every_strategy_runs_on_pooled_participants(ray_session, name, batched):
     assert not history.event.isin(["failure", "rejected"]).any(), history[history.event == "failure"].detail
     if batched and name in ("fedavg", "fedadam", "median"):  # plain local training: together
         assert set(updates.batched) == {3.0}
+    if batched and name in ("fedprox", "scaffold"):  # a loss term: one at a time, and it says so
+        assert set(updates.batched) == {1.0}
+
+
+def test_a_task_that_ends_badly_in_a_batch_ends_alone(ray_session):
+    """Dropouts drawn inside a batched worker come back as those tasks' outcomes; the
+    other tasks of the same call still deliver their updates."""
+    raw = _config("pool", rounds=4)
+    raw["groups"][0] |= {"batched": True, "system": {"dropout_prob": 0.4}}
+    raw["schedule"] = {"mode": "sync", "min_participants": 1}
+    history = Orchestrator(load_config(raw)).run()
+    assert (history.event == "dropout").sum() > 0
+    assert (history.event == "aggregation").sum() == 4
+    assert (history.event == "update").sum() > 0
+    assert not history.event.isin(["failure"]).any()
 
 
 def test_dp_fedavg_runs_on_pooled_participants_and_spends_its_budget(ray_session):
