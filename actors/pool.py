@@ -24,7 +24,7 @@ from actors import private_state
 from actors.cohort import Cohort
 from actors.data import DataError
 from actors.participant import Participant
-from actors.spec import FittedTransform, ParticipantSpec
+from actors.spec import ParticipantSpec
 from strategies.types import GlobalState, Instructions, Update
 
 DEFAULT_CACHE = 64
@@ -81,18 +81,19 @@ class PoolWorker:
                     del self._served[name]  # its private state is already on disk
                     total, over = total - sizes[name], over - 1
 
-    def describe(self, transform: FittedTransform | None, spec: ParticipantSpec) -> dict[str, Any]:
-        return self._serve(spec, "describe", transform)
+    def describe(self, spec: ParticipantSpec) -> dict[str, Any]:
+        """Set up and describe; the run's fitted preprocessing, if any, is in the spec (a
+        participant first served for its statistics started without it)."""
+        return self._serve(spec, "describe", spec.transform)
 
-    def describe_all(self, specs: list[ParticipantSpec], transform: FittedTransform | None = None
-                     ) -> list[dict[str, Any] | DataError]:
+    def describe_all(self, specs: list[ParticipantSpec]) -> list[dict[str, Any] | DataError]:
         """Describe every participant this worker serves in one call (start-up costs one
         round trip per worker, not per participant); a participant whose data cannot be
         used comes back as its ``DataError``, the others still start."""
         out: list[dict[str, Any] | DataError] = []
         for spec in specs:
             try:
-                out.append(self.describe(transform, spec))
+                out.append(self.describe(spec))
             except DataError as exc:
                 with self._lock:
                     self._served.pop(spec.name, None)
