@@ -22,26 +22,20 @@ import numpy as np
 
 from actors import partition
 from actors.loaders import LoaderError, load_from_python, load_image_folder
-from actors.preprocess import PreprocessError, apply_transform, feature_scales
 from actors.spec import (
     DatasetSpec,
     FileData,
-    FittedTransform,
     ImageData,
     ParticipantSpec,
     PythonData,
     TableColumns,
-    TaskSpec,
     View,
 )
 from actors.synthetic import Synthetic
+from actors.tables import DataError, class_labels, integral, pooled_table, read_frame, table_arrays
 
 if TYPE_CHECKING:
     import pandas as pd
-
-
-class DataError(Exception):
-    """A participant's data cannot be used; the message says whose and why."""
 
 
 @dataclass(frozen=True)
@@ -158,31 +152,10 @@ def _table_shared(spec: DatasetSpec) -> SharedDataset:
     preprocessed run fits its transform on the raw columns first."""
     train, test = pooled_table(spec)
     labels = train[spec.label_column] if isinstance(spec.label_column, str) and spec.label_column in train else None
-    integral = labels is not None and _integral(labels)
-    y = labels.to_numpy(np.int64) if integral else np.zeros(len(train), np.int64)
+    classes = labels is not None and integral(labels)
+    y = labels.to_numpy(np.int64) if classes else np.zeros(len(train), np.int64)
     return SharedDataset(np.zeros((len(train), 0), np.float32), y, np.zeros((len(test), 0), np.float32),
-                         np.zeros(len(test), np.int64), None, int(y.max()) + 1 if integral and len(y) else 0)
-
-
-@lru_cache(maxsize=2)
-def pooled_table(spec: DatasetSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """``dataset: {name: table}``: the pooled table's training and test rows (a seeded
-    split), read once per process."""
-    frame = read_frame(Path(str(spec.path)), "dataset")
-    order = np.random.default_rng(spec.seed).permutation(len(frame))
-    n_test = int(round(spec.test_fraction * len(frame)))
-    return frame.iloc[order[n_test:]].reset_index(drop=True), frame.iloc[order[:n_test]].reset_index(drop=True)
-
-
-def _integral(values: pd.Series) -> bool:
-    import pandas as pd
-
-    if pd.api.types.is_integer_dtype(values):
-        return True
-    if not pd.api.types.is_numeric_dtype(values) or values.isna().any():
-        return False
-    array = values.to_numpy(np.float64)
-    return bool(np.isfinite(array).all() and (array == np.round(array)).all())
+                         np.zeros(len(test), np.int64), None, int(y.max()) + 1 if classes and len(y) else 0)
 
 
 def split_indices(spec: DatasetSpec, labels: np.ndarray, num_parts: int) -> list[np.ndarray]:
@@ -275,119 +248,6 @@ def site_frame(spec: ParticipantSpec) -> tuple[pd.DataFrame, TableColumns, str]:
     where = f"participant {spec.name}: {spec.dataset.path} shard {spec.partition_index}/{spec.num_partitions}"
     columns = TableColumns(label_column=spec.dataset.label_column, feature_columns=spec.dataset.feature_columns)
     return train.iloc[idx[spec.partition_index]].reset_index(drop=True), columns, where
-
-
-def read_frame(path: Path, who: str) -> pd.DataFrame:
-    """A CSV/Parquet table with at least one row, or a :class:`DataError` naming whose
-    file it is (``who``: "participant site-3", "evaluation") and what is wrong with it."""
-    import pandas as pd  # only table data pays for it
-
-    if not path.exists():
-        raise DataError(f"{who}: data file not found: {path}")
-    try:
-        frame = pd.read_parquet(path) if path.suffix in (".parquet", ".pq") else pd.read_csv(path)
-    except pd.errors.EmptyDataError:
-        raise DataError(f"{who}: {path} is empty (no header, no rows)") from None
-    except Exception as exc:  # noqa: BLE001 - any reader failure is the user's file
-        raise DataError(f"{who}: cannot read {path}: {exc}") from None
-    if frame.empty:
-        raise DataError(f"{who}: {path} has no rows")
-    return frame
-
-
-def feature_names(frame: pd.DataFrame, columns: TableColumns, where: str) -> list[str]:
-    """The feature columns (default: every column but the targets); missing ones are errors."""
-    absent = [c for c in columns.label_columns if c not in frame.columns]
-    if absent:
-        raise DataError(f"{where} has no target column {absent[0]!r} "
-                        f"(columns: {', '.join(map(str, frame.columns[:10]))})")
-    features = columns.feature_columns or [c for c in frame.columns if c not in columns.label_columns]
-    missing = [c for c in features if c not in frame.columns]
-    if missing:
-        raise DataError(f"{where} lacks feature columns {missing}")
-    return features
-
-
-def table_arrays(frame: pd.DataFrame, columns: TableColumns, task: TaskSpec, num_classes: int | None,
-                 transform: FittedTransform | None, where: str
-                 ) -> tuple[np.ndarray, np.ndarray, tuple[str, ...], np.ndarray | None]:
-    """Features and targets of a table: through the fitted transform if the run has one,
-    else its numeric columns as they are (their scales returned for the driver's warning)."""
-    features = feature_names(frame, columns, where)
-    y = table_targets(frame, columns.label_columns, task, num_classes, where)
-    if transform is not None:
-        extra = sorted(set(features) - set(transform.numeric) - set(transform.categories))
-        if extra:
-            raise DataError(f"{where} has columns the other sites lack: {extra[:5]} "
-                            "(list feature_columns to choose the shared ones)")
-        try:
-            x = apply_transform(frame, transform, where)
-            return x, transform.scale_targets(y), tuple(transform.output_columns), None
-        except PreprocessError as exc:
-            raise DataError(str(exc)) from None
-    x = raw_features(frame, features, where)
-    return x, y, tuple(features), feature_scales(x)
-
-
-def raw_features(frame: pd.DataFrame, features: list[str], where: str) -> np.ndarray:
-    """Numeric feature columns as float32; text, missing or infinite values are errors
-    that say which preprocess setting handles them."""
-    import pandas as pd
-
-    text = [c for c in features if not pd.api.types.is_numeric_dtype(frame[c])]
-    if text:
-        sample = frame[text[0]].dropna().astype(str).iloc[:3].tolist()
-        raise DataError(f"{where}: column {text[0]!r} is not numeric (values such as {sample}) and no "
-                        "rule handles it: list it in preprocess.categorical, or leave it out of feature_columns")
-    x = frame[features].to_numpy(np.float64)
-    bad = ~np.isfinite(x)
-    if bad.any():
-        column = features[int(np.argmax(bad.any(0)))]
-        count = int(bad[:, features.index(column)].sum())
-        raise DataError(f"{where}: column {column!r} has {count} missing or infinite values; "
-                        "set preprocess: {impute: mean} to fill missing values")
-    return x.astype(np.float32)
-
-
-def table_targets(frame: pd.DataFrame, labels: list[str], task: TaskSpec, num_classes: int | None,
-                  where: str) -> np.ndarray:
-    """Class labels (one integer column within ``0..num_classes-1``) or regression targets
-    (numeric columns, no missing values)."""
-    import pandas as pd
-
-    if task.kind == "regression":
-        for column in labels:
-            if not pd.api.types.is_numeric_dtype(frame[column]):
-                sample = frame[column].dropna().astype(str).iloc[:3].tolist()
-                raise DataError(f"{where}: regression target {column!r} is not numeric (values such as {sample})")
-        y = frame[labels].to_numpy(np.float64)
-        if not np.isfinite(y).all():
-            column = labels[int(np.argmax((~np.isfinite(y)).any(0)))]
-            raise DataError(f"{where}: regression target {column!r} has missing or infinite values")
-        return y.astype(np.float32) if len(labels) > 1 else y[:, 0].astype(np.float32)
-    if len(labels) != 1:
-        raise DataError(f"{where}: classification takes one label column, not {labels}")
-    values = frame[labels[0]]
-    if not _integral(values):
-        raise DataError(f"{where}: label column {labels[0]!r} must hold integers 0..{(num_classes or 2) - 1}, "
-                        f"found dtype {values.dtype}" + (" with missing values" if values.isna().any() else ""))
-    return class_labels(values.to_numpy(np.int64), num_classes, where)
-
-
-def class_labels(y: np.ndarray, num_classes: int | None, where: str) -> np.ndarray:
-    """Labels checked against the label space, the offending value named."""
-    if num_classes is not None and len(y) and (y.min() < 0 or y.max() >= num_classes):
-        bad = int(y[(y < 0) | (y >= num_classes)][0])
-        raise DataError(f"{where}: label {bad} is outside 0..{num_classes - 1} (num_classes={num_classes}); "
-                        f"labels span {int(y.min())}..{int(y.max())}")
-    return y
-
-
-def read_table(path: Path, columns: TableColumns, who: str, task: TaskSpec, num_classes: int | None,
-               transform: FittedTransform | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """A whole table as features and targets (the driver's evaluation table)."""
-    x, y, _, _ = table_arrays(read_frame(path, who), columns, task, num_classes, transform, f"{who}: {path}")
-    return x, y
 
 
 def _python_data(spec: ParticipantSpec, data: PythonData) -> LocalData:

@@ -23,14 +23,7 @@ import torch
 
 from actors import preprocess, private_state
 from actors.attacks import apply_attack
-from actors.data import (
-    DataError,
-    LocalData,
-    feature_names,
-    load_participant_data,
-    site_frame,
-    split_rows,
-)
+from actors.data import DataError, LocalData, load_participant_data, site_frame, split_rows
 from actors.gpu_memory import apply_cap, describe_oom, memory_cap_fraction
 from actors.local_model import TorchLocalModel
 from actors.secure_aggregation import SEALED_METRIC, MaskingKey, SealedUpdates
@@ -43,6 +36,7 @@ from actors.system import (
     sleep_until,
     task_duration,
 )
+from actors.tables import feature_names
 from strategies import build_strategy
 from strategies.client import Work
 from strategies.secure_aggregation import encode

@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from actors.data import apply_view, load_shared_dataset, pooled_table, read_table, table_arrays
+from actors.data import apply_view, load_shared_dataset
 from actors.loaders import load_image_folder
 from actors.models import build_model
 from actors.params import layout_of, set_flat
 from actors.spec import FileData, FittedTransform, ImageData, PartitionData, TableColumns
+from actors.tables import pooled_table, read_table, table_arrays
 from actors.tasks import target_array
 from actors.training import evaluate
 from orchestrator.config import Group, RunConfig
