@@ -3,10 +3,15 @@
 Usage: ``python examples/traffic/baseline.py [table_dir]`` (default: this folder).
 
 Two tables. First, central models trained on every city's rows pooled, evaluated on the
-pooled later period in ``test.csv``. Second, per city, on a seeded random 20% of that
-city's rows held out (the rule fedray's site hold-out uses: the first round(0.2 n) of
-``numpy.random.default_rng(0).permutation(n)``): a local-only model trained on the other
-80% of that city's rows, against central models trained on all cities' 80% parts.
+pooled later period in ``test.csv``. Second, per city, on the 20% of that city's rows that
+fedray holds out as the site's own test split in ``examples/traffic.yaml`` (run seed 0): a
+local-only model trained on the other 80% of that city's rows, against central models
+trained on all cities' 80% parts.
+
+fedray's hold-out rule: participant k of a run (counted over the config's groups in
+order) has seed ``config.seed * 100003 + k`` and holds out the first ``round(0.2 n)`` rows
+of ``numpy.random.default_rng(seed).permutation(n)``. At run seed 0, city k uses seed k,
+so each city has its own hold-out rows.
 """
 
 from __future__ import annotations
@@ -26,7 +31,12 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 TARGET = "flow"
-TEST_FRACTION, SEED = 0.2, 0
+TEST_FRACTION, RUN_SEED = 0.2, 0
+
+
+def participant_seed(index: int, run_seed: int = RUN_SEED) -> int:
+    """The seed fedray gives participant ``index`` of a run seeded ``run_seed``."""
+    return run_seed * 100_003 + index
 
 
 def make_model(kind: str):
@@ -43,9 +53,9 @@ def fit(kind: str, rows: pd.DataFrame):
     return make_model(kind).fit(rows.drop(columns=TARGET), rows[TARGET])
 
 
-def hold_out(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(train, test): the seeded random 20% a federated site would keep as its test split."""
-    order = np.random.default_rng(SEED).permutation(len(rows))
+def hold_out(rows: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, test): the 20% a fedray participant with this seed keeps as its test split."""
+    order = np.random.default_rng(seed).permutation(len(rows))
     n_test = int(round(TEST_FRACTION * len(rows)))
     return rows.iloc[order[n_test:]], rows.iloc[order[:n_test]]
 
@@ -64,7 +74,7 @@ def central_table(cities: list[pd.DataFrame], test: pd.DataFrame) -> pd.DataFram
 
 def per_city_table(cities: list[pd.DataFrame]) -> pd.DataFrame:
     """Per city R^2 on its own held-out 20%: local-only models against central ones."""
-    splits = [hold_out(city) for city in cities]
+    splits = [hold_out(city, participant_seed(k)) for k, city in enumerate(cities)]
     pooled = pd.concat([train for train, _ in splits], ignore_index=True)
     central = {kind: fit(kind, pooled) for kind in ("ridge", "mlp")}
     rows = {}
@@ -88,7 +98,8 @@ def main(table_dir: Path) -> None:
     print(f"Central models trained on city_*.csv ({sum(map(len, cities))} rows), "
           f"evaluated on test.csv ({len(test)} rows)")
     print(central_table(cities, test).to_string(float_format="%.3f"))
-    print(f"\nPer city, R^2 on a seeded random {TEST_FRACTION:.0%} of its own rows")
+    print(f"\nPer city, R^2 on the {TEST_FRACTION:.0%} of its own rows that fedray holds out "
+          f"(city k: seed {RUN_SEED} * 100003 + k)")
     print(per_city_table(cities).to_string(float_format="%.3f"))
 
 

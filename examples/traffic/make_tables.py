@@ -10,9 +10,11 @@ weekend drop, climate and rain sensitivity, so a shared body with a per-city hea
 something to gain. Persistent (AR) and hourly noise keep R^2 well below 1. Seeded, so
 the same command writes the same files.
 
-``city_k.csv`` holds all of city k's rows for the first 60 days (a federated site holds
-out its own test rows from them); ``test.csv`` holds the next 14 days of every city,
-pooled (city 0's 336 rows first, then city 1's, ...), with the same columns.
+``city_k.csv`` holds all of city k's rows for the first 21 days, 504 rows (a federated
+site holds out its own test rows from them); ``test.csv`` holds the next 14 days of every
+city, pooled (city 0's 336 rows first, then city 1's, ...), with the same columns. Three
+weeks per city is the scarce-data regime: a sensor network a few weeks old. (With 60
+days per city, each city alone already came close to what the generator's noise allows.)
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 SEED = 0
-TRAIN_DAYS, TEST_DAYS = 60, 14  # hours start on a Monday at 00:00
+TRAIN_DAYS, TEST_DAYS = 21, 14  # hours start on a Monday at 00:00
 LAGS = 3
 # base: vehicles/hour at the busiest hour; am/pm: rush-hour peaks (hour, height);
 # weekend: weekend level relative to weekdays; rain_sens: flow lost per mm, log scale;
