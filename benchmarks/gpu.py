@@ -16,6 +16,7 @@ at its peak while the run goes (nvidia-smi, every 0.2 s), for fedray all process
 
     python benchmarks/gpu.py           # on a CUDA machine; skips cleanly without one
     python benchmarks/gpu.py --quick   # fewer rounds and rows
+    python benchmarks/gpu.py --workload "64 x MLP 64-128-10"   # one workload
 """
 
 from __future__ import annotations
@@ -131,6 +132,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on the CPU: checks the script runs")
+    parser.add_argument("--workload", choices=list(WORKLOADS), action="append", help="only these (default: all)")
     args = parser.parse_args()
     if not torch.cuda.is_available() and not args.cpu_smoke:
         print("benchmarks/gpu.py: no CUDA device here; nothing to measure")
@@ -143,6 +145,8 @@ def main() -> None:
     rounds = 2 if args.cpu_smoke else 3 if args.quick else 10
     rows = []
     for label, w in WORKLOADS.items():
+        if args.workload and label not in args.workload:
+            continue
         shrink = 100 if args.cpu_smoke else 4 if args.quick else 1
         w = w | {"rows": w["rows"] // shrink, "count": w["count"] // (8 if args.cpu_smoke else 1)}
         if args.cpu_smoke:
