@@ -189,7 +189,7 @@ def load_participant_data(spec: ParticipantSpec) -> LocalData:
         frame, columns, where = site_frame(spec)
         x, y, names, scales = table_arrays(frame, columns, spec.task, _classes(spec), spec.transform, where)
         x = apply_view(x, data.view, getattr(data, "image_shape", None))  # a table shard has none
-        local = _hold_out(x, y, data.test_fraction, x_classes(spec, y), spec.seed, where)
+        local = _hold_out(x, y, data.test_fraction, num_outputs(spec, y), spec.seed, where)
         return LocalData(*_fields(local), feature_names=names, feature_scales=scales)
     if isinstance(data, PythonData):
         return _python_data(spec, data)
@@ -230,7 +230,7 @@ def _classes(spec: ParticipantSpec) -> int | None:
     return spec.data.num_classes
 
 
-def x_classes(spec: ParticipantSpec, y: np.ndarray) -> int:
+def num_outputs(spec: ParticipantSpec, y: np.ndarray) -> int:
     """The model's outputs: the label space, or the number of regression targets."""
     return _classes(spec) or (y.shape[1] if y.ndim > 1 else 1)
 
@@ -260,7 +260,7 @@ def _python_data(spec: ParticipantSpec, data: PythonData) -> LocalData:
         raise DataError(str(exc)) from None
     y, y_test = (_array_targets(v, spec, f"{where}: {data.factory}") for v in (y, y_test))
     x = apply_view(x, data.view, data.image_shape)
-    outputs = x_classes(spec, y)
+    outputs = num_outputs(spec, y)
     if x_test is not None and y_test is not None:
         if data.test_fraction:
             raise DataError(f"{where}: {data.factory} returned its own test split; drop test_fraction")
