@@ -564,8 +564,12 @@ class TuneSearch(Strict):
     space: dict[str, dict[Literal["grid", "choice", "uniform", "loguniform", "randint"], list[Any]]] = Field(
         ..., min_length=1
     )
-    objective: Literal["time_to_target", "accuracy_at_budget"] = "time_to_target"
+    objective: Literal["time_to_target", "accuracy_at_budget", "metric_at_budget"] = Field(
+        "time_to_target", description="time_to_target: seconds to the target; metric_at_budget "
+        "(accuracy_at_budget is its classification name): the task's metric within budget_s")
     target_accuracy: float | None = Field(0.85, gt=0, le=1, description="for time_to_target")
+    target: float | None = Field(None, description="for time_to_target: a target for the run's "
+                                 "task.metric (r2, mse, macro_f1, ...) instead of target_accuracy")
     budget_s: float = Field(60.0, gt=0, description="training seconds per trial, from its first dispatch")
     startup_s: float = Field(300.0, ge=0, description="hang guard: wall time a trial may spend starting up")
     max_aggregations: int = Field(100, ge=1, description="each trial's cap on aggregations")

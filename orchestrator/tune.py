@@ -7,10 +7,12 @@ placement group sized for its participants (``tune.with_resources`` with a
 ``PlacementGroupFactory``: one bundle for the trial's driver, one per participant); Tune
 makes the trial's actors inherit that group, so the participants run inside it.
 
-The objective is seconds to ``target_accuracy`` by the run's clock: wall seconds, or
+The objective is seconds to the target of the run's ``task.metric`` (``target_accuracy``,
+or ``target`` for any metric: r2, mse, macro_f1, ...) by the run's clock: wall seconds, or
 simulated seconds under ``clock: simulated``, where trials run concurrently without
 biasing each other. A trial that never gets there is ranked after every one that does,
-by its best accuracy. The other objective is the accuracy reached within ``budget_s``. Results: ``trials.csv``/``trials.parquet`` sorted best first, and
+by its best value of the metric. The other objective is the metric reached within
+``budget_s``. Results: ``trials.csv``/``trials.parquet`` sorted best first, and
 ``best.yaml``, the winning run config, ready for ``fedray run``.
 """
 
@@ -30,6 +32,7 @@ import yaml
 from pydantic import ValidationError
 
 from orchestrator.config import ConfigError, RunConfig, TuneSearch, _flatten_errors, load_config
+from orchestrator.history import headline
 
 
 def load_search(path: str | Path) -> TuneSearch:
@@ -73,13 +76,27 @@ def trial_config(base: RunConfig, search: TuneSearch, values: dict[str, Any]) ->
     raw = copy.deepcopy(base.model_dump(mode="json"))
     for path, value in values.items():
         set_path(raw, path, value)
+    metric, target = search_target(base, search)
     raw["stop"] = {"max_aggregations": search.max_aggregations, "max_updates": None,
-                   "max_wall_s": search.budget_s + search.startup_s,
-                   "target_accuracy": search.target_accuracy if search.objective == "time_to_target" else None}
+                   "max_wall_s": search.budget_s + search.startup_s, "target_accuracy": None, "target": None}
+    if search.objective == "time_to_target":
+        raw["stop"]["target_accuracy" if metric == "accuracy" and search.target is None else "target"] = target
     raw["ray"] = {"address": None, "num_cpus": None, "num_gpus": None}
     for group in raw["groups"]:
         group["placement"] = "default"  # the trial's own placement group decides where
     return load_config(raw)
+
+
+def search_target(base: RunConfig, search: TuneSearch) -> tuple[str, float]:
+    """The metric trials are scored on (the run's ``task.metric``) and its target:
+    ``target``, else ``target_accuracy`` when the metric is accuracy."""
+    metric = base.task.metric_name
+    if search.target is not None:
+        return metric, search.target
+    if metric != "accuracy" and search.objective == "time_to_target":
+        raise ConfigError(f"tune: the run's task.metric is {metric!r}: give the search a target for it "
+                          "(target_accuracy applies to accuracy)")
+    return metric, float(search.target_accuracy or 0.0)
 
 
 def _space(search: TuneSearch) -> dict[str, Any]:
@@ -143,17 +160,24 @@ def score(history: pd.DataFrame, search: TuneSearch) -> dict[str, Any]:
     t0 = float(dispatched.time.min()) if len(dispatched) else float(history.time.max())
     evals = history[history.event == "evaluation"].assign(t=lambda f: f.time - t0)
     in_budget = evals[evals.t <= search.budget_s]
-    best = float(in_budget.accuracy.max()) if len(in_budget) else 0.0
-    hit = in_budget[in_budget.accuracy >= (search.target_accuracy or 2.0)]
+    metric, higher = headline(history)
+    target = search.target if search.target is not None else (search.target_accuracy or 2.0)
+    values = in_budget[metric].dropna() if metric in in_budget else pd.Series(dtype=float)
+    if higher:
+        best = float(values.max()) if len(values) else 0.0
+        hit = in_budget[in_budget[metric] >= target] if len(values) else in_budget.iloc[:0]
+    else:  # an error metric (mse, mae, loss): lower is better
+        best = float(values.min()) if len(values) else float("inf")
+        hit = in_budget[in_budget[metric] <= target] if len(values) else in_budget.iloc[:0]
     time_to_target = float(hit.t.iloc[0]) if len(hit) else None
-    if search.objective == "accuracy_at_budget":
-        objective = best
+    if search.objective != "time_to_target":  # the metric at budget, maximised
+        objective = best if higher else -best
     elif time_to_target is not None:
         objective = time_to_target
-    else:  # never reached the target: after every trial that did, better accuracy first
-        objective = search.budget_s * (2.0 - best)
-    return {"objective": objective, "reached": time_to_target is not None,
-            "time_to_target": time_to_target, "best_accuracy": best, "startup_seconds": t0}
+    else:  # never reached the target: after every trial that did, the better metric first
+        objective = search.budget_s * ((2.0 - best) if higher else (2.0 - 1.0 / (1.0 + best)))
+    return {"objective": objective, "reached": time_to_target is not None, "metric": metric,
+            "time_to_target": time_to_target, f"best_{metric}": best, "startup_seconds": t0}
 
 
 def concurrent_trials(config: RunConfig, search: TuneSearch) -> int | None:
@@ -195,7 +219,7 @@ def run_search(config: RunConfig, search: TuneSearch, out: Path) -> pd.DataFrame
         ray.init(address="local", num_cpus=search.num_cpus or max(os.cpu_count() or 1, 4),
                  include_dashboard=False, logging_level="WARNING")
     try:
-        mode = "max" if search.objective == "accuracy_at_budget" else "min"
+        mode = "min" if search.objective == "time_to_target" else "max"
         tuner = tune.Tuner(
             tune.with_resources(trainable, _resources(config, search)),
             param_space=_space(search),
@@ -218,8 +242,9 @@ def _write_results(results: Any, config: RunConfig, search: TuneSearch, out: Pat
         raise RuntimeError(f"no trial finished; first error: {errors[0] if errors else 'unknown'}")
     params = [f"config/{p}" for p in search.space]
     table = table.rename(columns={p: p.removeprefix("config/") for p in params})
-    keep = ["trial_id", *search.space, "objective", "reached", "time_to_target", "best_accuracy",
-            "num_aggregations", "startup_seconds", "wall_seconds", "run_dir"]
+    keep = ["trial_id", *search.space, "objective", "reached", "time_to_target", "metric",
+            *(c for c in table if c.startswith("best_")), "num_aggregations", "startup_seconds",
+            "wall_seconds", "run_dir"]
     table = table[[c for c in keep if c in table]].sort_values("objective", ascending=ascending)
     table = table.reset_index(drop=True)
     table.to_csv(out / "trials.csv", index=False)
@@ -245,13 +270,17 @@ def _plain(value: Any) -> Any:
 def margin_line(table: pd.DataFrame, search: TuneSearch) -> str:
     """Best against worst, in the objective's own units."""
     best, worst = table.iloc[0], table.iloc[-1]
-    if search.objective == "accuracy_at_budget":
-        return (f"best trial {best.trial_id}: accuracy {best.objective:.3f} within {search.budget_s:g}s; "
-                f"worst {worst.trial_id}: {worst.objective:.3f} (+{best.objective - worst.objective:.3f})")
+    metric = str(best.get("metric", "accuracy"))
+    if search.objective != "time_to_target":
+        return (f"best trial {best.trial_id}: {metric} {abs(best.objective):.3f} within {search.budget_s:g}s; "
+                f"worst {worst.trial_id}: {abs(worst.objective):.3f} "
+                f"(better by {best.objective - worst.objective:.3f})")
+    target = search.target if search.target is not None else search.target_accuracy
+
     def text(row: pd.Series) -> str:
         if bool(row.reached):
-            return f"{row.time_to_target:.1f}s to accuracy {search.target_accuracy}"
-        return f"did not reach {search.target_accuracy} in {search.budget_s:g}s (best {row.best_accuracy:.3f})"
+            return f"{row.time_to_target:.1f}s to {metric} {target}"
+        return f"did not reach {target} in {search.budget_s:g}s (best {row[f'best_{metric}']:.3f})"
 
     line = f"best trial {best.trial_id}: {text(best)}; worst {worst.trial_id}: {text(worst)}"
     if bool(best.reached) and bool(worst.reached):

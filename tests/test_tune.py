@@ -79,6 +79,26 @@ def test_score_counts_from_the_first_dispatch_and_ranks_misses_last():
     assert score(history, _search(objective="accuracy_at_budget", budget_s=8))["objective"] == 0.4
 
 
+def test_score_follows_the_runs_metric_and_its_direction():
+    """A regression run on mse: the target is reached at or below it, the miss ranks by
+    the lowest mse, and at budget the objective is maximised as minus the mse."""
+    history = pd.DataFrame([
+        {"time": 0.0, "event": "dispatch"},
+        {"time": 5.0, "event": "evaluation", "metric": "mse", "mse": 9.0},
+        {"time": 9.0, "event": "evaluation", "metric": "mse", "mse": 4.0},
+    ])
+    hit = score(history, _search(target=5.0))
+    assert hit["reached"] and hit["time_to_target"] == 9.0 and hit["best_mse"] == 4.0
+    misses = [score(history, _search(target=1.0)), score(history.iloc[:2], _search(target=1.0))]
+    assert 30 < misses[0]["objective"] < misses[1]["objective"]  # mse 4 ranks before mse 9
+    assert score(history, _search(objective="metric_at_budget"))["objective"] == -4.0
+    base = load_config({"task": "regression", "dataset": {"name": "table", "path": "t.csv"},
+                        "groups": [{"name": "site"}]})
+    with pytest.raises(ConfigError, match="task.metric is 'r2': give the search a target"):
+        trial_config(base, _search(), {"groups.site.train.local_epochs": 1})
+    assert trial_config(base, _search(target=0.8), {"groups.site.train.local_epochs": 1}).target == ("r2", 0.8)
+
+
 def test_trial_clock_ends_a_trial_once_its_budget_is_spent():
     clock = TrialClock(budget_s=5)
     clock.on_event({"time": 50.0, "event": "evaluation"})  # start-up does not count
