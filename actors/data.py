@@ -13,7 +13,7 @@ imported only for table data.
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,7 +32,15 @@ from actors.spec import (
     View,
 )
 from actors.synthetic import Synthetic
-from actors.tables import DataError, class_labels, integral, pooled_table, read_frame, table_arrays
+from actors.tables import (
+    DataError,
+    class_labels,
+    integral,
+    pooled_table,
+    read_frame,
+    split_rows,
+    table_arrays,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -91,9 +99,7 @@ def load_shared_dataset(spec: DatasetSpec, population: int | None = None) -> Sha
         image_shape = (1, 8, 8)
     else:  # pragma: no cover - the Literal in DatasetSpec rules this out
         raise ValueError(f"unknown dataset {spec.name!r}")
-    order = np.random.default_rng(spec.seed).permutation(len(y))
-    n_test = int(round(spec.test_fraction * len(y)))
-    test, train = order[:n_test], order[n_test:]
+    train, test = split_rows(len(y), spec.test_fraction, spec.seed)
     if spec.public_size >= len(train):
         raise ValueError(f"dataset.public_size={spec.public_size} leaves no training data ({len(train)} examples)")
     public, train = train[: spec.public_size], train[spec.public_size :]
@@ -190,7 +196,7 @@ def load_participant_data(spec: ParticipantSpec) -> LocalData:
         x, y, names, scales = table_arrays(frame, columns, spec.task, _classes(spec), spec.transform, where)
         x = apply_view(x, data.view, getattr(data, "image_shape", None))  # a table shard has none
         local = _hold_out(x, y, data.test_fraction, num_outputs(spec, y), spec.seed, where)
-        return LocalData(*_fields(local), feature_names=names, feature_scales=scales)
+        return replace(local, feature_names=names, feature_scales=scales)
     if isinstance(data, PythonData):
         return _python_data(spec, data)
     if isinstance(data, ImageData):
@@ -214,10 +220,6 @@ def load_participant_data(spec: ParticipantSpec) -> LocalData:
 def _pooled(spec: ParticipantSpec) -> bool:
     """A shard of a pooled table (``dataset: {name: table}``)."""
     return spec.data.source == "partition" and spec.dataset is not None and spec.dataset.name == "table"
-
-
-def _fields(local: LocalData) -> tuple:
-    return local.x_train, local.y_train, local.x_test, local.y_test, local.num_classes, local.source
 
 
 def _classes(spec: ParticipantSpec) -> int | None:
@@ -292,14 +294,6 @@ def _image_data(spec: ParticipantSpec, data: ImageData) -> LocalData:
     y = class_labels(y, num_classes, f"participant {spec.name}: {root}")
     return _hold_out(apply_view(x, data.view, data.image_shape), y, data.test_fraction, num_classes,
                      spec.seed, root)
-
-
-def split_rows(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A site's training and held-out row indices: the same seed, the same split, so
-    preprocessing statistics can leave out exactly the rows the site will test on."""
-    n_test = int(round(fraction * n))
-    order = np.random.default_rng(seed).permutation(n)
-    return order[n_test:], order[:n_test]
 
 
 def _hold_out(x, y, fraction, num_classes, seed, source) -> LocalData:

@@ -23,7 +23,7 @@ import torch
 
 from actors import preprocess, private_state
 from actors.attacks import apply_attack
-from actors.data import DataError, LocalData, load_participant_data, site_frame, split_rows
+from actors.data import DataError, LocalData, load_participant_data, site_frame
 from actors.gpu_memory import apply_cap, describe_oom, memory_cap_fraction
 from actors.local_model import TorchLocalModel
 from actors.secure_aggregation import SEALED_METRIC, MaskingKey, SealedUpdates
@@ -36,7 +36,7 @@ from actors.system import (
     sleep_until,
     task_duration,
 )
-from actors.tables import feature_names
+from actors.tables import feature_names, split_rows
 from strategies import build_strategy
 from strategies.client import Work
 from strategies.secure_aggregation import encode
@@ -89,6 +89,7 @@ class Participant:
         self.sealed = SealedUpdates()
         self._set_up = False
         self._local: TorchLocalModel | None = None
+        self._raw: tuple[Any, list[str], str] | None = None  # its raw table, for preprocessing
 
     def _ensure_set_up(self) -> None:
         """Load data, build the model and restore private state, once per process.
@@ -131,6 +132,7 @@ class Participant:
         with self._within_cap():
             self._local.warm_up()
         self._initial = self._local.get()
+        self._raw = None  # the preprocessing rounds are over once it sets up
         self._set_up = True
 
     @contextlib.contextmanager
@@ -286,11 +288,14 @@ class Participant:
 
     # -- federated preprocessing: statistics of the raw table, before set-up ---------
     def _raw_table(self) -> tuple[Any, list[str], str]:
-        """Its raw table less the rows it holds out as its test split: statistics that saw
-        those rows would leak them into the transform it is later tested through."""
-        frame, columns, where = site_frame(self.spec)
-        train, _ = split_rows(len(frame), self.spec.data.test_fraction, self.spec.seed)
-        return frame.iloc[np.sort(train)], feature_names(frame, columns, where), where
+        """Its raw table less the rows it holds out as its test split (statistics that saw
+        those rows would leak them into the transform it is later tested through), read
+        once for the preprocessing rounds, not once a round."""
+        if self._raw is None:
+            frame, columns, where = site_frame(self.spec)
+            train, _ = split_rows(len(frame), self.spec.data.test_fraction, self.spec.seed)
+            self._raw = frame.iloc[np.sort(train)], feature_names(frame, columns, where), where
+        return self._raw
 
     def table_schema(self) -> dict[str, Any]:
         """Round 0, in the clear: numeric columns and categorical values (the schema)."""
@@ -319,8 +324,8 @@ class Participant:
     def masked_table_statistics(self, numeric: list[str], scales: list[float] | None,
                                 means: list[float] | None, cohort_id: int, peers: dict[str, bytes]) -> np.ndarray:
         """The same statistics, masked for secure aggregation: the driver sees only the sum."""
-        plain = encode(self.table_statistics(numeric, scales, means))
-        return plain + self.secagg_key.masks_with(self.spec.name, sorted(peers), peers, cohort_id, plain.size)
+        return self.secagg_key.mask(self.spec.name, encode(self.table_statistics(numeric, scales, means)),
+                                    peers, cohort_id)
 
     # -- the simulator ---------------------------------------------------------------
     def _check_online(self, run_clock: float) -> None:

@@ -35,21 +35,30 @@ class PreprocessError(ValueError):
     """A table that the preprocessing cannot handle; the message names site, file and column."""
 
 
+def text_columns(frame: pd.DataFrame, columns: list[str]) -> list[str]:
+    """The ``columns`` pandas did not read as numbers."""
+    import pandas as pd
+
+    return [c for c in columns if not pd.api.types.is_numeric_dtype(frame[c])]
+
+
+def not_numeric(frame: pd.DataFrame, column: str) -> str:
+    """``column 'x' is not numeric (values such as [...])``: what errors say of a text column."""
+    return f"column {column!r} is not numeric (values such as {frame[column].dropna().astype(str).iloc[:3].tolist()})"
+
+
 def site_schema(frame: pd.DataFrame, features: list[str], spec: PreprocessSpec, where: str) -> dict:
     """Round 0: the numeric feature columns, and each categorical column's values (a
     missing value counts as :data:`MISSING_CATEGORY` when imputing)."""
-    import pandas as pd
-
     unknown = [c for c in spec.categorical if c not in features]
     if unknown:
         raise PreprocessError(f"{where}: preprocess.categorical names columns it lacks: {unknown}")
     numeric = [c for c in features if c not in spec.categorical]
-    text = [c for c in numeric if not pd.api.types.is_numeric_dtype(frame[c])]
+    text = text_columns(frame, numeric)
     if text:
-        sample = frame[text[0]].dropna().astype(str).iloc[:3].tolist()
         raise PreprocessError(
-            f"{where}: column {text[0]!r} is not numeric (values such as {sample}); list it in "
-            f"preprocess.categorical to one-hot encode it" + (f" (also: {text[1:5]})" if text[1:] else ""))
+            f"{where}: {not_numeric(frame, text[0])}; list it in preprocess.categorical to one-hot "
+            "encode it" + (f" (also: {text[1:5]})" if text[1:] else ""))
     categories = {}
     for column in spec.categorical:
         values = frame[column]
@@ -64,12 +73,9 @@ def numeric_block(frame: pd.DataFrame, numeric: list[str], where: str) -> np.nda
     """The numeric columns as float64, NaN where missing; inf is never a measurement.
     A text column is named: a regression target under ``standardize_target`` (the schema
     checks features only), or an evaluation table's column the sites held as numbers."""
-    import pandas as pd
-
-    text = [c for c in numeric if not pd.api.types.is_numeric_dtype(frame[c])]
+    text = text_columns(frame, numeric)
     if text:
-        sample = frame[text[0]].dropna().astype(str).iloc[:3].tolist()
-        raise PreprocessError(f"{where}: column {text[0]!r} is not numeric (values such as {sample})")
+        raise PreprocessError(f"{where}: {not_numeric(frame, text[0])}")
     x = frame[numeric].to_numpy(np.float64) if numeric else np.zeros((len(frame), 0))
     bad = np.isinf(x).any(0)
     if bad.any():
@@ -101,13 +107,13 @@ def scales_from(histogram: np.ndarray, columns: int) -> np.ndarray:
 
 
 def sums(x: np.ndarray) -> np.ndarray:
-    """Round 1: ``[count of present values..., their sum...]`` per column."""
+    """Round 2: ``[count of present values..., their sum...]`` per column."""
     present = ~np.isnan(x)
     return np.concatenate([present.sum(0), np.where(present, x, 0.0).sum(0)]).astype(np.float64)
 
 
 def squared_deviations(x: np.ndarray, means: np.ndarray) -> np.ndarray:
-    """Round 2: per column, the sum of ``(x - global mean)^2`` over present values."""
+    """Round 3: per column, the sum of ``(x - global mean)^2`` over present values."""
     return np.nansum((x - means) ** 2, axis=0).astype(np.float64) if x.size else np.zeros(x.shape[1])
 
 

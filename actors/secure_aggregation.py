@@ -121,6 +121,11 @@ class MaskingKey:
             info=b"fedray secure aggregation mask",
         ).derive(shared)
 
+    def mask(self, me: str, plain: np.ndarray, peers: dict[str, bytes], cohort_id: int) -> np.ndarray:
+        """``plain`` (a ring vector) plus this member's pairwise masks with every peer of
+        the cohort: what it sends, and all the driver sees of it."""
+        return plain + self.masks_with(me, sorted(peers), peers, cohort_id, plain.size)
+
     def masks_with(
         self, me: str, others: list[str], peers: dict[str, bytes], cohort_id: int, size: int
     ) -> np.ndarray:
@@ -192,5 +197,4 @@ class SealedUpdates:
             # tasks finish in order, so older ones not asked for now were turned away for good
             for stale in [t for t in self._held if t < max(weights)]:
                 del self._held[stale]
-        plain = encode(contribution(held, clip_norm))
-        return plain + key.masks_with(me, sorted(peers), peers, cohort_id, plain.size)
+        return key.mask(me, encode(contribution(held, clip_norm)), peers, cohort_id)

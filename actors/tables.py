@@ -13,7 +13,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from actors.preprocess import PreprocessError, apply_transform, feature_scales
+from actors.preprocess import (
+    PreprocessError,
+    apply_transform,
+    feature_scales,
+    not_numeric,
+    text_columns,
+)
 from actors.spec import DatasetSpec, FittedTransform, TableColumns, TaskSpec
 
 if TYPE_CHECKING:
@@ -24,14 +30,22 @@ class DataError(Exception):
     """A participant's data cannot be used; the message says whose and why."""
 
 
+def split_rows(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Training and held-out row indices of ``n`` rows: the same seed, the same split, in
+    every process (a site's own test split, a dataset's test split), so preprocessing
+    statistics can leave out exactly the rows a site will test on."""
+    n_test = int(round(fraction * n))
+    order = np.random.default_rng(seed).permutation(n)
+    return order[n_test:], order[:n_test]
+
+
 @lru_cache(maxsize=2)
 def pooled_table(spec: DatasetSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``dataset: {name: table}``: the pooled table's training and test rows (a seeded
     split), read once per process."""
     frame = read_frame(Path(str(spec.path)), "dataset")
-    order = np.random.default_rng(spec.seed).permutation(len(frame))
-    n_test = int(round(spec.test_fraction * len(frame)))
-    return frame.iloc[order[n_test:]].reset_index(drop=True), frame.iloc[order[:n_test]].reset_index(drop=True)
+    train, test = split_rows(len(frame), spec.test_fraction, spec.seed)
+    return frame.iloc[train].reset_index(drop=True), frame.iloc[test].reset_index(drop=True)
 
 
 def integral(values: pd.Series) -> bool:
@@ -102,13 +116,11 @@ def table_arrays(frame: pd.DataFrame, columns: TableColumns, task: TaskSpec, num
 def raw_features(frame: pd.DataFrame, features: list[str], where: str) -> np.ndarray:
     """Numeric feature columns as float32; text, missing or infinite values are errors
     that say which preprocess setting handles them."""
-    import pandas as pd
 
-    text = [c for c in features if not pd.api.types.is_numeric_dtype(frame[c])]
+    text = text_columns(frame, features)
     if text:
-        sample = frame[text[0]].dropna().astype(str).iloc[:3].tolist()
-        raise DataError(f"{where}: column {text[0]!r} is not numeric (values such as {sample}) and no "
-                        "rule handles it: list it in preprocess.categorical, or leave it out of feature_columns")
+        raise DataError(f"{where}: {not_numeric(frame, text[0])} and no rule handles it: list it in "
+                        "preprocess.categorical, or leave it out of feature_columns")
     x = frame[features].to_numpy(np.float64)
     bad = ~np.isfinite(x)
     if bad.any():
@@ -123,13 +135,11 @@ def table_targets(frame: pd.DataFrame, labels: list[str], task: TaskSpec, num_cl
                   where: str) -> np.ndarray:
     """Class labels (one integer column within ``0..num_classes-1``) or regression targets
     (numeric columns, no missing values)."""
-    import pandas as pd
 
     if task.kind == "regression":
-        for column in labels:
-            if not pd.api.types.is_numeric_dtype(frame[column]):
-                sample = frame[column].dropna().astype(str).iloc[:3].tolist()
-                raise DataError(f"{where}: regression target {column!r} is not numeric (values such as {sample})")
+        text = text_columns(frame, labels)
+        if text:
+            raise DataError(f"{where}: regression target {not_numeric(frame, text[0]).removeprefix('column ')}")
         y = frame[labels].to_numpy(np.float64)
         if not np.isfinite(y).all():
             column = labels[int(np.argmax((~np.isfinite(y)).any(0)))]

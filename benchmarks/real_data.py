@@ -81,7 +81,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from actors.data import _hold_out, pooled_table  # noqa: E402
+from actors.tables import pooled_table, split_rows  # noqa: E402
 from orchestrator.config import load_config  # noqa: E402
 from orchestrator.participants import participant_specs  # noqa: E402
 from orchestrator.run import Orchestrator  # noqa: E402
@@ -307,9 +307,10 @@ def personal_heads(scratch: Path, seed: int, quick: bool) -> pd.DataFrame:
         index = np.empty(n, np.int64)
         index[order_1] = order_k
         reordered = city.iloc[index].reset_index(drop=True)
-        check = _hold_out(reordered.to_numpy(), np.zeros(n), fraction, 1, seed_1, "check")
-        assert np.array_equal(check.x_test, held.to_numpy()) and np.array_equal(
-            check.x_train, train.to_numpy()), "hold-out rows differ"
+        kept, tested = split_rows(n, fraction, seed_1)
+        rows = reordered.to_numpy()
+        assert np.array_equal(rows[tested], held.to_numpy()) and np.array_equal(
+            rows[kept], train.to_numpy()), "hold-out rows differ"
         path = scratch / f"city_{k}_seed_{seed}.csv"
         reordered.to_csv(path, index=False)
         for label, lr in zip(own, (base["groups"][0]["train"]["lr"], LOCAL_LR)):

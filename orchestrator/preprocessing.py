@@ -15,7 +15,6 @@ on raw clinical units ends at the majority class without saying why.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -127,7 +126,7 @@ def _collect(refs: dict[ray.ObjectRef, str], what: str) -> dict[str, Any]:
 def save_transform(directory: Path, transform: FittedTransform) -> Path:
     """``preprocess.json``: what every site applied, to apply to new data the same way."""
     path = directory / "preprocess.json"
-    path.write_text(json.dumps(transform.model_dump(), indent=1))
+    path.write_text(transform.model_dump_json(indent=1))
     return path
 
 
