@@ -8,7 +8,7 @@ running has asked to train (or finished), and then all waiting requests run at o
 one batched computation (:func:`actors.batched.train_batched`) where they can and one at
 a time where they cannot (loss terms, a frozen part, DP-SGD, differing architectures or
 optimizer settings). Each update records how many participants trained together
-(``batched``), so the history says which path ran.
+(``batched``, through ``TorchLocalModel.trained_with``), so the history says which path ran.
 """
 
 from __future__ import annotations
@@ -88,14 +88,16 @@ def run(batch: list[Request]) -> None:
                 first.spec.train, [r.work.seed for r in together], [r.work.epochs for r in together],
                 [r.work.steps for r in together], loss_fn=first.loss_fn)
             for r, m in zip(together, metrics, strict=True):
-                r.result = m | {TRAINED_TOGETHER: float(len(together))}
+                r.local.trained_with(len(together))
+                r.result = m
         except Exception as exc:  # noqa: BLE001 - each waiting task fails with it, none hangs
             for r in together:
                 r.error = exc
     for r in batch:
         if r.result is None and r.error is None:
             try:
-                r.result = r.local.train_now(r.work, r.terms, r.trainable) | {TRAINED_TOGETHER: 1.0}
+                r.local.trained_with(1)
+                r.result = r.local.train_now(r.work, r.terms, r.trainable)
             except Exception as exc:  # noqa: BLE001 - the participant's own task fails
                 r.error = exc
 

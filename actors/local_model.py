@@ -14,7 +14,6 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from actors.cohort import TRAINED_TOGETHER
 from actors.data import LocalData, apply_view, load_shared_dataset
 from actors.distillation import consensus_term, distill, load_public_set, predict_logits
 from actors.local_dp import check_budget, check_supported, train_dp_sgd
@@ -44,6 +43,8 @@ class TorchLocalModel:
             check_supported(self.model, spec.name, spec.model.name)
             self.dp_accountant = PrivacyAccountant(dp.noise_multiplier, dp.delta)
         self.trainer: Callable[..., dict[str, float]] | None = None
+        self.trained_together: int | None = None
+        """The most participants one of the current task's training calls ran with."""
         """Set while a pool worker trains several participants together (actors/cohort.py)."""
         self._public: torch.Tensor | None = None
         self._test: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -67,7 +68,14 @@ class TorchLocalModel:
         pool worker trains at the same time (``trainer``, set by :mod:`actors.cohort`)."""
         if self.trainer is not None:
             return self.trainer(self, work, terms, trainable)
-        return self.train_now(work, terms, trainable) | {TRAINED_TOGETHER: 1.0}
+        self.trained_with(1)
+        return self.train_now(work, terms, trainable)
+
+    def trained_with(self, count: int) -> None:
+        """Note that a training call ran with ``count`` participants (1: alone): a task's
+        update reports the most it trained with, whatever its client half does with the
+        metrics (the history's ``batched`` column)."""
+        self.trained_together = max(self.trained_together or 0, count)
 
     def train_now(self, work: Work, terms: Sequence[Term] = (), trainable: str | None = None) -> dict[str, float]:
         """Local training by itself; DP-SGD when the silo requires it."""

@@ -23,6 +23,7 @@ import torch
 
 from actors import preprocess, private_state
 from actors.attacks import apply_attack
+from actors.cohort import TRAINED_TOGETHER
 from actors.data import DataError, LocalData, load_participant_data, site_frame
 from actors.gpu_memory import apply_cap, describe_oom, memory_cap_fraction
 from actors.local_model import TorchLocalModel
@@ -229,11 +230,14 @@ class Participant:
         self._check_online(run_clock)
         train = self.spec.train
         work = Work(instructions.seed, train.local_epochs, instructions.local_steps or train.local_steps)
+        self.local.trained_together = None
         with self._within_cap():
             result = self.client.work(self.local, state, work)
         payload = apply_attack(result.payload, self.spec.system.attack, instructions.seed)  # honest unless configured
         payload = payload.astype(np.float32, copy=False)
         metrics = dict(result.metrics)
+        if self.local.trained_together is not None:  # it trained (FedSGD only takes a gradient)
+            metrics[TRAINED_TOGETHER] = float(self.local.trained_together)
         real = time.perf_counter() - started
         simulated = self._simulate(real, int(metrics["samples"]), run_clock, state.params.nbytes,
                                    instructions.simulated_seconds)

@@ -186,6 +186,9 @@ def test_every_strategy_runs_on_pooled_participants(ray_session, name, batched):
     updates = history[history.event == "update"]
     assert set(updates.participant) == {"site-0", "site-1", "site-2"}
     assert not history.event.isin(["failure", "rejected"]).any(), history[history.event == "failure"].detail
+    if cls.payload != "gradient":  # every update that trained says with how many (FedSGD does not train)
+        assert updates.batched.notna().all(), updates.batched.value_counts(dropna=False)
+        assert batched or set(updates.batched) == {1.0}
     if batched and name in ("fedavg", "fedadam", "median"):  # plain local training: together
         assert set(updates.batched) == {3.0}
     if batched and name in ("fedprox", "scaffold"):  # a loss term: one at a time, and it says so
