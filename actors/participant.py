@@ -134,6 +134,8 @@ class Participant:
             self._local.warm_up()
         self._initial = self._local.get()
         self._raw = None  # the preprocessing rounds are over once it sets up
+        arrays = (self.data.x_train, self.data.y_train, self.data.x_test, self.data.y_test)
+        self._footprint = sum(a.nbytes for a in arrays) + 3 * self._initial.nbytes
         self._set_up = True
 
     @contextlib.contextmanager
@@ -206,10 +208,7 @@ class Participant:
     def footprint_bytes(self) -> int:
         """What this participant holds once set up: its data, and its model's parameters
         about three times over (weights, gradients, optimizer state); 0 before set-up."""
-        if not self._set_up:
-            return 0
-        arrays = (self.data.x_train, self.data.y_train, self.data.x_test, self.data.y_test)
-        return sum(a.nbytes for a in arrays) + 3 * self._initial.nbytes
+        return self._footprint if self._set_up else 0
 
     def initial_parameters(self) -> np.ndarray:
         """The weights the model was built with (the driver starts the global state from
@@ -266,10 +265,16 @@ class Participant:
         self.private.last_task_id = task_id
         if self.spec.state_dir is None:  # nowhere to keep it: skip copying the client state
             return
-        self.private.rng_state = self._rng.bit_generator.state
-        self.private.client_state = self.client.state_dict()
-        if self.local.dp_accountant is not None:  # the budget spent must survive a restart
-            self.private.dp_sgd_history = list(self.local.dp_accountant.history)
+        rng_state, client_state = self._rng.bit_generator.state, self.client.state_dict()
+        dp_history = list(self.local.dp_accountant.history) if self.local.dp_accountant is not None else []
+        saved = (self.private.rng_state, getattr(self.private, "dp_sgd_history", []))  # (an old file may lack it)
+        if (rng_state, dp_history) == saved and not (
+                client_state or self.private.client_state):
+            return  # nothing a restart needs has changed (FedAvg without a simulator): the
+            # counters are saved with the next change; a write per task would cost a pool
+            # worker more than training 64 small participants together
+        self.private.rng_state, self.private.client_state = rng_state, client_state
+        self.private.dp_sgd_history = dp_history  # the budget spent must survive a restart
         private_state.save(self.spec.state_dir, self.private)
 
     def discard_private_state(self) -> None:

@@ -72,8 +72,11 @@ class PoolWorker:
         sealed update is never evicted: that update exists only in memory until its cohort
         is masked (at most ``MAX_SEALED`` per participant)."""
         with self._lock:
+            over = len(self._served) - self.cache_size
+            if over <= 0 and self.cache_bytes is None:  # the common case, checked per task
+                return
             sizes = {name: p.footprint_bytes() for name, p in self._served.items()}
-            total, over = sum(sizes.values()), len(self._served) - self.cache_size
+            total = sum(sizes.values())
             for name, p in list(self._served.items()):
                 if over <= 0 and (self.cache_bytes is None or total <= self.cache_bytes):
                     break
@@ -126,14 +129,14 @@ class PoolWorker:
 
         def task(i: int) -> None:
             p = participants[i]
-            p.local.trainer = cohort.trainer()
-            try:
-                results[i] = p.train(state, instructions[i])
-            except Exception as exc:  # noqa: BLE001 - that task's outcome
-                results[i] = exc
-            finally:
-                p.local.trainer = None
-                cohort.finished()
+            with cohort.turn():
+                p.local.trainer = cohort.trainer()
+                try:
+                    results[i] = p.train(state, instructions[i])
+                except Exception as exc:  # noqa: BLE001 - that task's outcome
+                    results[i] = exc
+                finally:
+                    p.local.trainer = None
 
         threads = [threading.Thread(target=task, args=(i,)) for i in ready]
         for thread in threads:

@@ -93,3 +93,19 @@ def test_missing_csv_names_the_participant_and_the_path(tmp_path):
                                       num_classes=10), dataset=None, partition_index=None)
     with pytest.raises(DataError, match=f"participant site-2: data file not found: {missing}"):
         Participant(bad).describe()  # its first call: a typed error the driver tells from a crash
+
+
+def test_private_state_is_written_only_when_a_restart_would_need_it(tmp_path):
+    """FedAvg without a simulator keeps nothing a restart needs after its first task, so
+    it does not rewrite its file every task; FedPer's personal model changes every task,
+    so its file follows every task."""
+    from actors import private_state
+
+    for strategy, saved_after_two in (("fedavg", 1), ("fedper", 2)):
+        where = str(tmp_path / strategy)
+        p = Participant(spec(state_dir=where, strategy=strategy))
+        state = GlobalState(0, p.initial_parameters(), p.layout)
+        for task_id in range(2):
+            p.train(state, Instructions(task_id=task_id, seed=task_id))
+        assert p.private.tasks_done == 2
+        assert private_state.load(where).tasks_done == saved_after_two, strategy
