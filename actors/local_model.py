@@ -18,7 +18,7 @@ from actors.data import LocalData, apply_view, load_shared_dataset
 from actors.distillation import consensus_term, distill, load_public_set, predict_logits
 from actors.local_dp import check_budget, check_supported, train_dp_sgd
 from actors.models import build_model
-from actors.params import get_flat, layout_of, set_flat
+from actors.params import get_flat, layout_of, on_device, set_flat
 from actors.spec import ParticipantSpec
 from actors.tasks import loss_function, target_array
 from actors.training import evaluate, local_gradient, to_tensors, train_locally
@@ -55,7 +55,7 @@ class TorchLocalModel:
         return get_flat(self.model, layout) if layout.names else np.zeros(0, np.float32)
 
     def set(self, values: np.ndarray, layout: Layout | None = None) -> None:
-        set_flat(self.model, values, layout or self.layout)
+        set_flat(self.model, on_device(values, self.device), layout or self.layout)
 
     def _tensors(self, flat: np.ndarray) -> list[torch.Tensor]:
         """A full-layout vector as one tensor per parameter, on the device."""

@@ -17,6 +17,11 @@ at its peak while the run goes (nvidia-smi, every 0.2 s), for fedray all process
     python benchmarks/gpu.py           # on a CUDA machine; skips cleanly without one
     python benchmarks/gpu.py --quick   # fewer rounds and rows
     python benchmarks/gpu.py --workload "64 x MLP 64-128-10"   # one workload
+    python benchmarks/gpu.py --cpu --workload "64 x MLP 64-128-10"   # the same on the CPU
+
+``--cpu`` runs the same ways without a GPU: the fedray rows then show what a pool worker
+costs beyond the training itself (the serial loop has 2 torch threads, each fedray
+participant 1).
 """
 
 from __future__ import annotations
@@ -131,17 +136,19 @@ def fedray(w: dict, rounds: int, batched: bool, gpus: float) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--cpu", action="store_true", help="run on the CPU, at full size unless --quick")
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on the CPU: checks the script runs")
     parser.add_argument("--workload", choices=list(WORKLOADS), action="append", help="only these (default: all)")
     args = parser.parse_args()
-    if not torch.cuda.is_available() and not args.cpu_smoke:
-        print("benchmarks/gpu.py: no CUDA device here; nothing to measure")
+    on_cpu = args.cpu or args.cpu_smoke
+    if not torch.cuda.is_available() and not on_cpu:
+        print("benchmarks/gpu.py: no CUDA device here; nothing to measure (--cpu runs it on the CPU)")
         return
     import ray
 
-    gpus = 0 if args.cpu_smoke else 1
+    gpus = 0 if on_cpu else 1
     ray.init(num_gpus=gpus, num_cpus=4, include_dashboard=False)
-    device = torch.device("cpu" if args.cpu_smoke else "cuda")
+    device = torch.device("cpu" if on_cpu else "cuda")
     rounds = 2 if args.cpu_smoke else 3 if args.quick else 10
     rows = []
     for label, w in WORKLOADS.items():
@@ -157,7 +164,8 @@ def main() -> None:
             rows.append({"workload": label, "way": way, **result,
                          "x serial": result["samples/s"] / base["samples/s"]})
     table = pd.DataFrame(rows).set_index(["workload", "way"])
-    print(f"{torch.cuda.get_device_name() if gpus else 'CPU smoke run'}, {rounds} rounds")
+    where = torch.cuda.get_device_name() if gpus else "CPU smoke run" if args.cpu_smoke else "CPU"
+    print(f"{where}, {rounds} rounds")
     print(table.to_string(float_format=lambda v: f"{v:.2f}"))
 
 

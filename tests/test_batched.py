@@ -214,3 +214,29 @@ def test_bf16_autocast_trains_close_to_fp32_but_not_identically():
         losses[precision] = train_locally(model, x, y, TrainSpec(precision=precision, lr=0.1), seed=0, epochs=5)
     assert losses["bf16"]["train_loss"] != losses["fp32"]["train_loss"]
     assert losses["bf16"]["train_loss"] == pytest.approx(losses["fp32"]["train_loss"], rel=0.05)
+
+
+def test_a_read_only_global_vector_goes_to_the_card_once():
+    """What a pool worker relies on to copy the global vector once per round: the same
+    read-only array gives the same device tensor, another array or a writable one does
+    not, and a model set from it holds exactly the vector."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    import numpy as np
+
+    from actors.params import get_flat, layout_of, on_device, set_flat
+
+    device = torch.device("cuda")
+    model = build_model("mlp", {"hidden": [8]}, (4,), 3).to(device)
+    layout = layout_of(model)
+    flat = np.arange(layout.size, dtype=np.float32)
+    flat.flags.writeable = False  # as the object store hands it out
+    first = on_device(flat, device)
+    assert on_device(flat, device) is first
+    other = flat.copy()
+    other.flags.writeable = False
+    assert on_device(other, device) is not first
+    writable = flat.copy()
+    assert on_device(writable, device) is writable  # may change in place: never cached
+    set_flat(model, on_device(flat, device), layout)
+    np.testing.assert_array_equal(get_flat(model, layout), flat)
