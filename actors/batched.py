@@ -147,38 +147,27 @@ def _batched_grad(template: nn.Module, loss_fn: Loss) -> Callable:
     return vmap(grad_and_value(one))
 
 
-def _rows(values: list[float], like: torch.Tensor) -> torch.Tensor:
-    """One scalar per participant (computed in float64 like torch's Python-float
-    step sizes), shaped to broadcast over a stacked (g, ...) tensor like ``like``."""
-    out = torch.tensor(values, dtype=torch.float64, device=like.device).to(like.dtype)
-    return out.reshape(-1, *([1] * (like.dim() - 1)))
-
-
 def _sgd(params: dict, grads: dict, state: dict, spec: TrainSpec) -> None:
     """``torch.optim.SGD`` (no dampening, no Nesterov) on every stacked row at once.
     A zero momentum buffer times momentum plus the gradient is the gradient, which is
     exactly torch's first step (it clones the gradient)."""
     for name, p in params.items():
         g = grads[name]
-        if spec.weight_decay != 0:
-            g = g.add(p, alpha=spec.weight_decay)
         if spec.momentum != 0:
             buf = state.setdefault("momentum_buffer", {}).setdefault(name, torch.zeros_like(p))
             g = buf.mul_(spec.momentum).add_(g)
         p.add_(g, alpha=-spec.lr)
 
 
-def _adam(params: dict, grads: dict, state: dict, spec: TrainSpec, steps: list[int]) -> None:
+def _adam(params: dict, grads: dict, state: dict, factors: torch.Tensor) -> None:
     """``torch.optim.Adam`` (default betas and eps, L2 weight decay) on every stacked
-    row; ``steps`` are the rows' own step counts, for their own bias corrections."""
+    row; ``factors`` holds each row's step size and bias correction for its own step
+    count (:func:`_adam_factors`)."""
     beta1, beta2 = ADAM_BETAS
     first = next(iter(params.values()))
-    step_sizes = _rows([spec.lr / (1 - beta1**s) for s in steps], first).flatten()
-    bias2_sqrts = _rows([(1 - beta2**s) ** 0.5 for s in steps], first).flatten()
+    step_sizes, bias2_sqrts = factors.to(first.dtype)
     for name, p in params.items():
         g = grads[name]
-        if spec.weight_decay != 0:
-            g = g.add(p, alpha=spec.weight_decay)
         exp_avg = state.setdefault("exp_avg", {}).setdefault(name, torch.zeros_like(p))
         exp_avg_sq = state.setdefault("exp_avg_sq", {}).setdefault(name, torch.zeros_like(p))
         exp_avg.lerp_(g, 1 - beta1)
@@ -188,16 +177,69 @@ def _adam(params: dict, grads: dict, state: dict, spec: TrainSpec, steps: list[i
         p.sub_(step_sizes.view(shape) * exp_avg / denom)
 
 
-def _step(stack: _Stack, group: list[tuple[int, torch.Tensor]], data: tuple, grad_fn: Callable,
-          spec: TrainSpec) -> tuple[list[int], torch.Tensor]:
-    """One optimizer step for the participants in ``group`` (same batch length): gather
+def _adam_factors(lr: float, counts: list[int]) -> list[list[float]]:
+    """Adam's step size and second-moment bias correction for each row's step count,
+    in float64 as torch computes them from Python floats."""
+    beta1, beta2 = ADAM_BETAS
+    return [[lr / (1 - beta1**c) for c in counts], [(1 - beta2**c) ** 0.5 for c in counts]]
+
+
+@dataclass
+class _Planned:
+    """One optimizer step: the participants in it (all with batches of ``length``
+    rows), and, once uploaded, their rows and indices on the device."""
+
+    members: list[int]
+    length: int
+    rows: list[torch.Tensor]
+    adam: list[list[float]] | None = None
+    on_device: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+STEPS_PER_UPLOAD = 64
+"""Steps planned and copied to the device at once: every step's row indices in one copy,
+instead of a copy per step that would make the host wait for the card each step."""
+
+
+def _plan(iters: dict[int, Iterator[torch.Tensor]], counts: list[int], spec: TrainSpec) -> list[_Planned]:
+    """The next steps, at most :data:`STEPS_PER_UPLOAD`, in the order serial training
+    takes them; ``counts`` (each participant's steps so far) advances as they are planned."""
+    planned: list[_Planned] = []
+    while len(planned) < STEPS_PER_UPLOAD and (groups := _draw(iters)):
+        for length, group in groups.items():
+            members = [i for i, _ in group]
+            for i in members:
+                counts[i] += 1
+            adam = _adam_factors(spec.lr, [counts[i] for i in members]) if spec.optimizer == "adam" else None
+            planned.append(_Planned(members, length, [idx for _, idx in group], adam))
+    return planned
+
+
+def _upload(planned: list[_Planned], offsets: list[int], device: torch.device) -> None:
+    """Every planned step's row indices and members in one host-to-device copy (its Adam
+    factors in a second), sliced per step on the device."""
+    rows = [torch.stack([idx + offsets[i] for i, idx in zip(p.members, p.rows)]).reshape(-1) for p in planned]
+    ints = torch.cat([*rows, torch.tensor([i for p in planned for i in p.members])]).to(device)
+    floats = (torch.tensor([f for p in planned for pair in zip(*p.adam) for f in pair], dtype=torch.float64)
+              .to(device) if planned[0].adam is not None else None)
+    at, member_at, float_at = 0, sum(len(r) for r in rows), 0
+    for p in planned:
+        g = len(p.members)
+        p.on_device["rows"] = ints[at:at + g * p.length].view(g, p.length)
+        p.on_device["members"] = ints[member_at:member_at + g]
+        if floats is not None:
+            p.on_device["adam"] = floats[float_at:float_at + 2 * g].view(g, 2).T
+            float_at += 2 * g
+        at, member_at = at + g * p.length, member_at + g
+
+
+def _step(stack: _Stack, planned: _Planned, data: tuple, grad_fn: Callable, spec: TrainSpec) -> torch.Tensor:
+    """One optimizer step for the participants ``planned`` (same batch length): gather
     their rows of the stack (all of it when every participant is in), step, scatter back.
-    Returns their indices and their batch losses."""
-    x_all, y_all, offsets = data
-    members = [i for i, _ in group]
-    rows = torch.stack([idx + offsets[i] for i, idx in group]).to(x_all.device)
-    everyone = members == list(range(len(stack.steps)))
-    sel = torch.tensor(members, device=x_all.device)
+    Returns their batch losses, left on the device."""
+    x_all, y_all = data
+    rows, sel = planned.on_device["rows"], planned.on_device["members"]
+    everyone = planned.members == list(range(len(stack.steps)))
 
     def pick(tensors: dict) -> dict:
         return tensors if everyone else {n: v.index_select(0, sel) for n, v in tensors.items()}
@@ -205,11 +247,11 @@ def _step(stack: _Stack, group: list[tuple[int, torch.Tensor]], data: tuple, gra
     params, frozen = pick(stack.params), pick(stack.frozen)
     state = stack.state if everyone else {kind: pick(t) for kind, t in stack.state.items()}
     grads, losses = grad_fn(params, frozen, x_all[rows], y_all[rows])
-    for i in members:
-        stack.steps[i] += 1
     with torch.no_grad():
+        if spec.weight_decay != 0:  # L2, as torch's SGD and Adam add it to the gradient
+            grads = {n: g.add(params[n], alpha=spec.weight_decay) for n, g in grads.items()}
         if spec.optimizer == "adam":
-            _adam(params, grads, state, spec, [stack.steps[i] for i in members])
+            _adam(params, grads, state, planned.on_device["adam"])
         else:
             _sgd(params, grads, state, spec)
     if not everyone:
@@ -219,7 +261,7 @@ def _step(stack: _Stack, group: list[tuple[int, torch.Tensor]], data: tuple, gra
             full = stack.state.setdefault(kind, {})
             for name, value in tensors.items():
                 full.setdefault(name, torch.zeros_like(stack.params[name])).index_copy_(0, sel, value)
-    return members, losses.detach()
+    return losses.detach()
 
 
 def train_batched(
@@ -249,19 +291,19 @@ def train_batched(
         model.train()
     stack = _stack(models)
     x_all, offsets = _concat(xs)
-    data = (x_all, torch.cat(list(ys)).to(x_all.device), offsets)
+    data = (x_all, torch.cat(list(ys)).to(x_all.device))
     grad_fn = _batched_grad(models[0], loss_fn)
     iters = {i: batches(len(ys[i]), spec.batch_size, torch.Generator().manual_seed(seeds[i]),
                         steps_of[i], epochs_of[i]) for i in range(k) if len(ys[i]) > 0}
     totals = torch.zeros(k, dtype=torch.float64, device=x_all.device)
     seen = [0] * k
-    while groups := _draw(iters):
-        for length, group in groups.items():
-            members, losses = _step(stack, group, data, grad_fn, spec)
-            sel = torch.tensor(members, device=totals.device)
-            totals.index_add_(0, sel, losses.to(torch.float64) * length)
-            for i in members:
-                seen[i] += length
+    while planned := _plan(iters, stack.steps, spec):
+        _upload(planned, offsets, x_all.device)
+        for step in planned:  # nothing here waits for the card: losses add up on it
+            losses = _step(stack, step, data, grad_fn, spec)
+            totals.index_add_(0, step.on_device["members"], losses.to(torch.float64) * step.length)
+            for i in step.members:
+                seen[i] += step.length
     _write_back(models, stack)
     return [{"train_loss": total / max(n, 1), "samples": float(n), "steps": float(s)}
             for total, n, s in zip(totals.tolist(), seen, stack.steps)]

@@ -26,12 +26,15 @@ def precision(spec: TrainSpec, device: torch.device) -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=spec.precision == "bf16")
 
 
-def batches(n: int, batch_size: int, generator: torch.Generator, steps: int | None, epochs: int):
-    """Index batches: ``epochs`` shuffled passes, or exactly ``steps`` batches if given."""
+def batches(n: int, batch_size: int, generator: torch.Generator, steps: int | None, epochs: int,
+            device: torch.device | None = None):
+    """Index batches: ``epochs`` shuffled passes, or exactly ``steps`` batches if given.
+    The order is drawn on the CPU (the same for any device) and, with ``device``, moved
+    there once per pass rather than once per batch."""
     done = 0
     epoch = 0
     while True:
-        order = torch.randperm(n, generator=generator)
+        order = torch.randperm(n, generator=generator).to(device)
         for start in range(0, n, batch_size):
             if steps is not None and done >= steps:
                 return
@@ -67,8 +70,8 @@ def train_locally(
     opt = make_optimizer(model, spec)
     trainable = [p for p in model.parameters() if p.requires_grad]
     gen = torch.Generator().manual_seed(seed)
-    total, seen, taken = 0.0, 0, 0
-    for idx in batches(len(y), spec.batch_size, gen, steps, epochs):
+    losses, sizes = [], []  # summed once at the end: a float() per step would wait for the card
+    for idx in batches(len(y), spec.batch_size, gen, steps, epochs, x.device):
         xb, yb = x[idx], y[idx]
         opt.zero_grad(set_to_none=True)
         with precision(spec, x.device):
@@ -84,10 +87,11 @@ def train_locally(
             for p, offset in zip(trainable, gradient_offset):
                 p.grad.add_(offset)
         opt.step()
-        total += float(loss.detach()) * len(idx)
-        seen += len(idx)
-        taken += 1
-    return {"train_loss": total / max(seen, 1), "samples": float(seen), "steps": float(taken)}
+        losses.append(loss.detach())
+        sizes.append(len(idx))
+    seen = sum(sizes)
+    total = float(torch.stack(losses).double().cpu() @ torch.tensor(sizes, dtype=torch.float64)) if losses else 0.0
+    return {"train_loss": total / max(seen, 1), "samples": float(seen), "steps": float(len(sizes))}
 
 
 def local_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int,

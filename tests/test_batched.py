@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from actors import batched
 from actors.batched import can_batch, train_batched
 from actors.models import build_model
 from actors.spec import DPSGD, TrainSpec
@@ -74,6 +75,15 @@ def test_epochs_match_serial_training(spec_name):
 def test_local_steps_match_serial_training(spec_name):
     got = _compare(SPECS[spec_name], epochs=1, steps=7)
     assert all(g["steps"] == 7.0 for g in got)
+
+
+@pytest.mark.parametrize("spec_name", sorted(SPECS))
+@pytest.mark.parametrize("per_upload", [1, 3])
+def test_steps_uploaded_in_small_chunks_match_serial_training(monkeypatch, spec_name, per_upload):
+    """The steps go to the device a chunk at a time; chunk edges (here inside an epoch and
+    between a full and a short batch) change nothing, Adam's per-row step counts included."""
+    monkeypatch.setattr(batched, "STEPS_PER_UPLOAD", per_upload)
+    _compare(SPECS[spec_name], epochs=2, steps=None)
 
 
 def test_participant_smaller_than_a_batch_steps_apart_from_the_first_step():
