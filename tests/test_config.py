@@ -247,6 +247,8 @@ def test_hosting_is_auto_unless_set_and_workers_mean_a_pool():
 
 @pytest.mark.parametrize(("group", "expected"), [
     ({"hosting": "dedicated", "workers": 2}, r"groups\[0\]: workers is a pool setting: set hosting: pool"),
+    ({"hosting": "dedicated", "batched": True},
+     r"groups\[0\]: batched: true trains a pool worker's participants together; .* set hosting: pool"),
     ({"hosting": "pool", "placement": "pack"},
      r"groups\[0\]: placement 'pack' reserves a placement-group bundle per participant, which needs "
      r"hosting: dedicated \(or auto\); a pool takes placement 'default', 'spread' or \{node: NAME\}"),
