@@ -56,9 +56,10 @@ def on_device(flat: np.ndarray, device: torch.device) -> np.ndarray | torch.Tens
     """``flat`` ready for :func:`set_flat` on ``device``. A pool worker starts every
     participant it trains in a round from the same global vector: on a GPU that vector
     is copied to the card once, not once per participant (16 participants of a 5.3M-
-    parameter model would copy 340 MB a round). The copy is kept while ``flat`` itself
-    lives and no other vector has been copied since, and only for read-only arrays (the
-    object store's): a writable one could change in place between two calls."""
+    parameter model would copy 340 MB a round). The copy is reused while ``flat`` itself
+    lives and no other vector has been copied since (it stays on the card until the
+    next one replaces it), and only for read-only arrays (the object store's): a
+    writable one could change in place between two calls."""
     if device.type == "cpu" or flat.flags.writeable:
         return flat
     with _on_device_lock:
