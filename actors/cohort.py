@@ -61,6 +61,16 @@ class Cohort:
             finally:
                 self.finished()
 
+    @contextlib.contextmanager
+    def idle(self) -> Iterator[None]:
+        """Around a wait inside a task (for the cohort, or a simulated task's sleep): the
+        other tasks run meanwhile, and their waits overlap instead of adding up."""
+        self.baton.release()
+        try:
+            yield
+        finally:
+            self.baton.acquire()
+
     def trainer(self) -> Callable[..., dict[str, float]]:
         """What a participant's local model calls instead of training by itself."""
         def train(local: Any, work: Work, terms: Sequence[Term], trainable: str | None) -> dict[str, float]:
@@ -68,13 +78,9 @@ class Cohort:
             with self.lock:
                 self.waiting.append(request)
                 self._run_if_all_wait()
-            self.baton.release()  # the next task may run while this one waits for the cohort
-            try:
-                with self.lock:
-                    while request.result is None and request.error is None:
-                        self.lock.wait()
-            finally:
-                self.baton.acquire()
+            with self.idle(), self.lock:
+                while request.result is None and request.error is None:
+                    self.lock.wait()
             if request.error is not None:
                 raise request.error
             assert request.result is not None
@@ -92,8 +98,14 @@ class Cohort:
         if not self.waiting or len(self.waiting) < self.running:
             return
         batch, self.waiting = self.waiting, []
-        run(batch)
-        self.lock.notify_all()
+        try:
+            run(batch)
+        except Exception as exc:  # noqa: BLE001 - a bug here must fail the tasks, not hang them
+            for r in batch:
+                if r.result is None and r.error is None:
+                    r.error = exc
+        finally:
+            self.lock.notify_all()
 
 
 def run(batch: list[Request]) -> None:

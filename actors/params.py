@@ -48,7 +48,7 @@ def _from_numpy(flat: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.asarray(flat, dtype=np.float32))
 
 
-_on_device: dict[torch.device, tuple[weakref.ref, torch.Tensor]] = {}
+_on_device: dict[torch.device, tuple[weakref.ref, torch.Tensor | None]] = {}
 _on_device_lock = threading.Lock()
 
 
@@ -56,15 +56,19 @@ def on_device(flat: np.ndarray, device: torch.device) -> np.ndarray | torch.Tens
     """``flat`` ready for :func:`set_flat` on ``device``. A pool worker starts every
     participant it trains in a round from the same global vector: on a GPU that vector
     is copied to the card once, not once per participant (16 participants of a 5.3M-
-    parameter model would copy 340 MB a round). The copy is reused while ``flat`` itself
-    lives and no other vector has been copied since (it stays on the card until the
-    next one replaces it), and only for read-only arrays (the object store's): a
-    writable one could change in place between two calls."""
+    parameter model would copy 340 MB a round). The copy is made the second time the
+    same array is asked for (a dedicated participant, one task per state, never holds
+    one), reused while that array lives and no other has been asked for since, and
+    made only for read-only arrays (the object store's): a writable one could change in
+    place between two calls."""
     if device.type == "cpu" or flat.flags.writeable:
         return flat
     with _on_device_lock:
         ref, tensor = _on_device.get(device, (None, None))
-        if ref is None or ref() is not flat:
+        if ref is None or ref() is not flat:  # asked once so far: a dedicated participant's
+            _on_device[device] = (weakref.ref(flat), None)  # every task; no extra card memory
+            return flat
+        if tensor is None:
             tensor = _from_numpy(flat).to(device)
-            _on_device[device] = (weakref.ref(flat), tensor)
+            _on_device[device] = (ref, tensor)
         return tensor

@@ -15,7 +15,7 @@ import os
 import random
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -91,6 +91,9 @@ class Participant:
         self._set_up = False
         self._local: TorchLocalModel | None = None
         self._raw: tuple[Any, list[str], str] | None = None  # its raw table, for preprocessing
+        self.idle: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+        """Around the simulator's sleeps: a pool worker training several participants at
+        once lets the others run meanwhile (actors/cohort.py)."""
 
     def _ensure_set_up(self) -> None:
         """Load data, build the model and restore private state, once per process.
@@ -356,13 +359,16 @@ class Participant:
             _, offline_at = online_until(system.availability, self._phase, run_clock)
             if run_clock + duration > offline_at:
                 if waits:
-                    sleep_until(time.perf_counter() + (offline_at - run_clock) - real)
+                    with self.idle():
+                        sleep_until(time.perf_counter() + (offline_at - run_clock) - real)
                 raise SimulatedDropout(f"participant {self.spec.name} went offline mid-task")
         if system.hang_prob > 0 and self._rng.random() < system.hang_prob:
-            time.sleep(HANG_SECONDS)  # fault injection: only the driver's task_timeout_s ends this
+            with self.idle():
+                time.sleep(HANG_SECONDS)  # fault injection: only the driver's task_timeout_s ends this
         dropped = system.dropout_prob > 0 and self._rng.random() < system.dropout_prob
         if waits:
-            sleep_until(time.perf_counter() + duration - real)
+            with self.idle():
+                sleep_until(time.perf_counter() + duration - real)
         if dropped:
             raise SimulatedDropout(f"participant {self.spec.name} dropped the task")
         return duration

@@ -14,6 +14,7 @@ The methods mirror the Participant's, with the participant's spec as the last ar
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import OrderedDict
 from typing import Any
@@ -130,13 +131,13 @@ class PoolWorker:
         def task(i: int) -> None:
             p = participants[i]
             with cohort.turn():
-                p.local.trainer = cohort.trainer()
+                p.local.trainer, p.idle = cohort.trainer(), cohort.idle
                 try:
                     results[i] = p.train(state, instructions[i])
                 except Exception as exc:  # noqa: BLE001 - that task's outcome
                     results[i] = exc
                 finally:
-                    p.local.trainer = None
+                    p.local.trainer, p.idle = None, contextlib.nullcontext
 
         threads = [threading.Thread(target=task, args=(i,)) for i in ready]
         for thread in threads:

@@ -5,7 +5,10 @@ restarts it (``resources.max_restarts``): how many tasks it has done, its simula
 random state, its strategy's client state (a personal model, a control variate), and the
 privacy budget local DP-SGD has spent. None of it ever
 goes to the driver. The file is written atomically (temp file + ``os.replace``) after
-every task, so a crash mid-write leaves the previous state intact.
+every task that changed the random state, the client state or the budget, so a crash
+mid-write leaves the previous state intact. The task counters ride along with those
+writes: FedAvg without a simulator writes once, and a restarted actor's ``tasks_done``
+then counts from that write (the driver keeps its own count).
 """
 
 from __future__ import annotations

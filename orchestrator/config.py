@@ -143,7 +143,7 @@ class Group(Strict):
             raise ValueError("workers is a pool setting: set hosting: pool (or auto), or drop workers")
         if self.hosting == "dedicated" and self.batched is True:
             raise ValueError("batched: true trains a pool worker's participants together; a dedicated "
-                             "participant trains alone: set hosting: pool (or auto), or drop batched")
+                             "participant trains alone: set hosting: pool, or drop batched")
         if self.workers is not None and self.workers > self.count:
             raise ValueError(f"workers={self.workers} exceeds the group's {self.count} participants")
         if self.hosting == "pool" and (self.placement == "pack" or isinstance(self.placement, PlacementGroupOption)):

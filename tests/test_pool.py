@@ -244,3 +244,24 @@ def test_the_cache_also_keeps_within_a_memory_bound(tmp_path):
     for s in specs:
         tiny.describe(s)
     assert tiny.cached() == ["site-3"]
+
+
+def test_simulated_waits_of_a_batch_overlap(tmp_path):
+    """Four participants trained together each wait out a simulated link of about 0.4 s:
+    the waits run side by side (the batch takes about one of them, not four), and no
+    task's measured time includes another's wait."""
+    from actors.spec import SystemSpec
+
+    worker = PoolWorker()
+    specs = [spec(i, tmp_path, "fedavg").model_copy(update={"system": SystemSpec(bandwidth_mbps=0.2)})
+             for i in range(4)]
+    state = full_state(worker, specs[0])
+    link_s = 2 * state.params.nbytes * 8 / 0.2e6
+    assert 0.2 < link_s < 1.0
+    started = time.perf_counter()
+    updates = worker.train_batch(state, [Instructions(task_id=i, seed=i) for i in range(4)], specs)
+    took = time.perf_counter() - started
+    assert not [u for u in updates if isinstance(u, Exception)], updates
+    assert all(u.simulated_seconds >= link_s for u in updates)
+    assert took < 2.5 * link_s, f"the four waits added up: {took:.2f} s for links of {link_s:.2f} s"
+    assert max(u.train_seconds for u in updates) < link_s, [u.train_seconds for u in updates]
