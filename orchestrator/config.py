@@ -132,8 +132,11 @@ class Group(Strict):
     @model_validator(mode="before")
     @classmethod
     def _workers_mean_pool(cls, data: Any) -> Any:
-        """Setting ``workers`` asks for a pool: under ``hosting: auto`` it is one."""
-        if isinstance(data, dict) and data.get("workers") is not None and data.get("hosting", "auto") == "auto":
+        """Setting ``workers``, or ``batched: true``, asks for a pool: under ``hosting: auto``
+        it is one (else pre-flight could make the group dedicated and batching would not happen)."""
+        if not isinstance(data, dict) or data.get("hosting", "auto") != "auto":
+            return data
+        if data.get("workers") is not None or data.get("batched") is True:
             return {**data, "hosting": "pool"}
         return data
 

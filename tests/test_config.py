@@ -241,6 +241,8 @@ def test_heterogeneous_resources_example_is_valid_and_says_what_it_claims():
 def test_hosting_is_auto_unless_set_and_workers_mean_a_pool():
     assert load_config(digits_config()).groups[0].hosting == "auto"
     assert load_config(broken(lambda c: c["groups"][0].update(workers=2))).groups[0].hosting == "pool"
+    assert load_config(broken(lambda c: c["groups"][0].update(batched=True))).groups[0].hosting == "pool"
+    assert load_config(broken(lambda c: c["groups"][0].update(batched="auto"))).groups[0].hosting == "auto"
     message = error_of(broken(lambda c: c["groups"][0].update(hosting="pooled")))
     assert "groups[0].hosting: Input should be 'auto', 'dedicated' or 'pool'" in message
 
