@@ -1,6 +1,6 @@
 """GPU: many participants on one card, fedray against one process doing the same work.
 
-Two workloads (the GPU issue's), each run three ways on the same card:
+Two workloads (the GPU issue's), each run four ways on the same card:
 
 - ``16 x MLP 512-2048-2048-10``: 16 participants, 20,000 rows of 512 features each
   (Synthetic(1, 1), generated inside the participant), one epoch of batch 256 per task,
@@ -8,7 +8,10 @@ Two workloads (the GPU issue's), each run three ways on the same card:
 - ``64 x MLP 64-128-10``: 64 participants, 500 rows of 64 features each, same schedule.
 
 Ways: ``serial`` (one process, every participant's data already on the card, trained one
-after another, averaged: the floor a hand-written loop reaches), ``fedray pool`` (one
+after another, averaged: the floor a hand-written loop reaches), ``one process batched``
+(the same loop, but each round trains every participant at once with
+``actors.batched.train_batched``: what the vmapped step gains with no Ray, no client halves
+and no transfers, the ceiling for fedray batched), ``fedray pool`` (one
 pool worker holding the whole card, ``batched: false``) and ``fedray batched`` (the same
 worker training its tasks together, ``batched: true``). Throughput is samples trained per
 second of training rounds (start-up reported apart); GPU memory is the card's used memory
@@ -27,6 +30,7 @@ participant 1).
 from __future__ import annotations
 
 import argparse
+import copy
 import subprocess
 import threading
 import time
@@ -34,6 +38,7 @@ import time
 import pandas as pd
 import torch
 
+from actors.batched import train_batched
 from actors.data import synthetic_task
 from actors.models import build_model
 from actors.spec import DatasetSpec, TrainSpec
@@ -84,36 +89,57 @@ class PeakMemory:
         self.thread.join()
 
 
-def serial(w: dict, rounds: int, device: torch.device) -> dict:
-    """One process, data on the card, each participant trained in turn, then averaged."""
+def serial(w: dict, rounds: int, device: torch.device, together: bool = False) -> dict:
+    """One process, data on the card, each participant trained in turn (or, ``together``,
+    all at once with :func:`actors.batched.train_batched`), then averaged."""
     with PeakMemory() as memory:
-        result = _serial(w, rounds, device)
+        result = _serial(w, rounds, device, together)
     return result | {"GPU GB": memory.peak}
 
 
-def _serial(w: dict, rounds: int, device: torch.device) -> dict:
+def _load(model: torch.nn.Module, params: list[torch.Tensor]) -> None:
+    with torch.no_grad():
+        for p, g in zip(model.parameters(), params):
+            p.copy_(g)
+
+
+@torch.no_grad()
+def _add(total: list[torch.Tensor], model: torch.nn.Module) -> None:
+    for t, p in zip(total, model.parameters()):
+        t += p
+
+
+def _serial(w: dict, rounds: int, device: torch.device, together: bool) -> dict:
     task = synthetic_task(DatasetSpec.model_validate(dataset(w)))
     spec = TrainSpec(**TRAIN)
     data = [tuple(torch.as_tensor(a, device=device) for a in task.participant(i)[:2]) for i in range(w["count"])]
     model = build_model("mlp", {"hidden": w["hidden"]}, (w["features"],), 10).to(device)
     params = [p.detach().clone() for p in model.parameters()]
+    models = [copy.deepcopy(model) for _ in data] if together else [model] * len(data)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     train_locally(model, *data[0], spec, seed=0, epochs=1, steps=1)  # torch's first-call set-up, untimed
-    with torch.no_grad():  # as fedray's participants warm up, then undo it
-        for p, g in zip(model.parameters(), params):
-            p.copy_(g)
+    if together:
+        train_batched(models[:2], [x for x, _ in data[:2]], [y for _, y in data[:2]], spec, [0, 1], 1, 1)
+    _load(model, params)  # as fedray's participants warm up, then undo it
     sync()
     started, samples = time.perf_counter(), 0
     for r in range(rounds):
+        seeds = [r * 1000 + i for i in range(len(data))]
         total = [torch.zeros_like(p) for p in params]
-        for i, (x, y) in enumerate(data):
-            with torch.no_grad():
-                for p, g in zip(model.parameters(), params):
-                    p.copy_(g)
-            samples += int(train_locally(model, x, y, spec, seed=r * 1000 + i, epochs=1)["samples"])
-            with torch.no_grad():
-                for t, p in zip(total, model.parameters()):
-                    t += p
+        if together:
+            for m in models:
+                _load(m, params)
+            done = train_batched(models, [x for x, _ in data], [y for _, y in data], spec, seeds, 1)
+        else:
+            done = []
+            for m, (x, y), seed in zip(models, data, seeds):
+                _load(m, params)
+                done.append(train_locally(m, x, y, spec, seed=seed, epochs=1))
+                _add(total, m)
+        if together:
+            for m in models:
+                _add(total, m)
+        samples += sum(int(d["samples"]) for d in done)
         params = [t / len(data) for t in total]
     sync()
     seconds = time.perf_counter() - started
@@ -159,7 +185,8 @@ def main() -> None:
         if args.cpu_smoke:
             w["hidden"] = [16]
         base = serial(w, rounds, device)
-        for way, result in (("serial", base), ("fedray pool", fedray(w, rounds, False, gpus)),
+        for way, result in (("serial", base), ("one process batched", serial(w, rounds, device, together=True)),
+                            ("fedray pool", fedray(w, rounds, False, gpus)),
                             ("fedray batched", fedray(w, rounds, True, gpus))):
             rows.append({"workload": label, "way": way, **result,
                          "x serial": result["samples/s"] / base["samples/s"]})
