@@ -130,14 +130,13 @@ def _serial(w: dict, rounds: int, device: torch.device, together: bool) -> dict:
             for m in models:
                 _load(m, params)
             done = train_batched(models, [x for x, _ in data], [y for _, y in data], spec, seeds, 1)
+            for m in models:
+                _add(total, m)
         else:
             done = []
             for m, (x, y), seed in zip(models, data, seeds):
                 _load(m, params)
                 done.append(train_locally(m, x, y, spec, seed=seed, epochs=1))
-                _add(total, m)
-        if together:
-            for m in models:
                 _add(total, m)
         samples += sum(int(d["samples"]) for d in done)
         params = [t / len(data) for t in total]
