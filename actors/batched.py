@@ -217,20 +217,20 @@ def _plan(iters: dict[int, Iterator[torch.Tensor]], counts: list[int], spec: Tra
 
 def _upload(planned: list[_Planned], offsets: list[int], device: torch.device) -> None:
     """Every planned step's row indices and members in one host-to-device copy (its Adam
-    factors in a second), sliced per step on the device."""
+    factors, a column per member, in a second), sliced per step on the device."""
     rows = [torch.stack([idx + offsets[i] for i, idx in zip(p.members, p.rows)]).reshape(-1) for p in planned]
     ints = torch.cat([*rows, torch.tensor([i for p in planned for i in p.members])]).to(device)
-    floats = (torch.tensor([f for p in planned for pair in zip(*p.adam) for f in pair], dtype=torch.float64)
-              .to(device) if planned[0].adam is not None else None)
-    at, member_at, float_at = 0, sum(len(r) for r in rows), 0
+    adam = None if planned[0].adam is None else torch.cat(
+        [torch.tensor(p.adam, dtype=torch.float64) for p in planned], dim=1).to(device)
+    at, member = 0, 0  # where the step's rows start in ints, and its first member's position
+    members = ints[sum(len(r) for r in rows):]
     for p in planned:
         g = len(p.members)
         p.on_device["rows"] = ints[at:at + g * p.length].view(g, p.length)
-        p.on_device["members"] = ints[member_at:member_at + g]
-        if floats is not None:
-            p.on_device["adam"] = floats[float_at:float_at + 2 * g].view(g, 2).T
-            float_at += 2 * g
-        at, member_at = at + g * p.length, member_at + g
+        p.on_device["members"] = members[member:member + g]
+        if adam is not None:
+            p.on_device["adam"] = adam[:, member:member + g]
+        at, member = at + g * p.length, member + g
 
 
 def _step(stack: _Stack, planned: _Planned, data: tuple, grad_fn: Callable, spec: TrainSpec) -> torch.Tensor:

@@ -43,9 +43,9 @@ class TorchLocalModel:
             check_supported(self.model, spec.name, spec.model.name)
             self.dp_accountant = PrivacyAccountant(dp.noise_multiplier, dp.delta)
         self.trainer: Callable[..., dict[str, float]] | None = None
+        """Set while a pool worker trains several participants together (actors/cohort.py)."""
         self.trained_together: int | None = None
         """The most participants one of the current task's training calls ran with."""
-        """Set while a pool worker trains several participants together (actors/cohort.py)."""
         self._public: torch.Tensor | None = None
         self._test: tuple[torch.Tensor, torch.Tensor] | None = None
 

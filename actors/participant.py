@@ -271,11 +271,11 @@ class Participant:
         rng_state, client_state = self._rng.bit_generator.state, self.client.state_dict()
         dp_history = list(self.local.dp_accountant.history) if self.local.dp_accountant is not None else []
         saved = (self.private.rng_state, getattr(self.private, "dp_sgd_history", []))  # (an old file may lack it)
-        if (rng_state, dp_history) == saved and not (
-                client_state or self.private.client_state):
-            return  # nothing a restart needs has changed (FedAvg without a simulator): the
-            # counters are saved with the next change; a write per task would cost a pool
-            # worker more than training 64 small participants together
+        if (rng_state, dp_history) == saved and not (client_state or self.private.client_state):
+            # Nothing a restart needs has changed (FedAvg without a simulator): the counters
+            # go with the next change. A write per task cost a pool worker more than
+            # training its 64 small participants together.
+            return
         self.private.rng_state, self.private.client_state = rng_state, client_state
         self.private.dp_sgd_history = dp_history  # the budget spent must survive a restart
         private_state.save(self.spec.state_dir, self.private)
