@@ -146,9 +146,6 @@ class Participants:
         self.placements: Placements | None = None
         self.transform: FittedTransform | None = None
         """The run's fitted preprocessing (``preprocess:``), or None."""
-        self.batched: dict[str, bool] = {}
-        """Per group: whether a pool worker trains its participants' tasks together (set at
-        spawn, once pre-flight has chosen each group's hosting)."""
 
     # -- start and stop ----------------------------------------------------------------
     def spawn(self, specs: list[tuple[ParticipantSpec, Group]], transform: FittedTransform | None = None) -> None:
@@ -182,7 +179,6 @@ class Participants:
 
     def _create(self, specs: list[tuple[ParticipantSpec, Group]]) -> None:
         """The actors (or pool workers) for every participant; nothing set up yet."""
-        self.batched = {g.name: g.batches for g in self.config.groups}
         self._check_feasible()
         problem = partition_problem(self.config.dataset, specs[0][0].num_partitions) if specs else None
         if problem:
@@ -323,10 +319,11 @@ class Participants:
     def dispatch_all(self, state_ref: ray.ObjectRef, tasks: list[tuple[Member, Instructions, Task]]) -> None:
         """Send ``tasks``; the ones for participants of a batched pool group that share a
         worker go in one call, so the worker trains them together (actors/cohort.py)."""
+        batched = {g.name for g in self.config.groups if g.batches}  # (the config pre-flight resolved)
         together: dict[int, list[tuple[Member, Instructions, Task]]] = {}
         for item in tasks:
             member = item[0]
-            if member.pooled and self.batched[member.group]:
+            if member.pooled and member.group in batched:
                 together.setdefault(id(member.handle), []).append(item)
             else:
                 self.dispatch(member, state_ref, *item[1:])
