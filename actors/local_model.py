@@ -21,7 +21,7 @@ from actors.models import build_model
 from actors.params import get_flat, layout_of, on_device, set_flat
 from actors.spec import ParticipantSpec
 from actors.tasks import loss_function, target_array
-from actors.training import evaluate, local_gradient, to_tensors, train_locally
+from actors.training import evaluate, local_gradient, task_rng, to_tensors, train_locally
 from strategies.client import ConsensusKD, Linear, Proximal, Term, Work
 from strategies.privacy import PrivacyAccountant
 from strategies.types import Layout
@@ -57,10 +57,10 @@ class TorchLocalModel:
     def set(self, values: np.ndarray, layout: Layout | None = None) -> None:
         set_flat(self.model, on_device(values, self.device), layout or self.layout)
 
-    def _tensors(self, flat: np.ndarray) -> list[torch.Tensor]:
-        """A full-layout vector as one tensor per parameter, on the device."""
+    def _tensors(self, flat: np.ndarray) -> dict[str, torch.Tensor]:
+        """A full-layout vector as one tensor per parameter, by name, on the device."""
         vec = torch.tensor(np.asarray(flat, dtype=np.float32), device=self.device)  # copied: may be read-only
-        return [vec[sl].view(shape) for sl, shape in zip(self.layout.slices.values(), self.layout.shapes)]
+        return {name: vec[sl].view(shape) for (name, sl), shape in zip(self.layout.slices.items(), self.layout.shapes)}
 
     # -- local work --------------------------------------------------------------------
     def train(self, work: Work, terms: Sequence[Term] = (), trainable: str | None = None) -> dict[str, float]:
@@ -126,7 +126,8 @@ class TorchLocalModel:
 
     def distill(self, teacher: np.ndarray, temperature: float, epochs: int, seed: int) -> float:
         target = torch.tensor(np.asarray(teacher, dtype=np.float32), device=self.device)  # a copy, as above
-        return distill(self.model, self.public_set(), target, self.spec.train, temperature, epochs, seed)
+        with task_rng(seed, self.device):  # dropout, as in train_locally
+            return distill(self.model, self.public_set(), target, self.spec.train, temperature, epochs, seed)
 
     def public_logits(self) -> np.ndarray:
         return predict_logits(self.model, self.public_set()).float().cpu().numpy()

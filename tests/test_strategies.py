@@ -193,7 +193,7 @@ def test_proximal_term_keeps_the_local_model_near_the_global_one():
         torch.manual_seed(0)
         model = torch.nn.Linear(5, 3)
         start = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
-        anchor = [p.detach().clone() for p in model.parameters()]
+        anchor = {n: p.detach().clone() for n, p in model.named_parameters()}
         train_locally(model, x, y, TrainSpec(lr=0.1, batch_size=8), seed=0, epochs=3, proximal=(mu, anchor))
         return float((torch.cat([p.detach().flatten() for p in model.parameters()]) - start).norm())
 
