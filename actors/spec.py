@@ -311,6 +311,9 @@ class ModelSpec(BaseModel):
                 f"model {self.name!r} has no option(s) {sorted(extra - allowed)}; "
                 f"allowed: {', '.join(sorted(allowed)) or 'none'}"
             )
+        dropout = self.options.get("dropout", 0.0) if self.name == "mlp" else 0.0
+        if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0 <= dropout < 1:
+            raise ValueError(f"model 'mlp' option dropout must be a number in [0, 1), got {dropout!r}")
         return self
 
     @property

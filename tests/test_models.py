@@ -55,6 +55,21 @@ def test_model_options_are_checked_against_the_factory():
     assert ModelSpec(name="lstm", hidden=4).options == {"hidden": 4}
 
 
+@pytest.mark.parametrize("dropout", [1.0, -0.1, 1.5, "half", True])
+def test_an_mlp_dropout_outside_0_to_1_is_refused_by_the_config_not_by_the_actor(dropout):
+    with pytest.raises(ValueError, match=r"option dropout must be a number in \[0, 1\)"):
+        ModelSpec(name="mlp", dropout=dropout)
+
+
+def test_an_mlp_with_dropout_drops_in_training_only():
+    assert ModelSpec(name="mlp", dropout=0.25).options == {"dropout": 0.25}
+    model = build_model("mlp", {"hidden": [64], "dropout": 0.5}, (64,), 10)
+    x = torch.randn(8, 64)
+    assert not torch.equal(model(x), model(x))  # two masks
+    model.eval()
+    assert torch.equal(model(x), model(x))
+
+
 def test_user_factory_by_module_path():
     assert resolve_factory("actors.models:gru") is resolve_factory("gru")
     with pytest.raises(ValueError, match="cannot load model factory"):
