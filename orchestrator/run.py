@@ -52,7 +52,7 @@ __all__ = ["Orchestrator", "RunError"]
 class Orchestrator:
     """Runs one experiment described by a :class:`RunConfig`.
 
-    >>> # history = Orchestrator(load_config("examples/demo.yaml"), out_dir="runs/x").run()
+    >>> # history = Orchestrator(load_config("examples/fedprox.yaml"), out_dir="runs/x").run()
     >>> # history[history.event == "evaluation"].accuracy.iloc[-1]
     """
 

@@ -63,7 +63,8 @@ def _vector_problem(what: str, vector: object) -> str | None:
 
 
 def clip_to_norm(update: Update, max_norm: float) -> float:
-    """Scale the payload in place so its L2 norm is at most ``max_norm``; return the old norm."""
+    """Give ``update`` a payload scaled to an L2 norm of at most ``max_norm``; return the old norm.
+    The payload is replaced, not written into: it may be a read-only object-store view."""
     norm = float(np.linalg.norm(update.payload))
     if norm > max_norm > 0:
         update.payload = update.payload * np.float32(max_norm / norm)
