@@ -166,7 +166,8 @@ class Participants:
     def _fit(self) -> FittedTransform:
         """Federated preprocessing (``orchestrator/preprocessing.py``), from every site."""
         try:
-            return fit_transform(self.config.preprocess, self.members, self.privacy, self._target_columns())
+            return fit_transform(self.config.preprocess, self.members, self.privacy,
+                                 self._target_columns() if self.config.standardizes_target else [])
         except (PreprocessingError, SecureAggregationAbort) as exc:
             raise RunError(f"preprocessing: {exc}") from None
 
