@@ -462,6 +462,11 @@ class RunConfig(Strict):
                 raise ValueError(f"groups[{i}].data.view: preprocessed tables are flat feature vectors")
 
     @property
+    def num_partitions(self) -> int:
+        """Participants drawing a shard of the run's dataset (the parts it is split into)."""
+        return sum(g.count for g in self.groups if isinstance(g.data, PartitionData))
+
+    @property
     def standardizes_target(self) -> bool:
         """Whether regression targets are fitted and trained standardized: by default
         whenever the features are, since raw targets (25 to 346) make SGD diverge."""
