@@ -183,8 +183,15 @@ def partition_problem(dataset: DatasetSpec | None, num_partitions: int) -> str |
         split_indices(dataset, load_shared_dataset(dataset).y_train, num_partitions)
     except DataError as exc:
         return str(exc)
+    except partition.PartitionError as exc:
+        p = dataset.partition
+        fixes = [] if exc.min_size is None else [
+            f"dataset.partition.min_size below {exc.min_size} (it is {p.min_size})",
+            f"a larger dataset.partition.alpha (now {p.alpha:g}; larger is more even)"]
+        fixes += [f"fewer than {num_partitions} participants", "dataset.partition.kind: iid"]
+        return f"dataset.partition: {exc}; set {', '.join(fixes[:-1])} or {fixes[-1]}"
     except ValueError as exc:
-        return f"dataset.partition: {exc}"
+        return f"dataset.partition: {exc}; use fewer than {num_partitions} participants"
     return None
 
 

@@ -13,7 +13,9 @@ secure aggregation can mask:
    global mean);
 3. per numeric column, the sum of squared scaled deviations from that global mean (the
    global variance, computed this way because ``E[x^2] - E[x]^2`` cancels catastrophically
-   for a column such as 4,000 +- 1).
+   for a column such as 4,000 +- 1), at a scale of its own: a column whose deviations are
+   too small for the fixed point at its magnitude's scale (4,000 +- 0.01) is summed again
+   at a finer one, until they are resolved.
 
 The category values of each categorical column travel in the clear beforehand: they are
 the table's schema (and fix the one-hot layout), not statistics. pandas is needed here.

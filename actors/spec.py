@@ -161,10 +161,10 @@ class PreprocessSpec(Strict):
         "missing category its own 'missing' value); refuse: missing values are an error")
     categorical: list[str] = Field(
         default_factory=list, description="columns one-hot encoded over the union of the sites' values")
-    standardize_target: bool = Field(
-        False, description="regression: train on targets scaled to zero mean, unit variance "
+    standardize_target: bool | None = Field(
+        None, description="regression: train on targets scaled to zero mean, unit variance "
         "(a flow of 3,000 vehicles/hour is no target for SGD); mse and mae are still reported in "
-        "the target's own units")
+        "the target's own units. Default: as `standardize` for task: regression")
 
 
 View = Literal["flat", "image", "sequence"]

@@ -49,6 +49,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         problems = missing_data_files(config)
         if problems:
             raise ConfigError("missing data:\n  " + "\n  ".join(problems))
+    problem = partition_problem(config)
+    if problem:
+        raise ConfigError(problem)
     out = Path(args.out) if args.out else default_out_dir(config)
     from orchestrator.preflight import before_ray
 
@@ -63,8 +66,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def partition_problem(config: RunConfig) -> str | None:
+    """Why the run's dataset cannot be split among its participants, or None: checked
+    before Ray starts (digits and a local table need no Ray; a table only on the cluster
+    is checked there, when the run starts)."""
+    dataset = config.dataset
+    if dataset is None or (dataset.name == "table" and not Path(str(dataset.path)).exists()):
+        return None
+    from actors.data import partition_problem as problem_of
+
+    return problem_of(dataset, config.num_partitions)
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     config = _load(args.config)
+    problem = partition_problem(config)
+    if problem:
+        raise ConfigError(f"{args.config or 'built-in demo'}: {problem}")
     print(f"{args.config or 'built-in demo'}: valid ({config.num_participants} participants "
           f"in {len(config.groups)} groups, {config.strategy.name}, {config.schedule.mode})")
     for problem in missing_data_files(config):

@@ -449,7 +449,7 @@ class RunConfig(Strict):
         """Preprocessing fits columns of tables: every group's data must be one."""
         if self.preprocess is None:
             return
-        if self.preprocess.standardize_target and self.task.kind != "regression":
+        if self.preprocess.standardize_target is True and self.task.kind != "regression":
             raise ValueError("preprocess.standardize_target: class labels are not scaled; it is for task: regression")
         for i, group in enumerate(self.groups):
             tabular = isinstance(group.data, FileData) or (
@@ -460,6 +460,20 @@ class RunConfig(Strict):
                     f"table); source {group.data.source!r} here gives arrays")
             if group.data.view != "flat":
                 raise ValueError(f"groups[{i}].data.view: preprocessed tables are flat feature vectors")
+
+    @property
+    def num_partitions(self) -> int:
+        """Participants drawing a shard of the run's dataset (the parts it is split into)."""
+        return sum(g.count for g in self.groups if isinstance(g.data, PartitionData))
+
+    @property
+    def standardizes_target(self) -> bool:
+        """Whether regression targets are fitted and trained standardized: by default
+        whenever the features are, since raw targets (25 to 346) make SGD diverge."""
+        p = self.preprocess
+        if p is None or self.task.kind != "regression":
+            return False
+        return p.standardize if p.standardize_target is None else p.standardize_target
 
     @property
     def target(self) -> tuple[str, float] | None:

@@ -36,6 +36,7 @@ from orchestrator.history import History
 from orchestrator.placement import PlacementError, Placements, check_placement
 from orchestrator.preprocessing import PreprocessingError, fit_transform, scale_warning
 from orchestrator.privacy import PrivacyHooks, SecureAggregationAbort
+from orchestrator.progress import one_line_per_cause
 from orchestrator.schedules import Task
 from strategies.types import Instructions, Update
 
@@ -166,7 +167,8 @@ class Participants:
     def _fit(self) -> FittedTransform:
         """Federated preprocessing (``orchestrator/preprocessing.py``), from every site."""
         try:
-            return fit_transform(self.config.preprocess, self.members, self.privacy, self._target_columns())
+            return fit_transform(self.config.preprocess, self.members, self.privacy,
+                                 self._target_columns() if self.config.standardizes_target else [])
         except (PreprocessingError, SecureAggregationAbort) as exc:
             raise RunError(f"preprocessing: {exc}") from None
 
@@ -214,9 +216,10 @@ class Participants:
         errors = self._await_start(pending)
         for name, message in errors:
             self.history.record("failure", participant=name, detail=message)
-            print(f"fedray: {message}", flush=True)
+        for line in one_line_per_cause(errors):
+            print(f"fedray: {line}", flush=True)
         if len(self.alive()) < self.config.schedule.min_participants:
-            raise RunError("participants could not start:\n  " + "\n  ".join(m for _, m in errors))
+            raise RunError("participants could not start:\n  " + "\n  ".join(one_line_per_cause(errors)))
 
     def _start_pool(self, group: Group) -> list[Any]:
         """The group's pool workers, each with the group's resources. Ray restarts a

@@ -41,10 +41,10 @@ def fit_transform(spec: PreprocessSpec, members: dict[str, Any], privacy: Privac
                   targets: list[str]) -> FittedTransform:
     """Schema, then sums, then squared deviations, from the ``members`` (name -> driver-side
     ``Member``); raises :class:`PreprocessingError` naming what does not fit. The
-    ``targets`` columns join the sums under ``standardize_target``."""
+    ``targets`` columns (those the run standardizes, else none) join the sums."""
     schemas = _collect({m.call("table_schema"): name for name, m in members.items()}, "schema")
     features = _shared_columns(schemas)
-    numeric = features + (targets if spec.standardize_target else [])
+    numeric = features + targets
     categories = {column: sorted({v for s in schemas.values() for v in s["categories"][column]})
                   for column in spec.categorical}
     means, stds = fit_statistics(
@@ -60,10 +60,30 @@ Round = Callable[[list[float] | None, list[float] | None, int], np.ndarray]
 """``(scales, means, size) -> the sites' summed statistics``: one round (plain or masked)."""
 
 
+RESOLVED_SPREAD = 2.0**-8
+"""A column's mean squared scaled deviation from which its variance is taken as precise:
+with about 2**-24 of fixed point per site's sum, it keeps about 16 bits of the variance."""
+
+UNRESOLVED_ZOOM = 2.0**12
+"""How much finer the deviation scale gets after a round in which a column's deviations
+summed to zero (each site's sum below the fixed point's step, so each squared deviation
+below 2**-25: after this zoom still below 2**-1, so no sum can overflow)."""
+
+MAX_ZOOM = 2.0**36
+"""A std below the column's magnitude over this is taken as none (a constant column: std
+1), and no finer deviation scale is tried: float64 rows carry about 2**-52 of their
+magnitude, so a smaller spread is rounding."""
+
+
 def fit_statistics(total: Round, numeric: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Global means and standard deviations of the ``numeric`` columns from three rounds
-    of sums (magnitudes, then scaled counts and sums, then scaled squared deviations);
-    a column that is constant everywhere gets std 1 and so stays constant (zero)."""
+    """Global means and standard deviations of the ``numeric`` columns from rounds of sums
+    (magnitudes, then scaled counts and sums, then squared deviations); a column that is
+    constant everywhere gets std 1 and so stays constant (zero).
+
+    The deviations get a scale of their own: the magnitude's scale fits ``4000 +- 0.01``
+    to 1 but leaves its squared deviations (6e-12) below secure aggregation's fixed point,
+    so a column whose deviations come back too small is summed again at a finer scale
+    (:data:`UNRESOLVED_ZOOM` when they summed to zero, else the one that brings them near 1)."""
     k = len(numeric)
     scales = scales_from(total(None, None, k * len(EXPONENTS)), k)
     first = total(scales.tolist(), None, 2 * k)
@@ -72,9 +92,18 @@ def fit_statistics(total: Round, numeric: list[str]) -> tuple[np.ndarray, np.nda
     if empty:
         raise PreprocessingError(f"column(s) {empty} have no values at any site")
     scaled_means = totals / counts
-    deviations = total(scales.tolist(), scaled_means.tolist(), k)
-    stds = np.sqrt(np.maximum(deviations, 0.0) / counts) / scales
-    return scaled_means / scales, np.where(stds > 0, stds, 1.0)
+    zoom = np.ones(k)
+    while True:
+        deviations = total((scales * zoom).tolist(), (scaled_means * zoom).tolist(), k)
+        spread = np.maximum(deviations, 0.0) / counts  # mean squared deviation at scales * zoom
+        step = np.where(spread > 0, np.exp2(np.floor(-0.5 * np.log2(np.where(spread > 0, spread, 1.0)))),
+                        UNRESOLVED_ZOOM)
+        finer = (spread < RESOLVED_SPREAD) & (zoom < MAX_ZOOM)
+        if not finer.any():
+            break
+        zoom = np.where(finer, np.minimum(zoom * step, MAX_ZOOM), zoom)
+    stds = np.sqrt(spread) / (scales * zoom)
+    return scaled_means / scales, np.where(stds * scales * MAX_ZOOM > 1.0, stds, 1.0)
 
 
 def _shared_columns(schemas: dict[str, dict]) -> list[str]:

@@ -124,6 +124,27 @@ class Progress:
         self._bar.start()
 
 
+def one_line_per_cause(errors: list[tuple[str, str]]) -> list[str]:
+    """``(participant, message)`` pairs as one line per distinct cause, with a count: 1,000
+    participants failing alike are one line, not 1,000 (twice: stdout and the error).
+
+    >>> one_line_per_cause([("s-1", "participant s-1: boom"), ("s-2", "participant s-2: boom"),
+    ...                     ("s-3", "participant s-3: other")])
+    ['participant s-1: boom (and 1 more participant alike: s-2)', 'participant s-3: other']
+    """
+    causes: dict[str, list[tuple[str, str]]] = {}
+    for name, message in errors:
+        causes.setdefault(message.replace(name, "\0"), []).append((name, message))
+    lines = []
+    for alike in causes.values():
+        (_, message), others = alike[0], [name for name, _ in alike[1:]]
+        if others:
+            named = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+            message += f" (and {len(others)} more participant{'s' if len(others) > 1 else ''} alike: {named})"
+        lines.append(message)
+    return lines
+
+
 def _is_terminal(stream: TextIO) -> bool:
     isatty = getattr(stream, "isatty", None)
     return bool(isatty and isatty())

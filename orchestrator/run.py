@@ -42,7 +42,7 @@ from orchestrator.progress import Progress
 from orchestrator.results import save_run, summarize, write_config
 from orchestrator.run_state import RunState
 from orchestrator.schedules import Task, make_schedule
-from orchestrator.stopping import stop_reason
+from orchestrator.stopping import Divergence, diverged, stop_reason
 from orchestrator.tensorboard import TensorBoardLogger
 from strategies.hygiene import clip_to_norm, rejection_reason
 from strategies.types import GlobalState, Instructions, Update
@@ -75,6 +75,7 @@ class Orchestrator:
         self.state: RunState | None = None
         self.state_ref: ray.ObjectRef | None = None
         self.adaptive: AdaptiveLocalWork | None = None
+        self.divergence = Divergence()
         self.tensorboard: TensorBoardLogger | None = None
         self.run_start_epoch = time.time()
         self.summary: dict[str, Any] = {}
@@ -205,6 +206,8 @@ class Orchestrator:
         staleness = self.state.version - update.base_version
         where = arrival.fields(self.state.version, len(self.participants.in_flight))
         problem = self._check(update, member)
+        self.divergence.observe(member.name, diverged(update), float(update.metrics.get("train_loss", math.nan)),
+                                int(update.metrics.get("steps", 0)))
         if problem:
             self.history.record("rejected", **where, detail=problem)
             return
@@ -340,7 +343,19 @@ class Orchestrator:
     # ------------------------------------------------------------------ waiting and stopping
     def _stop_reason(self, now: float) -> str | None:
         wall = time.perf_counter() - self.history.start
-        return stop_reason(self.config, self.state, len(self.participants.alive()), now, wall)
+        reason = stop_reason(self.config, self.state, len(self.participants.alive()), now, wall)
+        return reason or (self._diverged() if self.divergence.stopping else None)
+
+    def _diverged(self) -> str:
+        """Why most updates came back non-finite, and what to change: on a regression
+        target in raw units (its std from the driver's test set), standardizing it."""
+        config = self.config
+        if config.task.kind != "regression" or config.standardizes_target:
+            return self.divergence.reason(None, "lower train.lr")
+        evaluator = getattr(self.global_model, "evaluator", None)  # only a shared model has one
+        std = float(evaluator.y.double().std(0).max()) if evaluator is not None and len(evaluator.y) > 1 else None
+        fix = "set preprocess.standardize_target" if config.preprocess else "add preprocess: {standardize: true}"
+        return self.divergence.reason(std, f"lower train.lr or {fix}")
 
     def _wait_timeout(self, now: float) -> float | None:
         """Until the next moment something must happen even if nothing arrives."""

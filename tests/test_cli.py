@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -160,3 +161,28 @@ def test_digits_read_from_the_bundled_file_equal_scikit_learns_loader():
     bunch = load_digits()
     np.testing.assert_array_equal(pixels, bunch.data)
     np.testing.assert_array_equal(labels, bunch.target)
+
+
+@pytest.mark.parametrize(("participants", "says"), [
+    (100, "could not draw a Dirichlet(0.5) split of 1438 samples into 100 parts with at least 7 samples each "
+          "(min_size 10 capped at half the mean part size) in 1000 draws; set dataset.partition.min_size below 7 "
+          "(it is 10), a larger dataset.partition.alpha (now 0.5; larger is more even), fewer than 100 "
+          "participants or dataset.partition.kind: iid"),
+    (1000, "a Dirichlet(0.5) split of 1438 samples into 1000 parts (under 2 per part on average) leaves parts "
+           "empty; set fewer than 1000 participants or dataset.partition.kind: iid"),
+])
+def test_validate_and_run_refuse_a_partition_that_cannot_work_before_ray(tmp_path, capsys, participants, says):
+    """``validate`` said "valid" and ``run`` failed after Ray started (100 participants), or
+    243 of 1,000 got no rows and all 1,000 failed, each printed twice."""
+    dataset = {"name": "digits", "partition": {"kind": "dirichlet", "alpha": 0.5}}
+    group = {**digits_config()["groups"][0], "count": participants, "hosting": "pool"}
+    path = write(tmp_path / "skewed.yaml", digits_config(dataset=dataset, groups=[group]))
+    start = time.perf_counter()
+    assert main(["validate", str(path)]) == 2
+    seconds = time.perf_counter() - start  # measured at load 8 on 2 cores: 1.5 s and 0.02 s
+    out, err = capsys.readouterr()
+    assert err == f"fedray: {path}: dataset.partition: {says}\n" and out == ""
+    assert seconds < 10  # loose on a shared machine; the 1,000 failing draws alone took 9 s before
+    assert main(["run", str(path), "--out", str(tmp_path / "out")]) == 2
+    out, err = capsys.readouterr()
+    assert err == f"fedray: dataset.partition: {says}\n" and not (tmp_path / "out").exists()

@@ -266,3 +266,23 @@ def test_secure_aggregation_takes_pooled_groups():
     config = digits_config(privacy={"secure_aggregation": True})
     config["groups"][0]["workers"] = 2  # keys and sealed updates live in each participant's state
     assert load_config(config).groups[0].hosting == "pool"
+
+
+@pytest.mark.parametrize(("task", "preprocess", "expected"), [
+    ("regression", {"standardize": True}, True),  # the target with the features: raw targets diverge
+    ("regression", {}, True),
+    ("regression", {"standardize": True, "standardize_target": False}, False),
+    ("regression", {"standardize": False}, False),
+    ("regression", {"standardize": False, "standardize_target": True}, True),
+    ("regression", None, False),
+    ("classification", {"standardize": True}, False),  # class labels are never scaled
+])
+def test_a_regression_target_is_standardized_with_the_features_unless_told(tmp_path, task, preprocess, expected):
+    data = {"source": "file", "path": str(tmp_path / "s.csv"), "label_column": "y"}
+    if task == "classification":
+        data["num_classes"] = 2
+    raw = {"task": task, "groups": [{"name": "s", "count": 2, "data": data}],
+           "evaluation": {"path": str(tmp_path / "s.csv"), "label_column": "y"}}
+    if preprocess is not None:
+        raw["preprocess"] = preprocess
+    assert load_config(raw).standardizes_target is expected

@@ -119,6 +119,36 @@ def test_bad_arguments_say_what_is_wrong(labels, call, message):
         call(labels)
 
 
+def test_no_dirichlet_part_is_ever_empty(labels):
+    """1,000 parts of 1,438 digits: the minimum was capped to 0 and 243 participants got
+    no rows (then all 1,000 failed); refused at once, naming what helps."""
+    with pytest.raises(partition.PartitionError) as info:
+        partition.dirichlet(labels, 1000, alpha=0.5, seed=0)
+    assert str(info.value) == ("a Dirichlet(0.5) split of 1438 samples into 1000 parts (under 2 per part "
+                               "on average) leaves parts empty")
+    assert info.value.min_size is None
+    for num_parts in (200, 400, 719):  # the cap reaches 1, never 0
+        try:
+            parts = partition.dirichlet(labels, num_parts, alpha=5.0, seed=0)
+        except partition.PartitionError as exc:
+            assert exc.min_size == 1
+        else:
+            assert min(len(p) for p in parts) >= 1
+
+
+def test_a_capped_minimum_says_so_and_the_draws_stay_the_seeds(labels):
+    with pytest.raises(partition.PartitionError) as info:
+        partition.dirichlet(labels, 100, alpha=0.5, seed=0)
+    assert str(info.value) == (
+        "could not draw a Dirichlet(0.5) split of 1438 samples into 100 parts with at least 7 samples "
+        "each (min_size 10 capped at half the mean part size) in 1000 draws")
+    assert info.value.min_size == 7
+    # the sizes are counted before a draw's parts are built: the same split as building them
+    parts = partition.dirichlet(labels, 70, alpha=0.5, seed=0)
+    assert [len(p) for p in parts[:6]] == [41, 18, 12, 15, 17, 14]
+    assert min(len(p) for p in parts) >= 10 and _is_exact_cover(parts, len(labels))
+
+
 def test_an_infeasible_split_is_refused_once_before_any_participant_starts(ray_session):
     from conftest import digits_config
 
