@@ -16,6 +16,7 @@ import random
 import socket
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -126,13 +127,7 @@ class Participant:
         self._phase = initial_phase(spec.system.availability, self._rng)  # periodic or trace windows
         # A restarted actor picks up its private state from its own node: the simulator's
         # random state, the client half's state, the privacy budget it has spent.
-        self.private = private_state.load(spec.state_dir)
-        if self.private.rng_state is not None:
-            self._rng.bit_generator.state = self.private.rng_state
-        # (getattr: a state file written before a field existed lacks it)
-        self.client.load_state_dict(getattr(self.private, "client_state", {}))
-        if self._local.dp_accountant is not None:
-            self._local.dp_accountant.history = list(getattr(self.private, "dp_sgd_history", []))
+        self._adopt_private(private_state.load(spec.state_dir))
         with self._within_cap():
             self._local.warm_up()
         self._initial = self._local.get()
@@ -140,6 +135,17 @@ class Participant:
         arrays = (self.data.x_train, self.data.y_train, self.data.x_test, self.data.y_test)
         self._footprint = sum(a.nbytes for a in arrays) + 3 * self._initial.nbytes
         self._set_up = True
+
+    def _adopt_private(self, state: private_state.PrivateState) -> None:
+        """Go on from ``state``: the simulator's random state, the client half's state and
+        the DP-SGD budget spent (a fresh state: the seeded ones set up just before)."""
+        self.private = state
+        if state.rng_state is not None:
+            self._rng.bit_generator.state = state.rng_state
+        # (getattr: a state file written before a field existed lacks it)
+        self.client.load_state_dict(getattr(state, "client_state", {}))
+        if self._local.dp_accountant is not None:
+            self._local.dp_accountant.history = list(getattr(state, "dp_sgd_history", []))
 
     @contextlib.contextmanager
     def _within_cap(self) -> Iterator[None]:
@@ -230,6 +236,14 @@ class Participant:
         else:
             run_clock = time.time() - instructions.run_start if instructions.run_start else 0.0
         self._check_online(run_clock)
+        expected = instructions.expect_state
+        if expected is not None and self.private.last_task_id < expected:
+            raise private_state.PrivateStateError(
+                f"participant {self.spec.name}: the driver expects its private state as of task {expected}, "
+                f"but {self._state_path()} holds "
+                + (f"task {self.private.last_task_id}" if self.private.restored else "none")
+                + " (a cleared temp directory, or a restart on another node?); starting afresh would "
+                "reset its client state and DP-SGD budget")
         train = self.spec.train
         work = Work(instructions.seed, train.local_epochs, instructions.local_steps or train.local_steps)
         self.local.trained_together = None
@@ -241,9 +255,14 @@ class Participant:
         if self.local.trained_together is not None:  # it trained (FedSGD only takes a gradient)
             metrics[TRAINED_TOGETHER] = float(self.local.trained_together)
         real = time.perf_counter() - started
-        simulated = self._simulate(real, int(metrics["samples"]), run_clock, state.params.nbytes,
-                                   instructions.simulated_seconds)
-        self._remember(instructions.task_id)
+        try:
+            simulated = self._simulate(real, int(metrics["samples"]), run_clock, state.params.nbytes,
+                                       instructions.simulated_seconds)
+        except SimulatedDropout:  # the work ran: its client state and the simulator's draws stand
+            self._remember(instructions)
+            raise
+        if self._remember(instructions):
+            metrics[private_state.SAVED_METRIC] = 1.0
         if instructions.seal:  # kept here until its cohort is masked
             metrics[SEALED_METRIC] = float(self.sealed.hold(instructions.task_id, payload, self.local.num_examples))
             payload = np.zeros(0, np.float32)
@@ -262,12 +281,14 @@ class Participant:
         )
 
     # -- private state and secure aggregation --------------------------------
-    def _remember(self, task_id: int) -> None:
-        """Save what this participant must not lose if its actor is restarted."""
+    def _remember(self, instructions: Instructions) -> bool:
+        """Save what this participant must not lose if its actor is restarted, keeping the
+        earlier versions a resume may roll back to; True when it wrote."""
+        previous = self.private.version()
         self.private.tasks_done += 1
-        self.private.last_task_id = task_id
+        self.private.last_task_id = instructions.task_id
         if self.spec.state_dir is None:  # nowhere to keep it: skip copying the client state
-            return
+            return False
         rng_state, client_state = self._rng.bit_generator.state, self.client.state_dict()
         dp_history = list(self.local.dp_accountant.history) if self.local.dp_accountant is not None else []
         saved = (self.private.rng_state, getattr(self.private, "dp_sgd_history", []))  # (an old file may lack it)
@@ -275,10 +296,30 @@ class Participant:
             # Nothing a restart needs has changed (FedAvg without a simulator): the counters
             # go with the next change. A write per task cost a pool worker more than
             # training its 64 small participants together.
-            return
+            return False
+        if previous.last_task_id >= 0:  # (a fresh state is what a rollback past every version gives)
+            self.private.earlier = [*getattr(self.private, "earlier", []), previous]
         self.private.rng_state, self.private.client_state = rng_state, client_state
         self.private.dp_sgd_history = dp_history  # the budget spent must survive a restart
+        private_state.prune(self.private, instructions.rollback_before)
         private_state.save(self.spec.state_dir, self.private)
+        return True
+
+    def _state_path(self) -> Path | None:
+        return private_state.state_path(self.spec.state_dir)
+
+    def restore_private_state(self, rollback: private_state.Rollback) -> None:
+        """Resume: put the private state back to the version the run's checkpoint names
+        (this participant may have saved newer ones after it, before the run was killed);
+        refuses, naming itself and the file, when the driver expects a version it lacks."""
+        self._ensure_set_up()
+        if self.spec.state_dir is None:
+            return
+        saved = private_state.load(self.spec.state_dir)
+        state = private_state.rolled_back(saved if saved.restored else None, rollback, self.spec.name,
+                                          self._state_path())
+        self._adopt_private(state)
+        private_state.save(self.spec.state_dir, state)
 
     def discard_private_state(self) -> None:
         """The run is over and cannot be resumed: delete what this participant kept."""

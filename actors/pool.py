@@ -169,6 +169,9 @@ class PoolWorker:
                                 cohort_id: int, peers: dict[str, bytes], spec: ParticipantSpec) -> np.ndarray:
         return self._serve(spec, "masked_table_statistics", numeric, scales, means, cohort_id, peers)
 
+    def restore_private_state(self, rollback: private_state.Rollback, spec: ParticipantSpec) -> None:
+        return self._serve(spec, "restore_private_state", rollback)
+
     def discard_private_state(self, specs: list[ParticipantSpec]) -> None:
         """The run is over and cannot be resumed: delete these participants' private state."""
         for spec in specs:

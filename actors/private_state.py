@@ -9,23 +9,34 @@ every task that changed the random state, the client state or the budget, so a c
 mid-write leaves the previous state intact. The task counters ride along with those
 writes: FedAvg without a simulator writes once, and a restarted actor's ``tasks_done``
 then counts from that write (the driver keeps its own count).
+
+Resuming a run rolls this state back. The driver checkpoints only after an aggregation,
+while a participant saves after every task, so after a kill mid-round its state is newer
+than the checkpoint. Each save therefore keeps the earlier versions a resume may ask for
+(``earlier``, back to the one the latest checkpoint names, :func:`prune`), and
+:func:`rolled_back` picks the version a checkpoint names. The local DP-SGD budget is never
+rolled back: the updates that spent it have left the silo.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import pickle
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 STATE_FILE = "state.pkl"
 KEY_FILE = "secagg.key"
+SAVED_METRIC = "state_saved"
+"""Update metric: 1.0 when the participant saved its private state after this task, so
+the driver knows which version to expect of it after a restart or a resume."""
 
 
 @dataclass
@@ -42,6 +53,17 @@ class PrivateState:
     """Local DP-SGD's accountant history (noise multiplier, sample rate, steps): the budget
     a restarted actor has already spent."""
     restored: bool = field(default=False, compare=False)
+    earlier: list[PrivateState] = field(default_factory=list, compare=False)
+    """Older versions (oldest first, each without its own ``earlier``) that a resume from
+    the run's latest checkpoint may roll back to."""
+
+    def version(self) -> PrivateState:
+        """This version alone: what a later save keeps in ``earlier``."""
+        return dataclasses.replace(self, earlier=[], dp_sgd_history=[], restored=False)
+
+    def versions(self) -> list[PrivateState]:
+        """Every version kept, oldest first, the newest (this one) last."""
+        return [*getattr(self, "earlier", []), self]  # (a file written before versions lacks it)
 
 
 class PrivateStateError(RuntimeError):
@@ -56,6 +78,11 @@ def resolve_dir(state_dir: str) -> Path:
     return path if path.is_absolute() else Path(tempfile.gettempdir()) / path
 
 
+def state_path(state_dir: str | None) -> Path | None:
+    """The participant's private state file (None: it keeps no state)."""
+    return None if state_dir is None else resolve_dir(state_dir) / STATE_FILE
+
+
 def load(state_dir: str | None) -> PrivateState:
     """The saved state, or a fresh one only when none was ever saved (no file).
 
@@ -63,10 +90,8 @@ def load(state_dir: str | None) -> PrivateState:
     afresh: a fresh state would silently reset the silo's local DP-SGD budget. Saves are
     atomic, so such a file is not a crash mid-write but something to look at by hand.
     """
-    if state_dir is None:
-        return PrivateState()
-    path = resolve_dir(state_dir) / STATE_FILE
-    if not path.exists():
+    path = state_path(state_dir)
+    if path is None or not path.exists():
         return PrivateState()
     try:
         with open(path, "rb") as fh:
@@ -81,6 +106,53 @@ def load(state_dir: str | None) -> PrivateState:
             "not a PrivateState")
     state.restored = True
     return state
+
+
+class Rollback(NamedTuple):
+    """Where a resume puts one participant's private state back, from the checkpoint."""
+
+    before: int
+    """Roll back to the newest version saved after a task with a smaller id: tasks from
+    ``before`` on were in flight, or not yet dispatched, when the checkpoint was taken."""
+    expected: int | None
+    """The task after which the driver knows a version was saved (None: none was): a state
+    that is missing or older is refused rather than silently started afresh."""
+
+
+def prune(state: PrivateState, before: int | None) -> None:
+    """Drop the versions no resume can ask for: all but the newest when the run writes no
+    checkpoints (``before`` None), else those older than the newest saved before ``before``."""
+    versions = state.versions()[:-1]
+    if before is None:
+        state.earlier = []
+        return
+    older = [i for i, v in enumerate(versions) if v.last_task_id < before]
+    state.earlier = versions[older[-1]:] if older else versions
+
+
+def rolled_back(state: PrivateState | None, rollback: Rollback, who: str, path: Path) -> PrivateState:
+    """The version ``rollback`` names, as the newest (later ones dropped), keeping the
+    newest DP-SGD budget; :class:`PrivateStateError` naming ``who`` and ``path`` when the
+    driver expects a version that is missing or older."""
+    versions = state.versions() if state is not None else []
+    kept = [v for v in versions if v.last_task_id < rollback.before]
+    chosen = kept[-1] if kept else None
+    if rollback.expected is not None:
+        if state is None:
+            raise PrivateStateError(
+                f"participant {who}: the checkpoint expects its private state as of task {rollback.expected}, "
+                f"but {path} does not exist (a cleared temp directory, or a node other than the one "
+                "it ran on?); starting afresh would reset its client state and DP-SGD budget")
+        if chosen is None or chosen.last_task_id < rollback.expected:
+            have = "no version that old" if chosen is None else f"task {chosen.last_task_id}"
+            raise PrivateStateError(
+                f"participant {who}: the checkpoint expects its private state as of task {rollback.expected}, "
+                f"but {path} holds {have} (newest: task {versions[-1].last_task_id}), an older state")
+    out = (chosen or PrivateState()).version()
+    out.earlier = [v.version() for v in kept[:-1]]
+    out.dp_sgd_history = list(getattr(state, "dp_sgd_history", [])) if state is not None else []
+    out.restored = state is not None
+    return out
 
 
 def key_path(state_dir: str | None) -> Path | None:

@@ -88,7 +88,7 @@ def capture(state: RunState, participants: Any, owned: dict[str, Any], history: 
             elapsed: float) -> RunState:
     """The run state with what others own filled in: each participant's counters, each
     owned object's ``state_dict()`` (strategy, schedule, privacy) and the history."""
-    return state.snapshot(participants.records(), {k: v.state_dict() for k, v in owned.items()},
+    return state.snapshot(participants.records(state.next_task_id), {k: v.state_dict() for k, v in owned.items()},
                           history.rows, elapsed)
 
 

@@ -58,6 +58,19 @@ class WallClock:
         time.sleep(seconds or 0.0)
 
 
+REAL_TIMEOUT_S = 1800.0
+"""Under the simulated clock, how many real seconds the driver waits for the task due
+first before it ends it as a failure: a hung task must not freeze the run."""
+
+
+class TaskHung(RuntimeError):
+    """The task due first gave no result within the real-time ceiling."""
+
+    def __init__(self, ref: ray.ObjectRef, seconds: float) -> None:
+        super().__init__(f"no result after {seconds:g} s of real time (the simulated clock's ceiling)")
+        self.ref = ref
+
+
 class SimulatedClock:
     """Simulated seconds: time moves when the next event in simulated time is handled.
 
@@ -69,7 +82,8 @@ class SimulatedClock:
 
     simulated = True
 
-    def __init__(self) -> None:
+    def __init__(self, real_timeout_s: float = REAL_TIMEOUT_S) -> None:
+        self.real_timeout_s = real_timeout_s
         self._now = 0.0
         self._due: dict[Any, tuple[float, int]] = {}  # ref -> (finish time, task id)
 
@@ -94,7 +108,9 @@ class SimulatedClock:
 
     def wait(self, in_flight: list[ray.ObjectRef], timeout: float | None) -> list[ray.ObjectRef]:
         """The task due first (ties: the earlier task id), once it has really finished; or
-        nothing, with the clock moved on by ``timeout``, when that comes first."""
+        nothing, with the clock moved on by ``timeout``, when that comes first. Raises
+        :class:`TaskHung` when that task has not really finished within ``real_timeout_s``
+        (the clock stays where it is; the caller ends the task)."""
         if not in_flight:
             self.sleep(timeout)
             return []
@@ -103,7 +119,10 @@ class SimulatedClock:
         if timeout is not None and self._now + timeout < finish:
             self._now += timeout
             return []
-        ray.wait([ref], num_returns=1, timeout=None)  # real time: the computation itself
+        done, _ = ray.wait([ref], num_returns=1, timeout=self.real_timeout_s)  # real time: the computation
+        if not done:
+            del self._due[ref]
+            raise TaskHung(ref, self.real_timeout_s)
         self._now = max(self._now, finish)
         del self._due[ref]
         return [ref]

@@ -27,10 +27,11 @@ from actors.data import DataError, partition_problem
 from actors.local_dp import PrivacyBudgetSpent
 from actors.participant import Participant
 from actors.pool import PoolWorker
+from actors.private_state import PrivateStateError, Rollback
 from actors.spec import FileData, FittedTransform, ParticipantSpec, PartitionData
 from actors.system import SimulatedDropout, Unavailable, draw_speeds, simulated_duration
 from actors.traces import TraceError, participant_systems
-from orchestrator.clock import Clock
+from orchestrator.clock import Clock, TaskHung
 from orchestrator.config import Group, RunConfig, participant_name
 from orchestrator.history import History
 from orchestrator.placement import PlacementError, Placements, check_placement
@@ -38,6 +39,7 @@ from orchestrator.preprocessing import PreprocessingError, fit_transform, scale_
 from orchestrator.privacy import PrivacyHooks, SecureAggregationAbort
 from orchestrator.progress import one_line_per_cause
 from orchestrator.schedules import Task
+from strategies.client import Plan, Work
 from strategies.types import Instructions, Update
 
 START_TIMEOUT_S = 300.0
@@ -73,6 +75,11 @@ class Member:
     info: dict[str, Any] = field(default_factory=dict)
     pooled: bool = False
     """Served by a pool worker: every call names the participant by passing its spec."""
+    saved_task: int | None = None
+    """The last task after which it reported saving its private state."""
+    rollback_before: int = 0
+    """Where a resume from the latest checkpoint rolls its private state back to
+    (:class:`actors.private_state.Rollback`)."""
 
     def call(self, method: str, *args: Any, **options: Any) -> ray.ObjectRef:
         """``handle.method.options(**options).remote(*args)``, addressed to this participant
@@ -147,6 +154,10 @@ class Participants:
         self.placements: Placements | None = None
         self.transform: FittedTransform | None = None
         """The run's fitted preprocessing (``preprocess:``), or None."""
+        self._hung: dict[str, str] = {}  # participant -> why wait() killed its task
+        self._backed_off: dict[int, float] = {}  # actor -> when the driver last waited out its restart
+        self.client = config.strategy.build().client()
+        """The strategy's client half, asked how much work a task plans (simulated clock)."""
 
     # -- start and stop ----------------------------------------------------------------
     def spawn(self, specs: list[tuple[ParticipantSpec, Group]], transform: FittedTransform | None = None) -> None:
@@ -345,22 +356,33 @@ class Participants:
         self.clock.started(ref, task.dispatched_at, task.task_id, instructions.simulated_seconds or 0.0)
         member.busy, member.tasks = True, member.tasks + 1
 
-    def simulated_seconds(self, member: Member, local_steps: int | None, nbytes: int) -> float | None:
+    def simulated_seconds(self, member: Member, local_steps: int | None, nbytes: int, version: int) -> float | None:
         """Under the simulated clock, how long this task lasts: the system model on the
-        samples the group's local work covers (None under the wall clock)."""
+        samples the strategy's client half plans for the group's local work (Ditto trains
+        twice, FedSGD takes one batch's gradient); None under the wall clock."""
         if not self.clock.simulated:
             return None
         train = member.spec.train
-        steps = local_steps or train.local_steps
-        samples = steps * train.batch_size if steps else train.local_epochs * member.info["num_examples"]
+        dataset = self.config.dataset
+        plan = Plan(Work(0, train.local_epochs, local_steps or train.local_steps), train.batch_size,
+                    member.info["num_examples"], dataset.public_size if dataset is not None else 0, version)
+        samples = self.client.planned_samples(plan)
         return simulated_duration(member.spec.system, member.spec.speed, samples, nbytes)
 
     def task_seed(self, member: Member) -> int:
         return task_seed(self.config.seed, member.index, member.tasks)
 
     def wait(self, timeout: float | None) -> list[ray.ObjectRef]:
-        """The tasks that land next by the run's clock (none within ``timeout``)."""
-        return self.clock.wait(list(self.in_flight), timeout)
+        """The tasks that land next by the run's clock (none within ``timeout``). A task the
+        simulated clock gave up on (:class:`TaskHung`) has its actor killed and lands as
+        a failure, recorded as a timeout."""
+        try:
+            return self.clock.wait(list(self.in_flight), timeout)
+        except TaskHung as exc:
+            member = self.members[self.in_flight[exc.ref].participant]
+            self._hung[member.name] = str(exc)
+            ray.kill(member.handle, no_restart=member.max_restarts == 0)
+            return [exc.ref]
 
     def receive(self, ref: ray.ObjectRef, version: int) -> Arrival:
         """Fetch a finished task; record every outcome that is not an update."""
@@ -393,10 +415,12 @@ class Participants:
         """Count a failure; give up on the participant after ``max_failures`` in a row, or
         at once when its actor died and may not restart."""
         self.privacy.forget(member.name)  # ask again: a restarted actor may have a new masking key
+        if (hung := self._hung.pop(member.name, None)) is not None:  # killed by wait()
+            exc, event = ray.exceptions.RayActorError(error_msg=hung), "timeout"
         if isinstance(exc, ray.exceptions.ActorUnavailableError):
             # Ray is restarting the actor; calls fail at once until it is back. Back off. Its
             # death counts once: here if no task of its was in flight when it died.
-            member.retry_at = self.clock.now() + RESTART_BACKOFF_S
+            self._back_off(member)
             if member.restarting:
                 self.history.record("unavailable", **where, detail="actor is restarting")
                 return
@@ -413,6 +437,19 @@ class Participants:
                 "participant_lost", participant=member.name, group=member.group, version=where["version"],
                 detail="actor died" if died else f"{member.failures} consecutive failures",
             )
+
+    def _back_off(self, member: Member) -> None:
+        """Leave a restarting actor alone for ``RESTART_BACKOFF_S``. A restart takes real
+        seconds, so under the simulated clock the driver waits them out in real time (once
+        per actor, however many participants it serves) and simulated time stands still:
+        the history must not depend on how fast the machine restarts a process."""
+        if not self.clock.simulated:
+            member.retry_at = self.clock.now() + RESTART_BACKOFF_S
+            return
+        last = self._backed_off.get(id(member.handle))
+        if last is None or time.monotonic() - last > RESTART_BACKOFF_S:
+            time.sleep(RESTART_BACKOFF_S)
+            self._backed_off[id(member.handle)] = time.monotonic()
 
     def reap_timeouts(self, now: float, version: int) -> list[Task]:
         """Kill tasks past ``task_timeout_s`` (a hung actor would queue every later task
@@ -446,12 +483,30 @@ class Participants:
         return [] if limit is None else [t.dispatched_at + limit for t in self.in_flight.values()]
 
     # -- checkpoints -------------------------------------------------------------------
-    def records(self) -> dict[str, dict[str, Any]]:
-        """What a checkpoint keeps per participant: per-task seeds derive from ``tasks``."""
-        return {name: {"tasks": m.tasks, "failures": m.failures, "lost": m.lost}
+    def records(self, next_task_id: int) -> dict[str, dict[str, Any]]:
+        """What a checkpoint keeps per participant: per-task seeds derive from ``tasks``; a
+        resume rolls its private state back to before its first task in flight (the
+        checkpoint forgets those), else before ``next_task_id``."""
+        first_in_flight: dict[str, int] = {}
+        for task in self.in_flight.values():
+            first_in_flight[task.participant] = min(task.task_id, first_in_flight.get(task.participant, task.task_id))
+        return {name: {"tasks": m.tasks, "failures": m.failures, "lost": m.lost, "saved_task": m.saved_task,
+                       "rollback_before": first_in_flight.get(name, next_task_id)}
                 for name, m in self.members.items()}
 
+    def checkpointed(self, records: dict[str, dict[str, Any]]) -> None:
+        """A checkpoint of ``records`` is on disk: participants may drop older versions."""
+        for name, saved in records.items():
+            self.members[name].rollback_before = saved["rollback_before"]
+
+    def rollback_before(self, member: Member) -> int | None:
+        """What a task tells the participant to keep (None: no checkpoints, only the newest)."""
+        return None if self.config.checkpoint.every is None else member.rollback_before
+
     def restore(self, records: dict[str, dict[str, Any]]) -> None:
+        """Take the checkpoint's counters back, and roll every participant's private state
+        back to the version the checkpoint names; :class:`RunError` naming each participant
+        (and its file) whose state is missing or older than the checkpoint expects."""
         unknown = sorted(set(records) - set(self.members))
         if unknown:
             raise ValueError(f"checkpoint names participants not in this config: {unknown[:5]}")
@@ -459,6 +514,30 @@ class Participants:
             member = self.members[name]
             member.tasks, member.failures = saved["tasks"], saved["failures"]
             member.lost = member.lost or saved["lost"]
+        if all("rollback_before" in saved for saved in records.values()):  # (older checkpoints lack it)
+            self.checkpointed(records)
+            self._roll_back(records)
+
+    def _roll_back(self, records: dict[str, dict[str, Any]]) -> None:
+        pending = {}
+        for name, saved in records.items():
+            member = self.members[name]
+            member.saved_task = saved["saved_task"]
+            if not member.lost and member.spec.state_dir is not None:
+                rollback = Rollback(saved["rollback_before"], saved["saved_task"])
+                pending[member.call("restore_private_state", rollback)] = member
+        ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=START_TIMEOUT_S)
+        problems = [f"participant {m.name}: its private state was not restored within {START_TIMEOUT_S:.0f}s"
+                    for ref, m in pending.items() if ref not in ready]
+        for ref in ready:
+            try:
+                ray.get(ref)
+            except PrivateStateError as exc:
+                problems.append(str(exc.cause if isinstance(exc, ray.exceptions.RayTaskError) else exc))
+            except ray.exceptions.RayError as exc:
+                problems.append(f"participant {pending[ref].name}: {error_message(exc)}")
+        if problems:
+            raise RunError("cannot resume:\n  " + "\n  ".join(problems))
 
 
 def participant_specs(config: RunConfig, run_id: str) -> list[tuple[ParticipantSpec, Group]]:

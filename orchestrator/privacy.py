@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import secrets
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -54,7 +55,11 @@ class PrivacyHooks:
         self.accountant = (PrivacyAccountant(self.dp.noise_multiplier, self.dp.delta)
                            if self.dp is not None else None)
         self.public_keys: dict[str, bytes] = {}
-        self.cohort_ids = itertools.count(1)
+        # Cohort ids salt the pairwise masks, so they must never repeat for a pair of keys,
+        # and participants keep their keys across a resume: a run that resumes from a
+        # checkpoint repeats the cohort count, so each driver start draws its own high bits.
+        # (Masks cancel in the sum: the aggregate does not depend on them.)
+        self.cohort_ids = itertools.count((secrets.randbits(30) + 1) << 32)
 
     @property
     def active(self) -> bool:

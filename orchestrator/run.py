@@ -28,6 +28,7 @@ import pandas as pd
 import ray
 
 from actors.data import DataError
+from actors.private_state import SAVED_METRIC
 from actors.spec import ParticipantSpec
 from orchestrator import checkpoint, preflight
 from orchestrator.adaptive import AdaptiveLocalWork
@@ -182,12 +183,13 @@ class Orchestrator:
         """The next task for ``member``: its instructions, and what the driver tracks."""
         state = self.state
         local_steps = self.adaptive.steps_for(member.name) if self.adaptive is not None else None
-        simulated = self.participants.simulated_seconds(member, local_steps, state.params.nbytes)
+        simulated = self.participants.simulated_seconds(member, local_steps, state.params.nbytes, state.version)
         instructions = Instructions(
             task_id=state.next_task_id, seed=self.participants.task_seed(member), local_steps=local_steps,
             run_start=self.run_start_epoch, seal=self.privacy.secure,
             simulated_at=self.clock() if simulated is not None else None, simulated_seconds=simulated,
             transform=self.participants.transform,
+            rollback_before=self.participants.rollback_before(member), expect_state=member.saved_task,
         )
         task = Task(member.name, state.next_task_id, state.version, self.schedule.round, self.clock())
         state.next_task_id += 1
@@ -200,6 +202,8 @@ class Orchestrator:
         update, member = arrival.update, arrival.member
         if update is None:  # dropout, failure, ...: already recorded
             return
+        if update.metrics.get(SAVED_METRIC):  # after a restart or a resume, it must have this state
+            member.saved_task = update.task_id
         if self.adaptive is not None:  # measured samples/s
             self.adaptive.observe(member.name, update.metrics.get("samples", 0.0),
                                   max(update.train_seconds, update.simulated_seconds or 0.0))
@@ -325,6 +329,7 @@ class Orchestrator:
         snapshot = checkpoint.capture(self.state, self.participants, self._owned(), self.history,
                                       time.perf_counter() - self.history.start)
         path = checkpoint.write_checkpoint(self.out_dir, snapshot, policy.keep)
+        self.participants.checkpointed(snapshot.members)
         self.history.record("checkpoint", version=self.state.version, detail=path.name)
 
     def _owned(self) -> dict[str, Any]:

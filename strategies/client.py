@@ -66,6 +66,29 @@ class Work:
     steps: int | None = None
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What the driver knows of one task's local work before it runs: enough for the client
+    half to say how many samples it will process (the task's duration under the simulated
+    clock), in :meth:`Client.planned_samples`, next to the work it describes."""
+
+    work: Work
+    batch_size: int
+    num_examples: int
+    """Private training examples."""
+    public_size: int = 0
+    """Examples in the run's public set (the soft-label strategies distill on it)."""
+    version: int = 0
+    """The global version the task starts from."""
+
+    def pass_samples(self, epochs: int | None = None) -> int:
+        """Samples one :meth:`LocalModel.train` call processes: ``work.steps`` batches,
+        else ``epochs`` (default: the task's) passes over the private data."""
+        if self.work.steps:
+            return self.work.steps * self.batch_size
+        return (self.work.epochs if epochs is None else epochs) * self.num_examples
+
+
 class LocalModel(Protocol):
     """The operations a participant offers its client half (``actors/local_model.py``).
 
@@ -131,6 +154,11 @@ class Client:
     def work(self, model: LocalModel, state: GlobalState, work: Work) -> Result:
         raise NotImplementedError
 
+    def planned_samples(self, plan: Plan) -> int:
+        """Samples :meth:`work` processes for ``plan``: one training pass unless a client
+        half that does more (or less) says so, beside its ``work``."""
+        return plan.pass_samples()
+
     def state_dict(self) -> dict[str, np.ndarray]:
         return {k: np.array(v, copy=True) for k, v in self.state.items()}
 
@@ -161,6 +189,9 @@ class GradientClient(Client):
         model.set(np.asarray(state.params, dtype=np.float32), state.layout)
         gradient, metrics = model.gradient(work.seed)
         return Result(gradient, state.layout, metrics)
+
+    def planned_samples(self, plan: Plan) -> int:
+        return min(plan.batch_size, plan.num_examples)  # one batch
 
 
 class PersonalClient(Client):

@@ -38,6 +38,7 @@ from strategies.client import (
     ConsensusKD,
     LocalModel,
     PersonalClient,
+    Plan,
     Result,
     Term,
     Work,
@@ -103,6 +104,11 @@ class DistillClient(PersonalClient):
         self.keep(model)
         layout = Layout(("logits",), (tuple(logits.shape),))
         return Result(logits.reshape(-1), layout, with_test_metrics(metrics, tested))
+
+    def planned_samples(self, plan: Plan) -> int:
+        p = self.params
+        digest = p.distill_epochs * plan.public_size if plan.version > 0 else 0
+        return digest + plan.pass_samples() * (2 if p.revisit_kd_weight > 0 else 1)  # (a public batch per private one)
 
 
 class SoftLabelStrategy(Strategy):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from strategies.client import Client, LocalModel, Proximal, Result, Work, with_test_metrics
+from strategies.client import Client, LocalModel, Plan, Proximal, Result, Work, with_test_metrics
 from strategies.fedavg import FedAvg
 from strategies.types import GlobalState
 
@@ -55,6 +55,9 @@ class DittoClient(Client):
         metrics |= {"personal_loss": personal["train_loss"],
                     "samples": metrics["samples"] + personal["samples"]}
         return Result(model.get(state.layout) - start, state.layout, with_test_metrics(metrics, tested))
+
+    def planned_samples(self, plan: Plan) -> int:
+        return plan.pass_samples(self.params.personal_epochs) + plan.pass_samples()  # personal, then global
 
 
 class Ditto(FedAvg):

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from strategies.base import Strategy
-from strategies.client import LocalModel, PersonalClient, Result, Work, with_test_metrics
+from strategies.client import LocalModel, PersonalClient, Plan, Result, Work, with_test_metrics
 from strategies.types import GlobalState, Layout, Sharing, Update
 
 
@@ -213,6 +213,9 @@ class FedRepClient(SharedPartClient):
         body = model.train(Work(work.seed + 1, work.epochs, work.steps), trainable="body.")
         return {"train_loss": body["train_loss"], "head_loss": head["train_loss"],
                 "samples": head["samples"] + body["samples"], "steps": head["steps"] + body["steps"]}
+
+    def planned_samples(self, plan: Plan) -> int:
+        return plan.pass_samples(self.params.head_epochs) + plan.pass_samples()  # head, then body
 
 
 class FedRep(PartialSharing):

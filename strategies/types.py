@@ -131,6 +131,14 @@ class Instructions:
     transform: Any = None
     """The run's fitted preprocessing (``actors.spec.FittedTransform``), for a participant
     that sets itself up with this task (a restarted actor); opaque to strategies."""
+    rollback_before: int | None = None
+    """Where a resume from the run's latest checkpoint would roll the participant's private
+    state back to (its newest version saved before this task id), so it keeps the versions
+    from there on; None when the run writes no checkpoints (it keeps only the newest)."""
+    expect_state: int | None = None
+    """The task after which the participant last reported saving its private state: set up
+    without it (a cleared temp directory, a restart on another node), it refuses the task
+    rather than start afresh."""
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -15,7 +16,11 @@ from actors.spec import SystemSpec
 from actors.system import simulated_duration, task_duration
 from orchestrator.clock import SimulatedClock
 from orchestrator.config import ConfigError, load_config
+from orchestrator.history import History
+from orchestrator.participants import Member, Participants
+from orchestrator.privacy import PrivacyHooks
 from orchestrator.run import Orchestrator
+from orchestrator.schedules import Task
 
 
 def test_a_task_lasts_samples_times_seconds_per_sample_over_speed_plus_the_link():
@@ -117,3 +122,27 @@ def test_simulated_task_durations_follow_speed_and_too_slow_tasks_time_out_witho
     assert set(timeouts.participant) == {"slow-0"}
     assert np.allclose(timeouts.time.to_numpy() - dispatch.loc[timeouts.task_id].to_numpy(), 10.0)
     assert not (history.event == "participant_lost").any()
+
+
+@ray.remote(num_cpus=0)
+class _Stuck:
+    def hang(self) -> None:
+        time.sleep(3600)
+
+
+def test_a_task_that_really_hangs_ends_as_a_timeout_failure_not_a_frozen_driver(ray_session):
+    config = load_config(digits_config())
+    history = History()
+    participants = Participants(config, history, PrivacyHooks(config.privacy, config),
+                                SimulatedClock(real_timeout_s=0.5))
+    member = Member("site-0", "site", 0, _Stuck.options(max_restarts=0).remote(), None, max_restarts=0, busy=True)
+    participants.members[member.name] = member
+    ref = member.handle.hang.remote()
+    participants.in_flight[ref] = Task(member.name, 0, 0, 0, 0.0)
+    participants.clock.started(ref, 0.0, 0, 2.0)
+    assert participants.wait(None) == [ref]  # after 0.5 real seconds, not an hour
+    assert participants.clock.now() == 0.0  # it never landed: simulated time did not move
+    assert participants.receive(ref, 0).update is None
+    timeout = [row for row in history.rows if row["event"] == "timeout"]
+    assert len(timeout) == 1 and "real time" in timeout[0]["detail"]
+    assert member.lost and not participants.in_flight

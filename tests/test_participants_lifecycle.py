@@ -3,14 +3,16 @@ is classified and counted. The exceptions are Ray's own classes, as Ray raises t
 
 from __future__ import annotations
 
+import time
+
 import ray
 from conftest import digits_config
 
 from actors.data import DataError
-from orchestrator.clock import SimulatedClock
+from orchestrator.clock import SimulatedClock, WallClock
 from orchestrator.config import load_config
 from orchestrator.history import History
-from orchestrator.participants import Member, Participants, error_message
+from orchestrator.participants import RESTART_BACKOFF_S, Member, Participants, error_message
 from orchestrator.privacy import PrivacyHooks
 from orchestrator.results import FAILURE_EVENTS
 from orchestrator.schedules import Task
@@ -32,14 +34,28 @@ def where(member: Member) -> dict:
 
 
 def test_an_actor_ray_restarts_counts_once_as_a_failure_and_then_backs_off():
-    participants, member, history = lifecycle()
+    participants, member, history = lifecycle(clock="wall")
+    participants.clock = WallClock()
     restarting = ray.exceptions.ActorUnavailableError("restarting", None)
     participants.failed(member, where(member), restarting)  # it died while idle
     participants.failed(member, where(member), restarting)  # still coming back
     events = [row["event"] for row in history.rows]
     assert events == ["failure", "unavailable"]  # one death, one failure in the summary
     assert sum(e in FAILURE_EVENTS for e in events) == 1
-    assert member.retry_at > 10.0 and not member.lost and member.failures == 0
+    assert member.retry_at >= RESTART_BACKOFF_S and not member.lost and member.failures == 0
+
+
+def test_under_the_simulated_clock_a_restart_is_waited_out_in_real_time_not_simulated_time():
+    """A restart takes real seconds: advancing simulated time instead would make the history
+    depend on how fast the machine restarts a process."""
+    participants, member, history = lifecycle()
+    restarting = ray.exceptions.ActorUnavailableError("restarting", None)
+    started = time.monotonic()
+    participants.failed(member, where(member), restarting)
+    participants.failed(member, where(member), restarting)  # the same actor: no second wait
+    assert time.monotonic() - started >= RESTART_BACKOFF_S  # (a lower bound: sleeps never end early)
+    assert participants.clock.now() == 10.0 and member.retry_at <= 10.0
+    assert [row["event"] for row in history.rows] == ["failure", "unavailable"]
 
 
 def test_a_death_seen_by_a_task_in_flight_is_not_counted_again_while_ray_restarts_it():

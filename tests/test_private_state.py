@@ -9,6 +9,7 @@ from __future__ import annotations
 import pickle
 import re
 
+import numpy as np
 import pytest
 
 from actors import private_state
@@ -41,3 +42,49 @@ def test_unreadable_or_foreign_file_raises_naming_the_file(tmp_path, content):
     with pytest.raises(private_state.PrivateStateError, match=re.escape(str(path))):
         private_state.load(str(where))
     assert path.read_bytes() == content  # left as found, for whoever investigates
+
+
+def _saved(task_id: int, history: list | None = None) -> private_state.PrivateState:
+    return private_state.PrivateState(tasks_done=task_id + 1, last_task_id=task_id,
+                                      client_state={"c": np.full(2, task_id, np.float32)},
+                                      dp_sgd_history=history or [])
+
+
+def _with_versions(*task_ids: int) -> private_state.PrivateState:
+    state = _saved(task_ids[-1], history=[(1.0, 0.1, task_ids[-1])])
+    state.earlier = [_saved(t) for t in task_ids[:-1]]
+    return state
+
+
+def test_saves_keep_the_versions_a_resume_may_roll_back_to():
+    state = _with_versions(1, 4, 6, 9)
+    private_state.prune(state, before=7)  # the checkpoint's version is the one after task 6
+    assert [v.last_task_id for v in state.versions()] == [6, 9]
+    private_state.prune(state, before=None)  # no checkpoints: only the newest
+    assert [v.last_task_id for v in state.versions()] == [9]
+    fresh_start = _with_versions(1, 4)
+    private_state.prune(fresh_start, before=0)  # before the first task: everything stays
+    assert [v.last_task_id for v in fresh_start.versions()] == [1, 4]
+
+
+def test_a_rollback_takes_the_checkpoints_version_but_keeps_the_budget_spent(tmp_path):
+    path = tmp_path / private_state.STATE_FILE
+    back = private_state.rolled_back(_with_versions(1, 4, 6, 9), private_state.Rollback(7, 4), "site-0", path)
+    assert back.last_task_id == 6 and back.client_state["c"].tolist() == [6.0, 6.0]
+    assert back.dp_sgd_history == [(1.0, 0.1, 9)]  # the updates that spent it left the silo
+    assert [v.last_task_id for v in back.versions()] == [1, 4, 6]  # later versions dropped
+    before_all = private_state.rolled_back(_with_versions(4, 9), private_state.Rollback(2, None), "site-0", path)
+    assert before_all.last_task_id == -1 and before_all.client_state == {}  # no task covered: fresh
+
+
+@pytest.mark.parametrize(("state", "rollback", "message"), [
+    (None, private_state.Rollback(7, 4), "does not exist"),
+    (_with_versions(1, 2), private_state.Rollback(7, 4), "holds task 2"),
+    (_with_versions(5, 6), private_state.Rollback(3, 2), "holds no version that old"),
+], ids=["missing", "older", "pruned"])
+def test_a_missing_or_older_state_the_checkpoint_expects_is_refused(tmp_path, state, rollback, message):
+    path = tmp_path / private_state.STATE_FILE
+    with pytest.raises(private_state.PrivateStateError, match=f"participant site-3: .*{message}"):
+        private_state.rolled_back(state, rollback, "site-3", path)
+    with pytest.raises(private_state.PrivateStateError, match=re.escape(str(path))):
+        private_state.rolled_back(state, rollback, "site-3", path)

@@ -1,7 +1,10 @@
 """Checkpoint and resume for real: SIGKILL a driver process mid-run, resume, compare.
 
 In ``sync`` mode with fixed seeds a resumed run must end with exactly the same global
-parameters as a run that was never interrupted.
+parameters as a run that was never interrupted, and, for strategies with client state
+(SCAFFOLD's control variates, Ditto's personal models), the same client state too, even
+when the kill lands mid-round, after some participants saved a newer state than the
+checkpoint's.
 """
 
 from __future__ import annotations
@@ -15,13 +18,18 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 import yaml
 from conftest import digits_config
 
-from orchestrator.checkpoint import list_checkpoints
+from actors import private_state
+from actors.participant import Participant
+from actors.private_state import PrivateStateError, Rollback
+from orchestrator.checkpoint import list_checkpoints, read_latest
 from orchestrator.cli import main
 from orchestrator.config import load_config
 from orchestrator.run import Orchestrator
+from strategies.types import GlobalState, Instructions
 
 MAX_AGGREGATIONS = 8
 KILL_AFTER = 2  # kill once the checkpoint of aggregation 2 (or later) exists
@@ -88,6 +96,96 @@ def test_sigkilled_sync_run_resumes_to_identical_parameters(ray_session, tmp_pat
     assert updates.task_id.is_unique  # nothing counted twice across the kill
     assert len(updates) == 3 * MAX_AGGREGATIONS
     assert history[history.event == "aggregation"].version.tolist() == list(range(1, MAX_AGGREGATIONS + 1))
+
+
+def _driver(cfg_path: Path, out: Path) -> subprocess.Popen:
+    """The driver in its own process (and process group), to be killed without warning."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path.cwd()), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "run", str(cfg_path), "--out", str(out), "--quiet"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True, env=env,
+    )
+
+
+def _mid_round(out: Path, private: Path) -> bool:
+    """A checkpoint of aggregation >= KILL_AFTER exists, and a participant has since saved
+    its private state after a task the checkpoint does not cover (its round is not over)."""
+    done = list_checkpoints(out)
+    if not done or _checkpoint_version(done[-1]) < KILL_AFTER:
+        return False
+    try:
+        ckpt = read_latest(out)
+    except FileNotFoundError:  # pruned between listing and reading
+        return False
+    states = [private_state.load(str(d)) for d in (private / ckpt.run_id).glob("*")]
+    return any(s.last_task_id >= ckpt.next_task_id for s in states)
+
+
+@pytest.mark.parametrize("strategy", ["scaffold", "ditto"])
+def test_killed_mid_round_resume_rolls_client_state_back_bit_for_bit(ray_session, tmp_path, strategy):
+    private = tmp_path / "private"
+    fast = {"name": "fast", "count": 2, "model": {"name": "mlp", "hidden": [16]},
+            "train": {"local_steps": 3, "batch_size": 32, "lr": 0.1}, "resources": {"num_cpus": 0.5}}
+    # the slow one lasts ~2 s a task (the wall clock sleeps it out): the fast ones save their
+    # state for the round well before it ends, which is where the driver gets killed
+    slow = {**fast, "name": "slow", "count": 1, "system": {"simulated_seconds_per_sample": 0.02}}
+    raw = digits_config(
+        groups=[fast, slow], strategy={"name": strategy}, stop={"max_aggregations": 4},
+        checkpoint={"every": 1, "keep": 2, "participant_dir": str(private / "{run_id}" / "{name}")},
+    )
+    cfg_path = tmp_path / "run.yaml"
+    cfg_path.write_text(yaml.safe_dump(raw))
+    killed = tmp_path / "killed"
+    proc = _driver(cfg_path, killed)
+    deadline = time.monotonic() + HANG_GUARD_S
+    try:
+        while time.monotonic() < deadline and proc.poll() is None and not _mid_round(killed, private):
+            time.sleep(0.02)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    assert _mid_round(killed, private), "not killed mid-round"
+    run_id = read_latest(killed).run_id
+
+    assert main(["run", "--resume", str(killed), "--quiet"]) == 0
+    reference = Orchestrator(load_config(raw), out_dir=tmp_path / "reference")
+    reference.run()
+
+    np.testing.assert_array_equal(np.load(killed / "global_params.npy"),
+                                  np.load(tmp_path / "reference" / "global_params.npy"))
+    for name in ("fast-0", "fast-1", "slow-0"):  # every participant's client state, bit for bit
+        resumed = private_state.load(str(private / run_id / name))
+        expected = private_state.load(str(private / reference.run_id / name))
+        assert resumed.client_state.keys() == expected.client_state.keys() != set()
+        for key, value in expected.client_state.items():
+            np.testing.assert_array_equal(resumed.client_state[key], value, err_msg=f"{name} {key}")
+    columns = ["task_id", "participant", "loss", "accuracy"]  # Ditto: the personal model's accuracy
+    got = pd.read_parquet(killed / "history.parquet").query("event == 'update'")[columns]
+    want = reference.history.frame().query("event == 'update'")[columns]
+    pd.testing.assert_frame_equal(got.sort_values("task_id").reset_index(drop=True),  # (arrival order varies)
+                                  want.sort_values("task_id").reset_index(drop=True))
+
+
+def test_resume_refuses_a_missing_or_older_private_state_naming_participant_and_path(tmp_path):
+    config = load_config(digits_config(
+        strategy={"name": "scaffold"}, checkpoint={"every": 1, "participant_dir": str(tmp_path / "{name}")}))
+    spec = Orchestrator(config).participant_specs()[0][0]
+    p = Participant(spec)
+    state = p.initial_parameters()
+    layout = p.layout
+    for task_id in (0, 4):
+        p.train(GlobalState(0, state, layout), Instructions(task_id=task_id, seed=task_id, rollback_before=0))
+    path = private_state.state_path(spec.state_dir)
+    fresh = Participant(spec)
+    with pytest.raises(PrivateStateError, match=f"{spec.name}.*task 7.*{path}"):  # older than expected
+        fresh.restore_private_state(Rollback(before=9, expected=7))
+    fresh.restore_private_state(Rollback(before=4, expected=0))  # the checkpoint's version: task 0
+    assert fresh.private.last_task_id == 0 and private_state.load(spec.state_dir).last_task_id == 0
+    path.unlink()  # a cleared temp directory
+    with pytest.raises(PrivateStateError, match=f"{spec.name}.*{path}.*does not exist"):
+        Participant(spec).restore_private_state(Rollback(before=4, expected=0))
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path, capsys):

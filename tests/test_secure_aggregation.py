@@ -257,3 +257,16 @@ def test_secure_fedbuff_survives_participants_killed_mid_run(ray_session):
     assert accuracy.iloc[-1] > accuracy.iloc[0] + 0.25, accuracy.tolist()  # garbage sums give ~0.1
     # a sum is only ever skipped because too few members were left to hide each other
     assert history[history.event == "aggregation_aborted"].detail.str.contains("min_cohort=2").all()
+
+
+def test_a_resumed_driver_never_repeats_a_cohort_id():
+    """Participants keep their masking keys across a resume, and the cohort id salts the
+    pairwise masks: a repeated id would repeat masks, and two vectors masked alike reveal
+    the difference of their plaintexts. Two driver starts (a run and its resume from the
+    same checkpoint) must draw different ids."""
+    config = load_config(digits_config(privacy={"secure_aggregation": True}))
+    first, resumed = PrivacyHooks(config.privacy, config), PrivacyHooks(config.privacy, config)
+    resumed.load_state_dict(first.state_dict())
+    ids = [next(first.cohort_ids) for _ in range(3)], [next(resumed.cohort_ids) for _ in range(3)]
+    assert not set(ids[0]) & set(ids[1])
+    assert all(0 < i < 2**63 for i in ids[0] + ids[1])  # (the 8-byte signed salt)
