@@ -148,7 +148,8 @@ class PoolWorker:
     def describe(self, spec: ParticipantSpec) -> dict[str, Any]:
         """Set up and describe; the run's fitted preprocessing, if any, is in the spec (a
         participant first served for its statistics started without it)."""
-        return self._serve(spec, "describe", spec.transform)
+        with self._baton:  # in turn with the tasks: setting up seeds torch's global generator
+            return self._serve(spec, "describe", spec.transform)
 
     def describe_all(self, specs: list[ParticipantSpec]) -> list[dict[str, Any] | DataError]:
         """Describe every participant this worker serves in one call (start-up costs one
@@ -165,7 +166,8 @@ class PoolWorker:
         return out
 
     def initial_parameters(self, spec: ParticipantSpec) -> np.ndarray:
-        return self._serve(spec, "initial_parameters")
+        with self._baton:
+            return self._serve(spec, "initial_parameters")
 
     def train(self, state: GlobalState, instructions: Instructions, spec: ParticipantSpec,
               cohort: tuple[int, int] | None = None) -> Update:
@@ -227,11 +229,13 @@ class PoolWorker:
         return self._serve(spec, "unmask_dropped", cohort_id, dropped, peers, size)
 
     def table_schema(self, spec: ParticipantSpec) -> dict[str, Any]:
-        return self._serve(spec, "table_schema")
+        with self._baton:
+            return self._serve(spec, "table_schema")
 
     def table_statistics(self, numeric: list[str], scales: list[float] | None, means: list[float] | None,
                          spec: ParticipantSpec) -> np.ndarray:
-        return self._serve(spec, "table_statistics", numeric, scales, means)
+        with self._baton:
+            return self._serve(spec, "table_statistics", numeric, scales, means)
 
     def masked_table_statistics(self, numeric: list[str], scales: list[float] | None, means: list[float] | None,
                                 cohort_id: int, peers: dict[str, bytes], spec: ParticipantSpec) -> np.ndarray:
