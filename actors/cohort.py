@@ -10,18 +10,32 @@ a time where they cannot (loss terms, a frozen part, DP-SGD, differing architect
 optimizer settings). Each update records how many participants trained together
 (``batched``, through ``TorchLocalModel.trained_with``), so the history says which path ran.
 
-The task threads take turns (:meth:`Cohort.turn`): one runs its Python at a time, the
+The task threads take turns (:attr:`Cohort.baton`): one runs its Python at a time, the
 others sleep until it waits or ends. Left to compete for the GIL, 64 threads each
 doing a few milliseconds of bookkeeping took twice as long as the same work in turn.
+The baton is the worker's, shared by every cohort it runs, so tasks of different calls
+take turns too, and a task that waits (the simulator's sleeps) lets all others run.
+
+Each task of a cohort is its own call to the worker, so its result goes back the moment
+it ends, whatever its cohort-mates still do. A cohort waits for members that have not
+arrived yet at most :data:`COHORT_WAIT_S` after the last one did (a member the driver
+cancelled while queued never arrives); one arriving after that trains alone.
+
+Out of GPU memory, a batch is split in halves and each half tried again, down to one
+participant at a time: only one that cannot train even alone fails, and its error
+names the cohort it was split from.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import torch
 
 from actors.batched import can_batch, train_batched
 from strategies.client import Term, Work
@@ -29,8 +43,14 @@ from strategies.client import Term, Work
 TRAINED_TOGETHER = "batched"
 """Update metric: how many participants' local training ran as one computation (1: alone)."""
 
+COHORT_WAIT_S = 30.0
+"""How long a cohort waits for members still to arrive after the last one did."""
 
-@dataclass
+POLL_S = 0.1
+"""How often a waiting task looks whether the driver abandoned it or the wait is over."""
+
+
+@dataclass(eq=False)
 class Request:
     """One participant's ``train`` call, waiting for the cohort."""
 
@@ -42,34 +62,68 @@ class Request:
     error: BaseException | None = None
 
 
-class Cohort:
-    """Collects the ``train`` calls of ``size`` concurrent tasks and runs them together."""
+class TaskAbandoned(RuntimeError):
+    """The driver gave up on this task (``task_timeout_s``): it stops at its next wait."""
 
-    def __init__(self, size: int) -> None:
-        self.running = size
+
+class Cohort:
+    """Collects the ``train`` calls of ``size`` concurrent tasks and runs them together.
+
+    ``baton`` is the worker's (one task computes at a time); ``cancelled`` tells a task
+    thread whether the driver abandoned its task.
+    """
+
+    def __init__(self, size: int, baton: threading.Lock | None = None,
+                 cancelled: Callable[[], bool] = lambda: False) -> None:
+        self.expected = size  # members that have not arrived yet
+        self.running = 0  # arrived, not finished, not away
         self.waiting: list[Request] = []
         self.lock = threading.Condition()
-        self.baton = threading.Lock()  # held by the one task thread that runs now
+        self.baton = baton or threading.Lock()  # held by the one task thread that runs now
+        self.cancelled = cancelled
+        self.last_arrival = time.monotonic()
+
+    def arrive(self) -> bool:
+        """A member's task starts; False when the cohort stopped waiting for it (it trains alone)."""
+        with self.lock:
+            if self.expected <= 0:
+                return False
+            self.expected -= 1
+            self.running += 1
+            self.last_arrival = time.monotonic()
+            return True
 
     @contextlib.contextmanager
-    def turn(self) -> Iterator[None]:
-        """Around a whole task: it runs only while it holds the baton, and counts as
-        finished when it ends, however it ends."""
-        with self.baton:
-            try:
-                yield
-            finally:
-                self.finished()
+    def member(self) -> Iterator[None]:
+        """Around a whole task, after :meth:`arrive` (it computes only while it holds
+        ``baton``): it counts as finished when it ends, however it ends."""
+        try:
+            yield
+        finally:
+            self.finished()
 
     @contextlib.contextmanager
-    def idle(self) -> Iterator[None]:
-        """Around a wait inside a task (for the cohort, or a simulated task's sleep): the
-        other tasks run meanwhile, and their waits overlap instead of adding up."""
+    def _yield(self) -> Iterator[None]:
+        """Let the other tasks run while this one waits."""
         self.baton.release()
         try:
             yield
         finally:
             self.baton.acquire()
+
+    @contextlib.contextmanager
+    def away(self) -> Iterator[None]:
+        """Around a simulated task's sleep: the other tasks run meanwhile, their waits
+        overlap instead of adding up, and their next training does not wait for this one."""
+        with self.lock:
+            self.running -= 1
+            self._run_if_all_wait()
+        try:
+            with self._yield():
+                yield
+        finally:
+            with self.lock:
+                self.running += 1
 
     def trainer(self) -> Callable[..., dict[str, float]]:
         """What a participant's local model calls instead of training by itself."""
@@ -78,9 +132,15 @@ class Cohort:
             with self.lock:
                 self.waiting.append(request)
                 self._run_if_all_wait()
-            with self.idle(), self.lock:
+            with self._yield(), self.lock:
                 while request.result is None and request.error is None:
-                    self.lock.wait()
+                    self.lock.wait(POLL_S)
+                    if request in self.waiting and self.cancelled():
+                        self.waiting.remove(request)
+                        raise TaskAbandoned("the driver abandoned this task while it waited for its cohort")
+                    if self.expected > 0 and time.monotonic() - self.last_arrival > COHORT_WAIT_S:
+                        self.expected = 0  # the missing members train alone if they ever come
+                        self._run_if_all_wait()
             if request.error is not None:
                 raise request.error
             assert request.result is not None
@@ -94,8 +154,9 @@ class Cohort:
             self._run_if_all_wait()
 
     def _run_if_all_wait(self) -> None:
-        """Under the lock: when every running task waits, train them all and wake them."""
-        if not self.waiting or len(self.waiting) < self.running:
+        """Under the lock: when every running task waits and no member is still to
+        come, train them all and wake them."""
+        if not self.waiting or len(self.waiting) < self.running or self.expected > 0:
             return
         batch, self.waiting = self.waiting, []
         try:
@@ -112,27 +173,59 @@ def run(batch: list[Request]) -> None:
     """Train ``batch``: the requests that can go together as one computation, the rest
     one at a time; each request gets its metrics (or its error)."""
     plain = [r for r in batch if not r.terms and r.trainable is None and r.local.dp_accountant is None]
-    together = plain if len(plain) > 1 and _batchable(plain) else []
-    if together:
-        try:
-            first = together[0].local
-            metrics = train_batched(
-                [r.local.model for r in together], [r.local.x for r in together], [r.local.y for r in together],
-                first.spec.train, [r.work.seed for r in together], [r.work.epochs for r in together],
-                [r.work.steps for r in together], loss_fn=first.loss_fn)
-            for r, m in zip(together, metrics, strict=True):
-                r.local.trained_with(len(together))
-                r.result = m
-        except Exception as exc:  # noqa: BLE001 - each waiting task fails with it, none hangs
-            for r in together:
-                r.error = exc
+    if len(plain) > 1 and _batchable(plain):
+        _together(plain, plain)
     for r in batch:
         if r.result is None and r.error is None:
-            try:
-                r.local.trained_with(1)
-                r.result = r.local.train_now(r.work, r.terms, r.trainable)
-            except Exception as exc:  # noqa: BLE001 - the participant's own task fails
-                r.error = exc
+            _alone(r)
+
+
+def _together(requests: list[Request], cohort: list[Request]) -> None:
+    """Train ``requests`` as one computation; out of GPU memory, each half again (the
+    models are written back only at the end, so a failed attempt leaves them as they
+    were), down to one at a time. Other errors fail every request of the batch."""
+    if len(requests) == 1:
+        _alone(requests[0], cohort)
+        return
+    try:
+        first = requests[0].local
+        metrics = train_batched(
+            [r.local.model for r in requests], [r.local.x for r in requests], [r.local.y for r in requests],
+            first.spec.train, [r.work.seed for r in requests], [r.work.epochs for r in requests],
+            [r.work.steps for r in requests], loss_fn=first.loss_fn)
+    except torch.OutOfMemoryError:
+        _free_gpu_cache()
+        half = len(requests) // 2
+        _together(requests[:half], cohort)
+        _together(requests[half:], cohort)
+        return
+    except Exception as exc:  # noqa: BLE001 - each waiting task fails with it, none hangs
+        for r in requests:
+            r.error = exc
+        return
+    for r, m in zip(requests, metrics, strict=True):
+        r.local.trained_with(len(requests))
+        r.result = m
+
+
+def _alone(r: Request, cohort: list[Request] | None = None) -> None:
+    """Train one request by itself; ``cohort``: the batch it was split from after that
+    ran out of GPU memory, named in its error if it runs out alone too."""
+    try:
+        r.local.trained_with(1)
+        r.result = r.local.train_now(r.work, r.terms, r.trainable)
+    except torch.OutOfMemoryError as exc:
+        if cohort is not None:  # (actors.gpu_memory.describe_oom says so)
+            exc.cohort = [c.local.spec.name for c in cohort]  # type: ignore[attr-defined]
+        r.error = exc
+    except Exception as exc:  # noqa: BLE001 - the participant's own task fails
+        r.error = exc
+
+
+def _free_gpu_cache() -> None:
+    """Hand the failed attempt's cached blocks back before the smaller tries."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _batchable(requests: list[Request]) -> bool:

@@ -12,14 +12,19 @@ from __future__ import annotations
 import re
 from typing import Any
 
+CONTEXT_GB = 0.5
+"""Card memory each process needs outside its allocator's cap (its CUDA context, cuBLAS
+workspaces): caps that sum to the whole card would leave none for it."""
+
 
 def memory_cap_fraction(num_gpus: float, gpu_memory_gb: float | None, total_gb: float) -> float:
     """The participant's memory cap as a fraction of its card: ``gpu_memory_gb / total_gb``
-    when given, else its ``num_gpus`` share (a whole card or more gives 1.0: the
+    when given, else its ``num_gpus`` share less :data:`CONTEXT_GB` for its process's
+    CUDA context when it shares the card (a whole card or more gives 1.0: the
     allocator's fraction is per card).
 
     >>> memory_cap_fraction(0.25, None, 80.0)
-    0.25
+    0.24375
     >>> memory_cap_fraction(0.25, 20.0, 80.0)
     0.25
     """
@@ -28,7 +33,12 @@ def memory_cap_fraction(num_gpus: float, gpu_memory_gb: float | None, total_gb: 
     if total_gb <= 0:
         raise ValueError(f"the card's memory total_gb={total_gb:g} must be > 0")
     if gpu_memory_gb is None:
-        return min(float(num_gpus), 1.0)
+        if num_gpus >= 1:
+            return 1.0
+        if num_gpus * total_gb <= CONTEXT_GB:
+            raise ValueError(f"num_gpus={num_gpus:g} of a {total_gb:g} GB card leaves no room beside "
+                             f"the process's CUDA context ({CONTEXT_GB:g} GB)")
+        return float(num_gpus) - CONTEXT_GB / total_gb
     if gpu_memory_gb <= 0:
         raise ValueError(f"gpu_memory_gb={gpu_memory_gb:g} must be > 0")
     if gpu_memory_gb > total_gb:
@@ -66,12 +76,13 @@ def caps_fit(requests: list[tuple[str, float, float | None]], gpu_total_gb: floa
     ``requests`` are ``(name, num_gpus, gpu_memory_gb)``; participants with
     ``num_gpus`` 0 use no GPU. Placement follows ``num_gpus`` (what Ray schedules by),
     then each card's caps must sum to at most ``gpu_total_gb``. None if they fit, else
-    a message naming the participants, their caps and the card size.
+    a message naming the participants, their caps and the card size. Each process on a
+    shared card also needs :data:`CONTEXT_GB` beside its cap.
 
     >>> caps_fit([("a", 0.5, 30.0), ("b", 0.5, 30.0)], 80.0, 1) is None
     True
     >>> print(caps_fit([("a", 0.5, 50.0), ("b", 0.5, 50.0)], 80.0, 1))
-    card 0 (80 GB) holds a (50 GB), b (50 GB): their memory caps sum to 100 GB > 80 GB; lower gpu_memory_gb or raise num_gpus so fewer share a card
+    card 0 (80 GB) holds a (50 GB), b (50 GB): their memory caps sum to 100 GB, with 0.5 GB per process for its CUDA context 101 GB > 80 GB; lower gpu_memory_gb or raise num_gpus so fewer share a card
     """
     caps: list[float] = []
     for name, num_gpus, gb in requests:
@@ -87,11 +98,12 @@ def caps_fit(requests: list[tuple[str, float, float | None]], gpu_total_gb: floa
         return cards
     for c, members in enumerate(cards):
         total = sum(caps[on_gpu[i]] for i in members)
-        if total > gpu_total_gb * (1 + 1e-9):
+        if len(members) > 1 and total + len(members) * CONTEXT_GB > gpu_total_gb * (1 + 1e-9):
             names = ", ".join(f"{requests[on_gpu[i]][0]} ({caps[on_gpu[i]]:g} GB)" for i in members)
             return (f"card {c} ({gpu_total_gb:g} GB) holds {names}: their memory caps sum to "
-                    f"{total:g} GB > {gpu_total_gb:g} GB; lower gpu_memory_gb or raise num_gpus "
-                    "so fewer share a card")
+                    f"{total:g} GB, with {CONTEXT_GB:g} GB per process for its CUDA context "
+                    f"{total + len(members) * CONTEXT_GB:g} GB > {gpu_total_gb:g} GB; lower gpu_memory_gb "
+                    "or raise num_gpus so fewer share a card")
     return None
 
 
@@ -114,10 +126,16 @@ def describe_oom(name: str, cap_gb: float, exc: BaseException) -> str:
     """Say which participant ran out of memory, under which cap and asking for how much,
     instead of torch's message that names neither the participant nor its cap.
 
+    An error raised training alone after its batch ran out of memory too carries the
+    batch's names (``exc.cohort``, set by :mod:`actors.cohort`), and the message says so.
+
     >>> describe_oom("site-3", 2.0, RuntimeError("CUDA out of memory. Tried to allocate 1.50 GiB"))
     'site-3 ran out of GPU memory under its cap of 2 GB: it tried to allocate 1.50 GiB; raise its gpu_memory_gb or num_gpus, or lower batch_size'
     """
     match = _TRIED.search(str(exc))
     asked = f": it tried to allocate {match.group(1)}" if match else f" ({type(exc).__name__})"
-    return (f"{name} ran out of GPU memory under its cap of {cap_gb:g} GB{asked}; "
+    cohort = getattr(exc, "cohort", None)
+    alone = (f" training alone, after its batch of {len(cohort)} ({', '.join(cohort[:8])}"
+             f"{', ...' if len(cohort) > 8 else ''}) ran out together" if cohort else "")
+    return (f"{name} ran out of GPU memory under its cap of {cap_gb:g} GB{alone}{asked}; "
             "raise its gpu_memory_gb or num_gpus, or lower batch_size")

@@ -35,7 +35,6 @@ from actors.system import (
     Unavailable,
     initial_phase,
     online_until,
-    sleep_until,
     task_duration,
 )
 from actors.tables import feature_names, split_rows
@@ -95,6 +94,8 @@ class Participant:
         self.idle: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
         """Around the simulator's sleeps: a pool worker training several participants at
         once lets the others run meanwhile (actors/cohort.py)."""
+        self.pause: Callable[[float], None] = time.sleep
+        """The simulator's sleep: a pool worker's ends early when the driver abandons the task."""
 
     def _ensure_set_up(self) -> None:
         """Load data, build the model and restore private state, once per process.
@@ -116,7 +117,8 @@ class Participant:
         self.device = pick_device()
         self.gpu_cap_gb = cap_gpu_memory(spec, self.device)
         self.data: LocalData = load_participant_data(spec)
-        self._local = TorchLocalModel(spec, self.data, self.device)
+        with self._within_cap():  # moving the data to the card can run out of memory too
+            self._local = TorchLocalModel(spec, self.data, self.device)
         self.strategy = build_strategy(spec.strategy, spec.strategy_options)
         if spec.train.dp_sgd is not None and not self.strategy.supports_dp_sgd:
             raise ValueError(  # the silo enforces its own privacy, whatever the driver asks for
@@ -401,15 +403,15 @@ class Participant:
             if run_clock + duration > offline_at:
                 if waits:
                     with self.idle():
-                        sleep_until(time.perf_counter() + (offline_at - run_clock) - real)
+                        self.pause(max(0.0, offline_at - run_clock - real))
                 raise SimulatedDropout(f"participant {self.spec.name} went offline mid-task")
         if system.hang_prob > 0 and self._rng.random() < system.hang_prob:
             with self.idle():
-                time.sleep(HANG_SECONDS)  # fault injection: only the driver's task_timeout_s ends this
+                self.pause(HANG_SECONDS)  # fault injection: only the driver's task_timeout_s ends this
         dropped = system.dropout_prob > 0 and self._rng.random() < system.dropout_prob
         if waits:
             with self.idle():
-                sleep_until(time.perf_counter() + duration - real)
+                self.pause(max(0.0, duration - real))
         if dropped:
             raise SimulatedDropout(f"participant {self.spec.name} dropped the task")
         return duration

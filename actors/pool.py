@@ -10,19 +10,31 @@ participant evicted from the cache, or served after the worker restarted, goes o
 where it was. The driver never reads that state; it only names the participant.
 
 The methods mirror the Participant's, with the participant's spec as the last argument.
+
+Each task is its own call, run in its own thread (the actor's ``max_concurrency`` is
+:func:`task_threads`), so each result goes back the moment its task ends: under the wall
+clock a fast participant is never held back by a straggler served by the same worker.
+The tasks take turns computing (:class:`~actors.cohort.Cohort`'s baton, the worker's), and
+their simulated waits overlap. Tasks the driver sends as one batch name a shared cohort
+and train together. A task the driver abandons (``task_timeout_s``, through
+``ray.cancel``) stops at its next wait; one stuck in its own computation keeps its thread,
+and that participant's next task fails at once rather than run beside it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+import ray
 
 from actors import private_state
-from actors.cohort import Cohort
+from actors.cohort import POLL_S, Cohort, TaskAbandoned
 from actors.data import DataError
 from actors.participant import Participant
 from actors.spec import ParticipantSpec
@@ -30,6 +42,49 @@ from strategies.types import GlobalState, Instructions, Update
 
 DEFAULT_CACHE = 64
 """Participants a worker keeps set up (data and model in memory) at the most."""
+
+TASK_THREADS_MAX = 1024
+"""Tasks one worker runs at once at the most; beyond that they queue in Ray."""
+
+ABANDON_GRACE_S = 5.0
+"""How long a participant's new task waits for its abandoned one to stop."""
+
+SPARE_THREADS = 2
+"""Threads beside the tasks' (describe, discarding state, an abandoned task still stuck)."""
+
+
+def task_threads(served: int) -> int:
+    """The worker's ``max_concurrency``: a thread for each participant it serves (each
+    has at most one task in flight, so a cohort never waits for a member without one),
+    up to :data:`TASK_THREADS_MAX`, and :data:`SPARE_THREADS`.
+
+    >>> task_threads(3)
+    5
+    """
+    return min(served, TASK_THREADS_MAX) + SPARE_THREADS
+
+
+class ParticipantBusy(RuntimeError):
+    """The participant's previous task, abandoned by the driver, is still running here."""
+
+
+def _cancelled() -> bool:
+    """Whether the driver cancelled the Ray task this thread runs (False outside Ray)."""
+    if not ray.is_initialized():
+        return False
+    try:
+        return ray.get_runtime_context().is_canceled()
+    except RuntimeError:  # not inside an actor task (an in-process test)
+        return False
+
+
+def _pause(seconds: float) -> None:
+    """The simulator's sleep, cut short when the driver abandons the task."""
+    end = time.perf_counter() + seconds
+    while (left := end - time.perf_counter()) > 0:
+        if _cancelled():
+            raise TaskAbandoned("the driver abandoned this task (task_timeout_s)")
+        time.sleep(min(left, POLL_S))
 
 
 class PoolWorker:
@@ -46,7 +101,11 @@ class PoolWorker:
         self.cache_size = cache_size
         self.cache_bytes = None if cache_mb is None else cache_mb * 2**20
         self._served: OrderedDict[str, Participant] = OrderedDict()
-        self._lock = threading.Lock()  # secure aggregation's masking thread looks up too
+        self._lock = threading.Lock()  # task threads and secure aggregation's masking thread look up too
+        self._busy: set[str] = set()  # participants with a task running here: never evicted
+        self._ended = threading.Condition(self._lock)  # a task of one of them ended
+        self._baton = threading.Lock()  # one task computes at a time (actors/cohort.py)
+        self._cohorts: dict[int, Cohort] = {}
 
     def _participant(self, spec: ParticipantSpec) -> Participant:
         """The participant, from the cache or new (it sets itself up on first use); the
@@ -69,7 +128,8 @@ class PoolWorker:
 
     def _trim(self, current: str) -> None:
         """Evict the least recently served until at most ``cache_size`` are set up and, with
-        ``cache_mb``, their data and model fit it; ``current`` always stays. One holding a
+        ``cache_mb``, their data and model fit it; ``current`` and those with a task
+        running always stay (so the cache may hold more while many run). One holding a
         sealed update is never evicted: that update exists only in memory until its cohort
         is masked (at most ``MAX_SEALED`` per participant)."""
         with self._lock:
@@ -81,14 +141,15 @@ class PoolWorker:
             for name, p in list(self._served.items()):
                 if over <= 0 and (self.cache_bytes is None or total <= self.cache_bytes):
                     break
-                if name != current and not len(p.sealed):
+                if name != current and name not in self._busy and not len(p.sealed):
                     del self._served[name]  # its private state is already on disk
                     total, over = total - sizes[name], over - 1
 
     def describe(self, spec: ParticipantSpec) -> dict[str, Any]:
         """Set up and describe; the run's fitted preprocessing, if any, is in the spec (a
         participant first served for its statistics started without it)."""
-        return self._serve(spec, "describe", spec.transform)
+        with self._baton:  # in turn with the tasks: setting up seeds torch's global generator
+            return self._serve(spec, "describe", spec.transform)
 
     def describe_all(self, specs: list[ParticipantSpec]) -> list[dict[str, Any] | DataError]:
         """Describe every participant this worker serves in one call (start-up costs one
@@ -105,47 +166,56 @@ class PoolWorker:
         return out
 
     def initial_parameters(self, spec: ParticipantSpec) -> np.ndarray:
-        return self._serve(spec, "initial_parameters")
+        with self._baton:
+            return self._serve(spec, "initial_parameters")
 
-    def train(self, state: GlobalState, instructions: Instructions, spec: ParticipantSpec) -> Update:
-        return self._serve(spec, "train", state, instructions)
+    def train(self, state: GlobalState, instructions: Instructions, spec: ParticipantSpec,
+              cohort: tuple[int, int] | None = None) -> Update:
+        """One task. ``cohort``: ``(id, size)`` of the batch the driver sent it with; its
+        members train together where they batch (:mod:`actors.cohort`)."""
+        together = self._join(cohort)
+        with together.member(), self._running(spec) as p, together.baton:
+            p.adopt(instructions.transform)
+            local = p.local  # set up under the baton: setting up seeds torch's global generator
+            local.trainer, p.idle, p.pause = together.trainer(), together.away, _pause
+            try:
+                return p.train(state, instructions)
+            finally:
+                local.trainer, p.idle, p.pause = None, contextlib.nullcontext, time.sleep
 
-    def train_batch(self, state: GlobalState, instructions: list[Instructions], specs: list[ParticipantSpec]
-                    ) -> tuple[Update | Exception, ...]:
-        """One task for each of several participants, their local training run together
-        where it batches (:mod:`actors.cohort`). One result per task, in order: its update,
-        or the exception it ended with, which the driver treats as that task's outcome
-        (called with ``num_returns=len(specs)``, so each task has its own object ref)."""
-        participants = [self._participant(spec) for spec in specs]  # held here even if trimmed
-        results: list[Update | Exception | None] = [None] * len(specs)
-        ready = []
-        for i, (p, instr) in enumerate(zip(participants, instructions, strict=True)):
-            try:  # one at a time: setting up seeds torch's global generator
-                p.adopt(instr.transform)
-                p.local  # noqa: B018 - sets it up
-                ready.append(i)
-            except Exception as exc:  # noqa: BLE001 - that task's outcome (a DataError, say)
-                results[i] = exc
-        cohort = Cohort(len(ready))
+    @contextlib.contextmanager
+    def _running(self, spec: ParticipantSpec) -> Iterator[Participant]:
+        """The participant, kept in the cache while its task runs. One whose abandoned task
+        still runs here (it stops at its next wait) gets :data:`ABANDON_GRACE_S` to end,
+        then fails rather than run twice at the same time."""
+        with self._ended:
+            if not self._ended.wait_for(lambda: spec.name not in self._busy, ABANDON_GRACE_S):
+                raise ParticipantBusy(f"participant {spec.name}: its previous task, abandoned after "
+                                      "task_timeout_s, is still running in this pool worker")
+            self._busy.add(spec.name)
+        try:
+            yield self._participant(spec)
+        finally:
+            with self._ended:
+                self._busy.discard(spec.name)
+                self._ended.notify_all()
+            self._trim(spec.name)
 
-        def task(i: int) -> None:
-            p = participants[i]
-            with cohort.turn():
-                p.local.trainer, p.idle = cohort.trainer(), cohort.idle
-                try:
-                    results[i] = p.train(state, instructions[i])
-                except Exception as exc:  # noqa: BLE001 - that task's outcome
-                    results[i] = exc
-                finally:
-                    p.local.trainer, p.idle = None, contextlib.nullcontext
-
-        threads = [threading.Thread(target=task, args=(i,)) for i in ready]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        self._trim(specs[-1].name)
-        return tuple(r if r is not None else RuntimeError("task produced no result") for r in results)
+    def _join(self, cohort: tuple[int, int] | None) -> Cohort:
+        """The task's cohort: the batch's (made by its first member to arrive), or one of
+        its own. A member arriving after its cohort gave up waiting trains alone."""
+        with self._lock:
+            if cohort is not None:
+                key, size = cohort
+                together = self._cohorts.setdefault(key, Cohort(size, self._baton, _cancelled))
+                joined = together.arrive()
+                if together.expected <= 0:
+                    del self._cohorts[key]
+                if joined:
+                    return together
+        alone = Cohort(1, self._baton, _cancelled)
+        alone.arrive()
+        return alone
 
     def public_key(self, spec: ParticipantSpec) -> bytes:
         return self._serve(spec, "public_key")
@@ -159,11 +229,13 @@ class PoolWorker:
         return self._serve(spec, "unmask_dropped", cohort_id, dropped, peers, size)
 
     def table_schema(self, spec: ParticipantSpec) -> dict[str, Any]:
-        return self._serve(spec, "table_schema")
+        with self._baton:
+            return self._serve(spec, "table_schema")
 
     def table_statistics(self, numeric: list[str], scales: list[float] | None, means: list[float] | None,
                          spec: ParticipantSpec) -> np.ndarray:
-        return self._serve(spec, "table_statistics", numeric, scales, means)
+        with self._baton:
+            return self._serve(spec, "table_statistics", numeric, scales, means)
 
     def masked_table_statistics(self, numeric: list[str], scales: list[float] | None, means: list[float] | None,
                                 cohort_id: int, peers: dict[str, bytes], spec: ParticipantSpec) -> np.ndarray:

@@ -7,7 +7,6 @@ so a laptop behaves like a fleet of known speeds that come and go.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -114,9 +113,3 @@ def windows_online_until(windows: Sequence[tuple[float, float]], period: float,
                 return True, math.inf
             return True, cycle + period + first_end
     return False, cycle + period + first_start
-
-
-def sleep_until(deadline: float) -> None:
-    remaining = deadline - time.perf_counter()
-    if remaining > 0:
-        time.sleep(remaining)

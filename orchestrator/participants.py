@@ -26,7 +26,7 @@ from actors.cohort import TRAINED_TOGETHER
 from actors.data import DataError, partition_problem
 from actors.local_dp import PrivacyBudgetSpent
 from actors.participant import Participant
-from actors.pool import PoolWorker
+from actors.pool import TASK_THREADS_MAX, PoolWorker, task_threads
 from actors.private_state import PrivateStateError, Rollback
 from actors.spec import FileData, FittedTransform, ParticipantSpec, PartitionData
 from actors.system import SimulatedDropout, Unavailable, draw_speeds, simulated_duration
@@ -236,8 +236,10 @@ class Participants:
         """The group's pool workers, each with the group's resources. Ray restarts a
         worker that dies: its participants' private state is in their own directories."""
         workers = []
+        served = -(-group.count // group.pool_size)  # participant i goes to worker i % pool_size
         for i in range(group.pool_size):
-            options = self.placements.actor_options(group, i) | {"max_restarts": -1}
+            options = self.placements.actor_options(group, i) | {"max_restarts": -1,
+                                                                  "max_concurrency": task_threads(served)}
             workers.append(self.privacy.actor_class(PoolWorker).options(**options).remote(group.cache_size, group.cache_mb))
         return workers
 
@@ -331,8 +333,9 @@ class Participants:
         self._track(member.call("train", state_ref, instructions), member, instructions, task)
 
     def dispatch_all(self, state_ref: ray.ObjectRef, tasks: list[tuple[Member, Instructions, Task]]) -> None:
-        """Send ``tasks``; the ones for participants of a batched pool group that share a
-        worker go in one call, so the worker trains them together (actors/cohort.py)."""
+        """Send ``tasks``, one call each; the ones for participants of a batched pool group
+        that share a worker name one cohort, so the worker trains them together
+        (actors/cohort.py), and each still comes back as soon as it ends."""
         batched = {g.name for g in self.config.groups if g.batches}  # (the config pre-flight resolved)
         together: dict[int, list[tuple[Member, Instructions, Task]]] = {}
         for item in tasks:
@@ -342,14 +345,12 @@ class Participants:
             else:
                 self.dispatch(member, state_ref, *item[1:])
         for items in together.values():
-            if len(items) == 1:
-                self.dispatch(items[0][0], state_ref, *items[0][1:])
-                continue
-            handle = items[0][0].handle
-            refs = handle.train_batch.options(num_returns=len(items)).remote(
-                state_ref, [i for _, i, _ in items], [m.spec for m, _, _ in items])
-            for ref, (member, instructions, task) in zip(refs, items, strict=True):
-                self._track(ref, member, instructions, task)
+            for start in range(0, len(items), TASK_THREADS_MAX):  # a cohort never outnumbers the threads
+                chunk = items[start:start + TASK_THREADS_MAX]
+                cohort = (chunk[0][2].task_id, len(chunk)) if len(chunk) > 1 else None
+                for member, instructions, task in chunk:
+                    ref = member.handle.train.remote(state_ref, instructions, member.spec, cohort)
+                    self._track(ref, member, instructions, task)
 
     def _track(self, ref: ray.ObjectRef, member: Member, instructions: Instructions, task: Task) -> None:
         self.in_flight[ref] = task
@@ -392,8 +393,6 @@ class Participants:
         where = member.where(task, version) | {"in_flight": len(self.in_flight)}
         try:
             update: Update = ray.get(ref)
-            if isinstance(update, Exception):  # a task of a batch ended so (PoolWorker.train_batch)
-                raise update
         except SimulatedDropout as exc:
             self.history.record("dropout", **where, detail=error_message(exc))
         except Unavailable as exc:
@@ -403,8 +402,6 @@ class Participants:
             member.lost = True
             self.history.record("participant_lost", **where, detail=error_message(exc))
         except ray.exceptions.RayError as exc:  # actor/task errors, and Ray's OOM kills too
-            self.failed(member, where, exc)
-        except Exception as exc:  # noqa: BLE001 - a batched task's own error, returned as its value
             self.failed(member, where, exc)
         else:
             member.failures, member.restarting = 0, False
@@ -452,8 +449,11 @@ class Participants:
             self._backed_off[id(member.handle)] = time.monotonic()
 
     def reap_timeouts(self, now: float, version: int) -> list[Task]:
-        """Kill tasks past ``task_timeout_s`` (a hung actor would queue every later task
-        behind it); Ray restarts the actor if its group allows. Returns the tasks ended."""
+        """End tasks past ``task_timeout_s``, each charged to its own participant. A
+        dedicated actor is killed (a hung actor would queue every later task behind it);
+        Ray restarts it if its group allows. A pool worker's task is cancelled alone: the
+        worker and its other participants' tasks go on (actors/pool.py). Returns the tasks
+        ended."""
         limit = self.config.schedule.task_timeout_s
         if limit is None:
             return []
@@ -468,6 +468,13 @@ class Participants:
                 self.clock.dropped(ref)
                 self.history.record("timeout", **member.where(task, version),
                                     detail=f"simulated task outlasts task_timeout_s={limit}")
+                ended.append(task)
+                continue
+            if member.pooled:
+                ray.cancel(ref)
+                self.failed(member, member.where(task, version),
+                            TimeoutError(f"task exceeded task_timeout_s={limit}; its pool worker abandons it"),
+                            event="timeout")
                 ended.append(task)
                 continue
             ray.kill(member.handle, no_restart=member.max_restarts == 0)

@@ -22,7 +22,7 @@ def test_module_imports_without_torch():
 
 
 def test_cap_is_the_num_gpus_share_by_default():
-    assert memory_cap_fraction(0.25, None, 80.0) == 0.25
+    assert memory_cap_fraction(0.25, None, 80.0) == pytest.approx(0.25 - 0.5 / 80)  # room for its CUDA context
     assert memory_cap_fraction(1.0, None, 80.0) == 1.0
     assert memory_cap_fraction(2.0, None, 80.0) == 1.0  # the allocator's fraction is per card
 
@@ -47,8 +47,8 @@ def test_cap_errors_name_the_numbers(num_gpus, gb, match):
 def test_caps_that_fit_their_cards():
     four = [(f"p{i}", 0.25, None) for i in range(4)]
     assert caps_fit(four, 80.0, 1) is None
-    assert caps_fit([("a", 0.5, 30.0), ("b", 0.5, 50.0)], 80.0, 1) is None
-    assert caps_fit([(f"p{i}", 0.5, 40.0) for i in range(4)], 80.0, 2) is None
+    assert caps_fit([("a", 0.5, 30.0), ("b", 0.5, 49.0)], 80.0, 1) is None
+    assert caps_fit([(f"p{i}", 0.5, 39.5) for i in range(4)], 80.0, 2) is None
     assert caps_fit([("cpu", 0.0, None), ("gpu", 1.0, None)], 80.0, 1) is None
 
 
@@ -110,3 +110,11 @@ def test_cap_makes_an_allocation_over_it_fail():
                           timeout=120, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     assert "OOM: p0 ran out of GPU memory under its cap of 1 GB: it tried to allocate 2.00 GiB" in done.stdout
+
+
+def test_caps_leave_each_process_room_for_its_cuda_context():
+    """Caps that sum to the whole card leave no memory for the processes' CUDA contexts."""
+    message = caps_fit([("a", 0.5, 40.0), ("b", 0.5, 40.0)], 80.0, 1)
+    assert message is not None and "CUDA context" in message and "81 GB > 80 GB" in message
+    with pytest.raises(ValueError, match="no room beside the process's CUDA context"):
+        memory_cap_fraction(0.001, None, 80.0)

@@ -3,6 +3,7 @@ with its own data and private state."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
@@ -34,6 +35,27 @@ def spec(index: int, state_dir, strategy: str = "fedrep", **train) -> Participan
 def full_state(worker: PoolWorker, s: ParticipantSpec, version: int = 0) -> GlobalState:
     layout = worker.describe(s)["layout"]
     return GlobalState(version, worker.initial_parameters(s), layout)
+
+
+def train_together(worker: PoolWorker, state: GlobalState, instructions: list[Instructions],
+                   specs: list[ParticipantSpec]) -> list:
+    """Tasks sent as one cohort, each its own call in its own thread, as Ray runs them;
+    each task's update or exception, in order."""
+    results: list = [None] * len(specs)
+    cohort = (instructions[0].task_id, len(specs))
+
+    def task(i: int) -> None:
+        try:
+            results[i] = worker.train(state, instructions[i], specs[i], cohort)
+        except Exception as exc:  # noqa: BLE001 - that task's outcome
+            results[i] = exc
+
+    threads = [threading.Thread(target=task, args=(i,)) for i in range(len(specs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
 
 
 def test_the_cache_keeps_the_most_recent_participants_within_its_bound(tmp_path):
@@ -259,9 +281,150 @@ def test_simulated_waits_of_a_batch_overlap(tmp_path):
     link_s = 2 * state.params.nbytes * 8 / 0.2e6
     assert 0.2 < link_s < 1.0
     started = time.perf_counter()
-    updates = worker.train_batch(state, [Instructions(task_id=i, seed=i) for i in range(4)], specs)
+    updates = train_together(worker, state, [Instructions(task_id=i, seed=i) for i in range(4)], specs)
     took = time.perf_counter() - started
     assert not [u for u in updates if isinstance(u, Exception)], updates
     assert all(u.simulated_seconds >= link_s for u in updates)
     assert took < 2.5 * link_s, f"the four waits added up: {took:.2f} s for links of {link_s:.2f} s"
     assert max(u.train_seconds for u in updates) < link_s, [u.train_seconds for u in updates]
+
+
+def test_a_batch_keeps_every_member_cached_while_it_trains(tmp_path):
+    """Under secure aggregation each member of a batch holds its sealed update in memory:
+    a cache smaller than the batch must not evict members of the batch while they train
+    (their updates would be lost and counted as dropouts)."""
+    worker = PoolWorker(cache_size=2)
+    specs = [spec(i, tmp_path, "fedavg") for i in range(4)]
+    state = full_state(worker, specs[0])
+    updates = train_together(worker, state, [Instructions(task_id=i, seed=i, seal=True) for i in range(4)], specs)
+    assert not [u for u in updates if isinstance(u, Exception)], updates
+    assert sorted(worker.cached()) == [s.name for s in specs]  # each holds its sealed update
+    assert all(len(worker._served[s.name].sealed) == 1 for s in specs)
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["one_at_a_time", "batched"])
+def test_a_fast_participant_is_not_held_back_by_a_straggler_on_its_worker(ray_session, tmp_path, batched):
+    """Wall clock, one pool worker, two participants whose links take about 3 s (site-0,
+    sent first) and 0.3 s (site-1): the fast update lands at least 2 s before the slow one,
+    whether the worker trains them together or one at a time."""
+    params = 64 * 16 + 16 + 16 * 10 + 10  # the MLP below on digits
+    link_mbps = [2 * params * 4 * 8 / (seconds * 1e6) for seconds in (3.0, 0.3)]
+    (tmp_path / "fleet.csv").write_text("speed,bandwidth_mbps\n" + "".join(f"1.0,{b}\n" for b in link_mbps))
+    group = {"name": "site", "count": 2, "hosting": "pool", "workers": 1, "batched": batched,
+             "model": {"name": "mlp", "hidden": [16]}, "train": {"local_steps": 2, "batch_size": 16, "lr": 0.1},
+             "resources": {"num_cpus": 0.5}, "system": {"trace": {"path": str(tmp_path / "fleet.csv")}}}
+    raw = digits_config(groups=[group], stop={"max_aggregations": 1})
+    history = Orchestrator(load_config(raw)).run()
+    updates = history[history.event == "update"].set_index("participant")
+    assert set(updates.index) == {"site-0", "site-1"}, history.event.value_counts()
+    assert set(updates.batched) == ({2.0} if batched else {1.0})
+    slow, fast = updates.wall_time["site-0"], updates.wall_time["site-1"]
+    assert slow - fast >= 2.0, f"fast update at {fast:.2f} s, slow one at {slow:.2f} s"
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["one_at_a_time", "batched"])
+def test_a_hung_pooled_task_is_charged_to_its_participant_alone(ray_session, batched):
+    """A task that hangs on a pool worker times out as its own participant's failure;
+    the worker is not killed, so the tasks of the participants it also serves go on."""
+    group = {"name": "site", "count": 3, "hosting": "pool", "workers": 1, "batched": batched,
+             "model": {"name": "mlp", "hidden": [16]}, "train": {"local_steps": 2, "batch_size": 16, "lr": 0.1},
+             "resources": {"num_cpus": 0.5}, "system": {"hang_prob": 0.3}}
+    raw = digits_config(groups=[group], stop={"max_aggregations": 4},
+                        schedule={"mode": "sync", "min_participants": 1, "task_timeout_s": 3.0, "max_failures": 10})
+    orch = Orchestrator(load_config(raw))
+    history = orch.run()
+    timeouts = history[history.event == "timeout"]
+    assert len(timeouts) > 0, history.event.value_counts()
+    assert not history.event.isin(["failure", "participant_lost"]).any(), history[history.event == "failure"].detail
+    assert (history.event == "aggregation").sum() == 4
+    assert len({m.info["pid"] for m in orch.members.values()}) == 1
+
+
+def _requests(tmp_path, count: int) -> list:
+    from actors.cohort import Request
+    from actors.participant import Participant
+    from strategies.client import Work
+
+    return [Request(Participant(spec(i, tmp_path, "fedavg")).local, Work(i, 1, 2), (), None) for i in range(count)]
+
+
+def _out_of_memory_above(limit: int, monkeypatch) -> None:
+    """Injected at the smallest seam (no GPU here): batched training of more than
+    ``limit`` participants raises torch's real OutOfMemoryError."""
+    import torch
+
+    from actors import cohort
+
+    real = cohort.train_batched
+
+    def limited(models, *args, **kwargs):
+        if len(models) > limit:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+        return real(models, *args, **kwargs)
+
+    monkeypatch.setattr(cohort, "train_batched", limited)
+
+
+def test_a_batch_out_of_gpu_memory_is_split_until_it_fits(tmp_path, monkeypatch):
+    from actors.cohort import run
+
+    _out_of_memory_above(2, monkeypatch)
+    requests = _requests(tmp_path, 4)
+    run(requests)
+    assert [r.error for r in requests] == [None] * 4
+    assert [r.local.trained_together for r in requests] == [2] * 4  # two halves of two
+
+
+def test_only_a_participant_out_of_gpu_memory_alone_fails_and_its_error_names_the_batch(tmp_path, monkeypatch):
+    import torch
+
+    from actors.cohort import run
+    from actors.gpu_memory import describe_oom
+    from actors.local_model import TorchLocalModel
+
+    _out_of_memory_above(1, monkeypatch)
+    real = TorchLocalModel.train_now
+
+    def site_3_too_big(self, *args, **kwargs):
+        if self.spec.name == "site-3":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(TorchLocalModel, "train_now", site_3_too_big)
+    requests = _requests(tmp_path, 4)
+    run(requests)
+    assert [r.error for r in requests[:3]] == [None] * 3
+    assert [r.local.trained_together for r in requests[:3]] == [1] * 3
+    message = describe_oom("participant site-3", 2.0, requests[3].error)
+    assert "training alone, after its batch of 4 (site-0, site-1, site-2, site-3) ran out together" in message
+
+
+def test_running_out_of_gpu_memory_while_setting_up_names_the_participant(tmp_path, monkeypatch):
+    import torch
+
+    from actors import participant
+    from actors.participant import GPUMemoryExceeded, Participant
+
+    def too_big(*args, **kwargs):  # moving the data to the card (injected: no GPU here)
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 3.00 GiB")
+
+    monkeypatch.setattr(participant, "TorchLocalModel", too_big)
+    with pytest.raises(GPUMemoryExceeded, match=r"participant site-0 ran out of GPU memory.*3\.00 GiB"):
+        Participant(spec(0, tmp_path, "fedavg")).describe()
+
+
+def test_a_cohort_stops_waiting_for_a_member_that_never_arrives(tmp_path, monkeypatch):
+    """A member the driver cancelled while it queued never arrives: the others train
+    without it after COHORT_WAIT_S instead of waiting for ever."""
+    from actors import cohort
+
+    monkeypatch.setattr(cohort, "COHORT_WAIT_S", 0.5)
+    worker = PoolWorker()
+    s = spec(0, tmp_path, "fedavg")
+    state = full_state(worker, s)
+    done: list = []
+    thread = threading.Thread(target=lambda: done.append(worker.train(state, Instructions(0, seed=0), s, (0, 2))),
+                              daemon=True)
+    thread.start()
+    thread.join(timeout=60)
+    assert done and done[0].metrics["batched"] == 1.0
