@@ -32,7 +32,7 @@ class DatasetSpec(Strict):
     ``digits`` is scikit-learn's bundled 8x8 handwritten digits, so it works offline; a
     partitioner splits it. ``table`` is one pooled CSV/Parquet table (``path``) split
     into simulated sites by the same partitioners, its test split held out first. ``synthetic`` is Synthetic(alpha, beta) of the FedProx paper
-    (:mod:`actors.synthetic`): each participant generates its own task and data inside its
+    (:mod:`actors.data.synthetic`): each participant generates its own task and data inside its
     actor, keeps ``test_fraction`` of its rows as its own test split, and the driver
     evaluates on the pooled test splits of the first ``eval_participants`` participants.
     """
@@ -253,7 +253,7 @@ class PythonData(SiteData):
     def _loader_accepts(self) -> PythonData:
         """Import the loader and check ``options`` against its signature now, not inside
         every participant after Ray started."""
-        from actors.loaders import check_loader
+        from actors.data.loaders import check_loader
 
         check_loader(self.factory, self.options)
         return self
@@ -282,7 +282,7 @@ BUILTIN_MODEL_OPTIONS: dict[str, frozenset[str]] = {
     "lstm": frozenset({"hidden", "layers"}),
     "transformer": frozenset({"dim", "heads", "layers"}),
 }
-"""Options of the built-in factories in :mod:`actors.models`, stated here so validating a
+"""Options of the built-in factories in :mod:`actors.training.models`, stated here so validating a
 config does not import torch (seconds); a test keeps it equal to the factories' signatures."""
 
 
@@ -297,7 +297,7 @@ class ModelSpec(BaseModel):
         if self.name in BUILTIN_MODEL_OPTIONS:
             allowed: set[str] | None = set(BUILTIN_MODEL_OPTIONS[self.name])
         elif ":" in self.name:  # a user's factory: importing it is the only way to see it
-            from actors.models import factory_options, resolve_factory
+            from actors.training.models import factory_options, resolve_factory
 
             allowed = factory_options(resolve_factory(self.name))
         else:
@@ -388,7 +388,7 @@ class Availability(Strict):
 class Windows(Strict):
     """Online during explicit windows ``[start_s, end_s)`` of a ``period_s``-second cycle
     that repeats, so a long run never runs out of trace: what a device trace gives each
-    participant (:mod:`actors.traces`), or written by hand. Windows are sorted, disjoint
+    participant (:mod:`orchestrator.cluster.traces`), or written by hand. Windows are sorted, disjoint
     and inside the cycle; there is no random phase (a trace is a timeline from t=0)."""
 
     windows: tuple[tuple[float, float], ...] = Field(..., min_length=1, description="[[start_s, end_s], ...]")
@@ -424,7 +424,7 @@ AvailabilityModel = Annotated[
 class TraceSpec(Strict):
     """Per-participant device traces: a table giving each participant its speed, its
     bandwidth and (in a second table) its online windows; the format is documented in
-    :mod:`actors.traces`. Relative paths are relative to the driver's working directory."""
+    :mod:`orchestrator.cluster.traces`. Relative paths are relative to the driver's working directory."""
 
     path: str = Field(..., min_length=1, description="the fleet table (CSV or Parquet), one row per "
                       "participant; with format: fedscale, FedScale's client_device_capacity pickle")
@@ -490,7 +490,7 @@ class SystemSpec(Strict):
     attack: AttackSpec | None = Field(None, description="make this group Byzantine")
     trace: TraceSpec | None = Field(
         None, description="per-participant speed, bandwidth and online windows from a device "
-        "trace (actors/traces.py); they replace speed, bandwidth_mbps and availability")
+        "trace (orchestrator/cluster/traces.py); they replace speed, bandwidth_mbps and availability")
 
     @model_validator(mode="after")
     def _speed_range(self) -> SystemSpec:
@@ -505,7 +505,7 @@ class SystemSpec(Strict):
 
 
 class FittedTransform(Strict):
-    """The preprocessing fitted on every site's statistics (``orchestrator/preprocessing.py``):
+    """The preprocessing fitted on every site's statistics (``orchestrator/server/preprocessing.py``):
     what each site and the evaluation table apply to their raw columns, in this order
     (numeric columns, then each categorical column's one-hot block)."""
 

@@ -27,9 +27,9 @@ import ray
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from actors.participant import Participant  # noqa: E402
+from actors.participant.participant import Participant  # noqa: E402
 from orchestrator.config import load_config  # noqa: E402
-from orchestrator.run import Orchestrator  # noqa: E402
+from orchestrator.loop.run import Orchestrator  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "ditto.md"
 

@@ -10,7 +10,7 @@ Two workloads (the GPU issue's), each run four ways on the same card:
 Ways: ``serial`` (one process, every participant's data already on the card, trained one
 after another, averaged: the floor a hand-written loop reaches), ``one process batched``
 (the same loop, but each round trains every participant at once with
-``actors.batched.train_batched``: what the vmapped step gains with no Ray, no client halves
+``actors.training.batched.train_batched``: what the vmapped step gains with no Ray, no client halves
 and no transfers, the ceiling for fedray batched), ``fedray pool`` (one
 pool worker holding the whole card, ``batched: false``) and ``fedray batched`` (the same
 worker training its tasks together, ``batched: true``). Throughput is samples trained per
@@ -38,11 +38,11 @@ import time
 import pandas as pd
 import torch
 
-from actors.batched import train_batched
-from actors.data import synthetic_task
-from actors.models import build_model
+from actors.data.load import synthetic_task
 from actors.spec import DatasetSpec, TrainSpec
-from actors.training import train_locally
+from actors.training.batched import train_batched
+from actors.training.loops import train_locally
+from actors.training.models import build_model
 
 WORKLOADS = {
     "16 x MLP 512-2048-2048-10": {"count": 16, "rows": 20_000, "features": 512, "hidden": [2048, 2048]},
@@ -91,7 +91,7 @@ class PeakMemory:
 
 def serial(w: dict, rounds: int, device: torch.device, together: bool = False) -> dict:
     """One process, data on the card, each participant trained in turn (or, ``together``,
-    all at once with :func:`actors.batched.train_batched`), then averaged."""
+    all at once with :func:`actors.training.batched.train_batched`), then averaged."""
     with PeakMemory() as memory:
         result = _serial(w, rounds, device, together)
     return result | {"GPU GB": memory.peak}
@@ -147,7 +147,7 @@ def _serial(w: dict, rounds: int, device: torch.device, together: bool) -> dict:
 
 def fedray(w: dict, rounds: int, batched: bool, gpus: float) -> dict:
     from orchestrator.config import load_config
-    from orchestrator.run import Orchestrator
+    from orchestrator.loop.run import Orchestrator
 
     with PeakMemory() as memory:
         history = Orchestrator(load_config(config(w, rounds, batched, gpus))).run()

@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 import ray
 
-from orchestrator.cli import demo_config_path
 from orchestrator.config import RunConfig, load_config
-from orchestrator.run import Orchestrator
+from orchestrator.loop.run import Orchestrator
+from orchestrator.tools.cli import demo_config_path
 
 RESULTS = Path(__file__).parent / "results" / "privacy.md"
 

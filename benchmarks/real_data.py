@@ -26,7 +26,7 @@ land on a pool of 2 workers):
    raw units (``load_diabetes(scaled=False)``, 442 rows): fedray runs ``dataset: {name:
    table, test_fraction: 0.2, partition: {kind: iid}}``, 4 sites on iid shards of the
    seeded 80%, scored on the other 20%; the central models train on the same 80%
-   (``actors.data.pooled_table``), all score on the same 20%. fedray runs a linear model
+   (``actors.data.load.pooled_table``), all score on the same 20%. fedray runs a linear model
    (MLP with no hidden layer) and an MLP [32]. Target: FedAvg within 0.05 R² of the
    central model.
 3. Personal heads on traffic (504 rows, 3 weeks, per city). Each city holds out
@@ -81,10 +81,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from actors.tables import pooled_table, split_rows  # noqa: E402
+from actors.data.tables import pooled_table, split_rows  # noqa: E402
+from orchestrator.cluster.participants import participant_specs  # noqa: E402
 from orchestrator.config import load_config  # noqa: E402
-from orchestrator.participants import participant_specs  # noqa: E402
-from orchestrator.run import Orchestrator  # noqa: E402
+from orchestrator.loop.run import Orchestrator  # noqa: E402
 
 HOSPITALS = ROOT / "examples" / "hospitals"
 TRAFFIC = ROOT / "examples" / "traffic"

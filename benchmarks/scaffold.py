@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from orchestrator.config import load_config  # noqa: E402
-from orchestrator.run import Orchestrator  # noqa: E402
+from orchestrator.loop.run import Orchestrator  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 

@@ -114,7 +114,7 @@ def pss_bytes(pid: int) -> int:
 
 def timed_run(config: dict | None, out: Path) -> tuple[float, float]:
     """Process wall seconds and peak PSS (GB) of ``fedray run`` with ``config``."""
-    command = [sys.executable, "-m", "orchestrator.cli", "run", "--quiet", "--out", str(out)]
+    command = [sys.executable, "-m", "orchestrator.tools.cli", "run", "--quiet", "--out", str(out)]
     if config is not None:
         path = out.with_suffix(".yaml")
         path.write_text(yaml.safe_dump(config, sort_keys=False))

@@ -58,10 +58,10 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import ray  # noqa: E402
 
+from actors.participant.system import draw_speeds  # noqa: E402
 from actors.spec import SpeedDistribution  # noqa: E402
-from actors.system import draw_speeds  # noqa: E402
 from orchestrator.config import RunConfig, load_config  # noqa: E402
-from orchestrator.run import Orchestrator  # noqa: E402
+from orchestrator.loop.run import Orchestrator  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 PARTICIPANTS = 16

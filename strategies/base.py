@@ -36,7 +36,7 @@ class NoParams:
 
 class ServerModels(Protocol):
     """Models the server half can run, for strategies that do model work on the server
-    (FedDF's ensemble distillation). Implemented in ``actors/server_models.py``; the
+    (FedDF's ensemble distillation). Implemented in ``orchestrator/server/server_models.py``; the
     driver builds one only for strategies that declare ``needs_server_models``."""
 
     prefixes: tuple[str, ...]

@@ -8,7 +8,7 @@ state (a personal model, a control variate), which the participant saves with it
 private state so that a restarted actor, or another worker, goes on from it.
 
 The client never touches torch or the data itself: it asks a :class:`LocalModel`, which
-the participant implements (``actors/local_model.py``), for a handful of operations on
+the participant implements (``actors/training/local_model.py``), for a handful of operations on
 flat float32 vectors. That keeps ``strategies`` free of ``actors`` imports, and a new
 algorithm's local side a few lines of numpy that read like the paper.
 """
@@ -90,7 +90,7 @@ class Plan:
 
 
 class LocalModel(Protocol):
-    """The operations a participant offers its client half (``actors/local_model.py``).
+    """The operations a participant offers its client half (``actors/training/local_model.py``).
 
     Vectors are flat float32 in ``layout`` order, or in the sub-layout given.
     """

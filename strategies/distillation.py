@@ -17,7 +17,7 @@ example, whatever the architecture.
   Learning", NeurIPS 2020): participants send weights; the server averages them per
   architecture family, then distills the ensemble of the received models into each
   family's average on the public set. The ensemble logic lives here; the models it runs
-  come from ``ServerContext.models`` (``actors/server_models.py``), which the driver
+  come from ``ServerContext.models`` (``orchestrator/server/server_models.py``), which the driver
   builds because the class declares ``needs_server_models``.
 
 Under FedBuff/FedAsync schedules the consensus moves like weights do: by the

@@ -1,7 +1,7 @@
 """Partial parameter sharing: FedPer, FedRep, LG-FedAvg (and local-only as the baseline).
 
 Participants may run different architectures. Each sends only the parameters its strategy
-shares (names starting ``body.`` or ``head.``, see ``actors/models.py``), as a delta with
+shares (names starting ``body.`` or ``head.``, see ``actors/training/models.py``), as a delta with
 its own layout. The global state is the *union* of everything shared, matched by parameter
 name and shape: a parameter only some participants have is averaged over those only.
 

@@ -8,7 +8,7 @@ cancellation exact, unlike float arithmetic. The driver only ever sees masked ve
 (uniformly random on their own) and their sum.
 
 What is here is pure numpy: no keys, no Ray. Key agreement lives with the participants
-(``actors/secure_aggregation.py``); the driver calls :func:`unmask_sum`.
+(``actors/participant/secure_aggregation.py``); the driver calls :func:`unmask_sum`.
 """
 
 from __future__ import annotations

@@ -88,7 +88,7 @@ class Layout:
 
 Sharing = Literal["all", "body", "head", "none"]
 """Which of a participant's parameters travel: every one, those named ``body.*`` or
-``head.*`` (see ``actors/models.py``), or none."""
+``head.*`` (see ``actors/training/models.py``), or none."""
 
 
 @dataclass

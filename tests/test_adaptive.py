@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from conftest import digits_config
 
-from orchestrator.adaptive import AdaptiveLocalWork, base_steps
 from orchestrator.config import load_config
-from orchestrator.run import Orchestrator
+from orchestrator.loop.adaptive import AdaptiveLocalWork, base_steps
+from orchestrator.loop.run import Orchestrator
 
 
 def test_steps_scale_with_measured_rate_and_fastest_keeps_full_work():

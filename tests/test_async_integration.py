@@ -11,7 +11,7 @@ import ray
 from conftest import digits_config
 
 from orchestrator.config import load_config
-from orchestrator.run import Orchestrator
+from orchestrator.loop.run import Orchestrator
 
 SPS = 0.0002
 """Simulated seconds per sample: a fast participant's task (~480 samples) lasts ~0.1 s.

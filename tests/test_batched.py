@@ -16,11 +16,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from actors import batched
-from actors.batched import can_batch, train_batched
-from actors.models import build_model
 from actors.spec import DPSGD, TrainSpec
-from actors.training import batches, make_optimizer, train_locally
+from actors.training import batched
+from actors.training.batched import can_batch, train_batched
+from actors.training.loops import batches, make_optimizer, train_locally
+from actors.training.models import build_model
 
 SIZES = (37, 50, 64, 23)
 SEEDS = (101, 202, 303, 404)
@@ -234,7 +234,7 @@ def test_a_read_only_global_vector_goes_to_the_card_once():
         pytest.skip("needs a CUDA device")
     import numpy as np
 
-    from actors.params import get_flat, layout_of, on_device, set_flat
+    from actors.training.params import get_flat, layout_of, on_device, set_flat
 
     device = torch.device("cuda")
     model = build_model("mlp", {"hidden": [8]}, (4,), 3).to(device)

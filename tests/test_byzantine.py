@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from conftest import digits_config
 
-from actors.attacks import apply_attack
-from actors.participant import Participant
+from actors.participant.attacks import apply_attack
+from actors.participant.participant import Participant
 from actors.spec import AttackSpec
 from orchestrator.config import load_config
-from orchestrator.run import Orchestrator
+from orchestrator.loop.run import Orchestrator
 from strategies.types import GlobalState, Instructions
 
 ROUNDS = 12

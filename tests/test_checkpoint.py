@@ -11,12 +11,12 @@ import pytest
 import ray
 from conftest import digits_config
 
-from actors import private_state
-from actors.participant import Participant
-from orchestrator.checkpoint import list_checkpoints, read_latest, write_checkpoint
+from actors.participant import private_state
+from actors.participant.participant import Participant
 from orchestrator.config import load_config
-from orchestrator.run import Orchestrator
-from orchestrator.run_state import RunState
+from orchestrator.loop.checkpoint import list_checkpoints, read_latest, write_checkpoint
+from orchestrator.loop.run import Orchestrator
+from orchestrator.loop.run_state import RunState
 from strategies.types import GlobalState, Instructions, Layout
 
 

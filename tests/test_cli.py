@@ -15,7 +15,7 @@ import pytest
 import yaml
 from conftest import digits_config
 
-from orchestrator.cli import demo_config_path, main
+from orchestrator.tools.cli import demo_config_path, main
 
 
 def write(path, config: dict):
@@ -80,7 +80,7 @@ def test_console_script_reports_without_traceback(tmp_path):
 def test_submit_without_a_config_submits_the_demo_like_run(tmp_path, monkeypatch, capsys):
     """``fedray run`` falls back to the built-in demo; ``fedray submit`` must too (the job
     itself is replaced here: what matters is which config it is given)."""
-    from orchestrator import submit
+    from orchestrator.tools import submit
 
     submitted = []
 
@@ -111,15 +111,15 @@ def imported_after(code: str) -> set[str]:
 
 
 def test_help_and_validate_import_neither_torch_nor_ray():
-    help_call = ("from orchestrator.cli import main\ntry:\n    main(['--help'])\n"
+    help_call = ("from orchestrator.tools.cli import main\ntry:\n    main(['--help'])\n"
                  "except SystemExit:\n    pass")
     assert imported_after(help_call) == set()
     example = Path(__file__).parents[1] / "examples" / "pool.yaml"
-    assert imported_after(f"from orchestrator.cli import main\nassert main(['validate', {str(example)!r}]) == 0") == set()
+    assert imported_after(f"from orchestrator.tools.cli import main\nassert main(['validate', {str(example)!r}]) == 0") == set()
 
 
 def test_commands_listed_without_their_module_show_that_modules_help_line():
-    from orchestrator.cli import MODULE_COMMANDS, build_parser
+    from orchestrator.tools.cli import MODULE_COMMANDS, build_parser
 
     listed = build_parser().format_help()
     for name in MODULE_COMMANDS:
@@ -129,8 +129,8 @@ def test_commands_listed_without_their_module_show_that_modules_help_line():
 
 def test_builtin_model_options_match_the_factories():
     """Config validation reads them from actors.spec so that it need not import torch."""
-    from actors.models import MODELS, factory_options
     from actors.spec import BUILTIN_MODEL_OPTIONS
+    from actors.training.models import MODELS, factory_options
 
     assert {name: factory_options(f) for name, f in MODELS.items()} == BUILTIN_MODEL_OPTIONS
 
@@ -138,9 +138,9 @@ def test_builtin_model_options_match_the_factories():
 def test_a_plain_digits_fedavg_participant_imports_only_torch():
     """No opacus (DP-SGD), cryptography (secure aggregation), pandas (file data) or
     scikit-learn (digits is read from its bundled file) unless the config uses them."""
-    assert imported_after("import actors.participant") == {"torch"}
+    assert imported_after("import actors.participant.participant") == {"torch"}
     train_one_task = """
-from actors.participant import Participant
+from actors.participant.participant import Participant
 from actors.spec import DatasetSpec, ModelSpec, ParticipantSpec, PartitionData, TrainSpec
 from strategies.types import GlobalState, Instructions
 spec = ParticipantSpec(name="site-0", group="site", index_in_group=0, seed=0, model=ModelSpec(),
@@ -155,7 +155,7 @@ p.train(GlobalState(0, p.initial_parameters(), p.describe()["layout"]), Instruct
 def test_digits_read_from_the_bundled_file_equal_scikit_learns_loader():
     from sklearn.datasets import load_digits
 
-    from actors.data import _digits_table
+    from actors.data.load import _digits_table
 
     pixels, labels = _digits_table()
     bunch = load_digits()

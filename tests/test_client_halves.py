@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from actors.participant import Participant
+from actors.participant.participant import Participant
 from actors.spec import DatasetSpec, ModelSpec, ParticipantSpec, PartitionData, TrainSpec
 from orchestrator.config import ConfigError, load_config
 from strategies import build_strategy, get_strategy_class
@@ -154,7 +154,7 @@ def test_the_config_reads_declared_capabilities_with_reasons():
 
 
 def test_scaffold_and_ditto_run_end_to_end(ray_session):
-    from orchestrator.run import Orchestrator
+    from orchestrator.loop.run import Orchestrator
 
     for name in ("scaffold", "ditto", "tests.plugins:HalfStep"):
         raw = digits_config(strategy={"name": name}, stop={"max_aggregations": 3})

@@ -12,15 +12,15 @@ import pytest
 import ray
 from conftest import digits_config, run_while
 
+from actors.participant.system import simulated_duration, task_duration
 from actors.spec import SystemSpec
-from actors.system import simulated_duration, task_duration
-from orchestrator.clock import SimulatedClock
+from orchestrator.cluster.participants import Member, Participants
 from orchestrator.config import ConfigError, load_config
-from orchestrator.history import History
-from orchestrator.participants import Member, Participants
-from orchestrator.privacy import PrivacyHooks
-from orchestrator.run import Orchestrator
-from orchestrator.schedules import Task
+from orchestrator.loop.clock import SimulatedClock
+from orchestrator.loop.run import Orchestrator
+from orchestrator.loop.schedules import Task
+from orchestrator.records.history import History
+from orchestrator.server.privacy import PrivacyHooks
 
 
 def test_a_task_lasts_samples_times_seconds_per_sample_over_speed_plus_the_link():

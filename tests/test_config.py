@@ -18,7 +18,7 @@ from orchestrator.config import (
     load_config,
     missing_data_files,
 )
-from orchestrator.schedules import Async, Buffered
+from orchestrator.loop.schedules import Async, Buffered
 
 
 def broken(edit) -> dict:

@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from actors.data.tables import DataError, read_table
 from actors.spec import FileData, TaskSpec
-from actors.tables import DataError, read_table
 from orchestrator.config import ConfigError, RunConfig, load_config
 from strategies import STRATEGIES
 

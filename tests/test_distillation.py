@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from actors.data import load_shared_dataset
-from actors.distillation import distill, kd_loss, load_public_set, predict_logits
-from actors.models import build_model
-from actors.participant import Participant
+from actors.data.load import load_shared_dataset
+from actors.participant.participant import Participant
 from actors.spec import DatasetSpec, ModelSpec, ParticipantSpec, PartitionData, TrainSpec
+from actors.training.distillation import distill, kd_loss, load_public_set, predict_logits
+from actors.training.models import build_model
 from strategies.base import ServerContext
 from strategies.distillation import DSFL, FedDF, FedMD, softmax
 from strategies.partial import union_layout
@@ -184,7 +184,7 @@ def test_soft_label_state_rejects_misshapen_or_nan_logits_and_averages_reports()
     from conftest import digits_config
 
     from orchestrator.config import load_config
-    from orchestrator.global_state import SoftLabels
+    from orchestrator.server.global_state import SoftLabels
     from strategies.hygiene import rejection_reason
 
     config = load_config(digits_config(
@@ -206,7 +206,7 @@ def test_soft_label_state_rejects_misshapen_or_nan_logits_and_averages_reports()
 
 
 def test_consensus_term_is_weighted_kd_on_a_random_public_batch():
-    from actors.distillation import consensus_term
+    from actors.training.distillation import consensus_term
 
     torch.manual_seed(0)
     x = torch.randn(20, 64)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from orchestrator.config import load_config
-from orchestrator.run import Orchestrator
-from orchestrator.stopping import DIVERGENCE_WINDOW, Divergence, diverged
+from orchestrator.loop.run import Orchestrator
+from orchestrator.loop.stopping import DIVERGENCE_WINDOW, Divergence, diverged
 from strategies.types import Layout, Update
 
 LAYOUT = Layout(("w",), ((3,),))

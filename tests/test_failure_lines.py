@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from orchestrator.progress import one_line_per_cause
+from orchestrator.records.progress import one_line_per_cause
 
 
 def test_a_thousand_participants_failing_alike_are_one_line():

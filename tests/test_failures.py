@@ -8,9 +8,9 @@ import random
 import ray
 from conftest import digits_config, run_while
 
-from actors.participant import Participant
+from actors.participant.participant import Participant
 from orchestrator.config import load_config
-from orchestrator.run import Orchestrator
+from orchestrator.loop.run import Orchestrator
 
 TINY = {"model": {"name": "mlp", "hidden": [16]}, "train": {"local_steps": 4, "batch_size": 32, "lr": 0.2}}
 
@@ -114,7 +114,7 @@ def test_update_from_a_participant_not_in_the_run_is_rejected(ray_session, monke
                 update.participant = "mallory-7"
             return update
 
-    monkeypatch.setattr("orchestrator.participants.Participant", Impostor)
+    monkeypatch.setattr("orchestrator.cluster.participants.Participant", Impostor)
     raw = digits_config(groups=[_group("site", 3)], stop={"max_aggregations": 2})
     history = Orchestrator(load_config(raw)).run()
     rejected = history[history.event == "rejected"]

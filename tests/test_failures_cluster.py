@@ -12,7 +12,7 @@ from conftest import digits_config, run_while
 from ray.cluster_utils import Cluster
 
 from orchestrator.config import load_config
-from orchestrator.run import Orchestrator
+from orchestrator.loop.run import Orchestrator
 
 TINY = {"model": {"name": "mlp", "hidden": [16]}, "train": {"local_steps": 4, "lr": 0.2},
         "system": {"simulated_seconds_per_sample": 0.002}}

@@ -18,11 +18,11 @@ import pandas as pd
 import pytest
 from conftest import digits_config
 
-from actors import partition
-from actors.data import load_shared_dataset
+from actors.data import partition
+from actors.data.load import load_shared_dataset
 from actors.spec import DatasetSpec
 from orchestrator.config import load_config
-from orchestrator.run import Orchestrator, RunError
+from orchestrator.loop.run import Orchestrator, RunError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -150,7 +150,7 @@ CUSTOM_RESOURCE_RUN = textwrap.dedent("""
     import json, sys
     import ray
     from orchestrator.config import load_config
-    from orchestrator.run import Orchestrator
+    from orchestrator.loop.run import Orchestrator
 
     ray.init(address="local", num_cpus=3, resources={"hospital_slot": 2},
              include_dashboard=False, logging_level="ERROR")

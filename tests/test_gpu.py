@@ -14,7 +14,7 @@ import torch
 from conftest import digits_config
 
 from orchestrator.config import load_config
-from orchestrator.run import Orchestrator
+from orchestrator.loop.run import Orchestrator
 
 
 def _run(num_gpus: float):

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from actors.gpu_memory import apply_cap, caps_fit, describe_oom, memory_cap_fraction
+from actors.participant.gpu_memory import apply_cap, caps_fit, describe_oom, memory_cap_fraction
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_module_imports_without_torch():
-    code = "import sys, actors.gpu_memory; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, actors.participant.gpu_memory; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
@@ -89,7 +89,7 @@ def test_describe_oom_names_participant_cap_and_request():
 
 _CAPPED = textwrap.dedent("""
     import torch
-    from actors.gpu_memory import apply_cap, describe_oom
+    from actors.participant.gpu_memory import apply_cap, describe_oom
     total = torch.cuda.get_device_properties(0).total_memory
     apply_cap((1 << 30) / total, "cuda:0")  # 1 GiB
     small = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")

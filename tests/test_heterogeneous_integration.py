@@ -11,7 +11,7 @@ import pytest
 from conftest import digits_config
 
 from orchestrator.config import ConfigError, load_config
-from orchestrator.run import Orchestrator
+from orchestrator.loop.run import Orchestrator
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -111,7 +111,7 @@ def test_fedper_late_joiner_warm_starts_and_personal_heads_never_leave(ray_sessi
 
 def test_weight_averaging_refuses_mixed_architectures_naming_participants(ray_session):
     config = load_config(digits_config(groups=MIXED[:2], stop={"max_aggregations": 1}))
-    from orchestrator.run import RunError
+    from orchestrator.loop.run import RunError
 
     with pytest.raises(RunError, match=r"participants cnn-0 and mlp-0 have different model layouts"):
         Orchestrator(config).run()

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from actors.cohort import TRAINED_TOGETHER
-from actors.participant import Participant
-from actors.pool import PoolWorker
+from actors.participant.cohort import TRAINED_TOGETHER
+from actors.participant.participant import Participant
+from actors.participant.pool import PoolWorker
 from actors.spec import DatasetSpec, ModelSpec, ParticipantSpec, PartitionData, TrainSpec
 from strategies import build_strategy
 from strategies.base import ServerContext
@@ -72,7 +72,7 @@ class Pooled:
               ) -> list[Update]:
         self.rounds += 1
         order = list(range(len(specs)))[:: 1 if self.rounds % 2 else -1]
-        if self.batched:  # the task threads of actors/cohort.py
+        if self.batched:  # the task threads of actors/participant/cohort.py
             got = self.worker.train_batch(state, [instructions[i] for i in order], [specs[i] for i in order])
         else:
             got = [self.worker.train(state, instructions[i], specs[i]) for i in order]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from actors.loaders import LoaderError, check_loader, load_from_python, load_image_folder
+from actors.data.loaders import LoaderError, check_loader, load_from_python, load_image_folder
 
 SITE = {"name": "site-3", "index": 3, "group": "hospitals", "who": "site-3"}
 

@@ -9,13 +9,14 @@ import pytest
 import torch
 from conftest import digits_config
 
-from actors import local_dp, private_state
-from actors.local_dp import check_supported, train_dp_sgd
-from actors.models import build_model
-from actors.params import get_flat, layout_of, set_flat
-from actors.participant import Participant
+from actors.participant import private_state
+from actors.participant.participant import Participant
 from actors.spec import DPSGD, DatasetSpec, ModelSpec, ParticipantSpec, PartitionData, TrainSpec
-from actors.training import train_locally
+from actors.training import local_dp
+from actors.training.local_dp import check_supported, train_dp_sgd
+from actors.training.loops import train_locally
+from actors.training.models import build_model
+from actors.training.params import get_flat, layout_of, set_flat
 from orchestrator.config import ConfigError, load_config
 from strategies.privacy import PrivacyAccountant
 from strategies.types import GlobalState, Instructions
@@ -273,7 +274,7 @@ def test_a_silo_refuses_the_task_that_would_overspend_its_budget():
 
 
 def test_silos_that_spent_their_budget_leave_the_run(ray_session):
-    from orchestrator.run import Orchestrator
+    from orchestrator.loop.run import Orchestrator
 
     raw = with_dp_sgd({"noise_multiplier": 1.0, "max_grad_norm": 1.0, "max_epsilon": 5.0},  # ~3 tasks
                       stop={"max_aggregations": 50}, schedule={"min_participants": 1})
@@ -319,7 +320,7 @@ def test_config_accepts_dp_sgd_with_fedprox():
 
 
 def test_dp_sgd_run_records_epsilon_per_update_and_the_worst_in_the_summary(ray_session):
-    from orchestrator.run import Orchestrator
+    from orchestrator.loop.run import Orchestrator
 
     raw = digits_config(stop={"max_aggregations": 3})
     private = raw["groups"][0]
@@ -343,7 +344,7 @@ def test_dp_sgd_run_records_epsilon_per_update_and_the_worst_in_the_summary(ray_
 
 
 def test_dp_sgd_participants_always_get_a_private_state_dir_so_restarts_keep_the_budget():
-    from orchestrator.run import Orchestrator
+    from orchestrator.loop.run import Orchestrator
 
     raw = with_dp_sgd({"noise_multiplier": 1.0, "max_grad_norm": 1.0})
     raw["groups"].append({**raw["groups"][0], "name": "plain", "count": 1,

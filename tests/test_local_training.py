@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from actors.models import BodyHead
-from actors.participant import Participant
+from actors.participant.participant import Participant
 from actors.spec import DatasetSpec, ModelSpec, ParticipantSpec, PartitionData, TrainSpec
-from actors.training import train_locally
+from actors.training.loops import train_locally
+from actors.training.models import BodyHead
 from strategies.client import Linear, Proximal, Work
 
 LR = 0.1

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from actors.models import build_model, resolve_factory
-from actors.params import layout_of
 from actors.spec import ModelSpec
+from actors.training.models import build_model, resolve_factory
+from actors.training.params import layout_of
 
 VIEWS = {"flat": (64,), "image": (1, 8, 8), "sequence": (8, 8)}
 
@@ -71,6 +71,6 @@ def test_an_mlp_with_dropout_drops_in_training_only():
 
 
 def test_user_factory_by_module_path():
-    assert resolve_factory("actors.models:gru") is resolve_factory("gru")
+    assert resolve_factory("actors.training.models:gru") is resolve_factory("gru")
     with pytest.raises(ValueError, match="cannot load model factory"):
         resolve_factory("no_such_module:thing")

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from actors.models import build_model
-from actors.params import layout_of
-from actors.participant import Participant
+from actors.participant.participant import Participant
 from actors.spec import DatasetSpec, ModelSpec, ParticipantSpec, PartitionData, TrainSpec
+from actors.training.models import build_model
+from actors.training.params import layout_of
 from strategies.partial import (
     FedPer,
     LGFedAvg,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from actors.data import DataError
-from actors.participant import Participant
+from actors.data.load import DataError
+from actors.participant.participant import Participant
 from actors.spec import DatasetSpec, FileData, ModelSpec, ParticipantSpec, PartitionData, TrainSpec
 from strategies.types import GlobalState, Instructions
 
@@ -99,7 +99,7 @@ def test_private_state_is_written_only_when_a_restart_would_need_it(tmp_path):
     """FedAvg without a simulator keeps nothing a restart needs after its first task, so
     it does not rewrite its file every task; FedPer's personal model changes every task,
     so its file follows every task."""
-    from actors import private_state
+    from actors.participant import private_state
 
     for strategy, saved_after_two in (("fedavg", 1), ("fedper", 2)):
         where = str(tmp_path / strategy)

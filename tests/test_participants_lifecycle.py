@@ -8,14 +8,14 @@ import time
 import ray
 from conftest import digits_config
 
-from actors.data import DataError
-from orchestrator.clock import SimulatedClock, WallClock
+from actors.data.load import DataError
+from orchestrator.cluster.participants import RESTART_BACKOFF_S, Member, Participants, error_message
 from orchestrator.config import load_config
-from orchestrator.history import History
-from orchestrator.participants import RESTART_BACKOFF_S, Member, Participants, error_message
-from orchestrator.privacy import PrivacyHooks
-from orchestrator.results import FAILURE_EVENTS
-from orchestrator.schedules import Task
+from orchestrator.loop.clock import SimulatedClock, WallClock
+from orchestrator.loop.schedules import Task
+from orchestrator.records.history import History
+from orchestrator.records.results import FAILURE_EVENTS
+from orchestrator.server.privacy import PrivacyHooks
 
 
 def lifecycle(max_restarts: int = -1, **overrides) -> tuple[Participants, Member, History]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from actors import partition
-from actors.data import load_shared_dataset, split_indices
+from actors.data import partition
+from actors.data.load import load_shared_dataset, split_indices
 from actors.spec import DatasetSpec, PartitionSpec
 
 
@@ -153,7 +153,7 @@ def test_an_infeasible_split_is_refused_once_before_any_participant_starts(ray_s
     from conftest import digits_config
 
     from orchestrator.config import load_config
-    from orchestrator.run import Orchestrator, RunError
+    from orchestrator.loop.run import Orchestrator, RunError
 
     dataset = {"name": "digits", "partition": {"kind": "dirichlet", "alpha": 0.5, "min_size": 50}}
     group = {**digits_config()["groups"][0], "count": 100, "hosting": "pool", "workers": 2}

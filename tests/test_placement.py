@@ -14,9 +14,9 @@ import ray
 from conftest import digits_config
 from ray.cluster_utils import Cluster
 
+from orchestrator.cluster.placement import Placements
 from orchestrator.config import load_config
-from orchestrator.placement import Placements
-from orchestrator.run import Orchestrator, RunError
+from orchestrator.loop.run import Orchestrator, RunError
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from conftest import digits_config
 
-from actors.participant import Participant
+from actors.participant.participant import Participant
 from actors.spec import DatasetSpec, ModelSpec, ParticipantSpec, PartitionData, TrainSpec
+from orchestrator.cluster.participants import Member
 from orchestrator.config import load_config
-from orchestrator.participants import Member
-from orchestrator.run import Orchestrator
+from orchestrator.loop.run import Orchestrator
 from strategies.client import Plan, Work
 from strategies.types import GlobalState, Instructions
 

@@ -11,12 +11,12 @@ import pytest
 import ray
 from conftest import digits_config, run_while
 
-from actors import private_state
-from actors.pool import PoolWorker
+from actors.participant import private_state
+from actors.participant.pool import PoolWorker
 from actors.spec import DPSGD, DatasetSpec, ModelSpec, ParticipantSpec, PartitionData, TrainSpec
+from orchestrator.cluster.participants import RESTART_BACKOFF_S
 from orchestrator.config import ConfigError, load_config
-from orchestrator.participants import RESTART_BACKOFF_S
-from orchestrator.run import Orchestrator
+from orchestrator.loop.run import Orchestrator
 from strategies import STRATEGIES
 from strategies.partial import global_positions, union_layout
 from strategies.types import GlobalState, Instructions
@@ -341,8 +341,8 @@ def test_a_hung_pooled_task_is_charged_to_its_participant_alone(ray_session, bat
 
 
 def _requests(tmp_path, count: int) -> list:
-    from actors.cohort import Request
-    from actors.participant import Participant
+    from actors.participant.cohort import Request
+    from actors.participant.participant import Participant
     from strategies.client import Work
 
     return [Request(Participant(spec(i, tmp_path, "fedavg")).local, Work(i, 1, 2), (), None) for i in range(count)]
@@ -353,7 +353,7 @@ def _out_of_memory_above(limit: int, monkeypatch) -> None:
     ``limit`` participants raises torch's real OutOfMemoryError."""
     import torch
 
-    from actors import cohort
+    from actors.participant import cohort
 
     real = cohort.train_batched
 
@@ -366,7 +366,7 @@ def _out_of_memory_above(limit: int, monkeypatch) -> None:
 
 
 def test_a_batch_out_of_gpu_memory_is_split_until_it_fits(tmp_path, monkeypatch):
-    from actors.cohort import run
+    from actors.participant.cohort import run
 
     _out_of_memory_above(2, monkeypatch)
     requests = _requests(tmp_path, 4)
@@ -378,9 +378,9 @@ def test_a_batch_out_of_gpu_memory_is_split_until_it_fits(tmp_path, monkeypatch)
 def test_only_a_participant_out_of_gpu_memory_alone_fails_and_its_error_names_the_batch(tmp_path, monkeypatch):
     import torch
 
-    from actors.cohort import run
-    from actors.gpu_memory import describe_oom
-    from actors.local_model import TorchLocalModel
+    from actors.participant.cohort import run
+    from actors.participant.gpu_memory import describe_oom
+    from actors.training.local_model import TorchLocalModel
 
     _out_of_memory_above(1, monkeypatch)
     real = TorchLocalModel.train_now
@@ -402,8 +402,8 @@ def test_only_a_participant_out_of_gpu_memory_alone_fails_and_its_error_names_th
 def test_running_out_of_gpu_memory_while_setting_up_names_the_participant(tmp_path, monkeypatch):
     import torch
 
-    from actors import participant
-    from actors.participant import GPUMemoryExceeded, Participant
+    from actors.participant import participant
+    from actors.participant.participant import GPUMemoryExceeded, Participant
 
     def too_big(*args, **kwargs):  # moving the data to the card (injected: no GPU here)
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 3.00 GiB")
@@ -416,7 +416,7 @@ def test_running_out_of_gpu_memory_while_setting_up_names_the_participant(tmp_pa
 def test_a_cohort_stops_waiting_for_a_member_that_never_arrives(tmp_path, monkeypatch):
     """A member the driver cancelled while it queued never arrives: the others train
     without it after COHORT_WAIT_S instead of waiting for ever."""
-    from actors import cohort
+    from actors.participant import cohort
 
     monkeypatch.setattr(cohort, "COHORT_WAIT_S", 0.5)
     worker = PoolWorker()

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from conftest import digits_config
 
-from orchestrator import preflight
+from orchestrator.cluster import preflight
+from orchestrator.cluster.preflight import ACTOR_FOOTPRINT_BYTES, Capacity, HostingError, plan
 from orchestrator.config import ConfigError, load_config
-from orchestrator.preflight import ACTOR_FOOTPRINT_BYTES, Capacity, HostingError, plan
 
 REPO = Path(__file__).resolve().parents[1]
 GB = 1e9
@@ -130,8 +130,8 @@ REFUSED_RUN = """
 import json, sys, time
 import ray
 from orchestrator.config import load_config
-from orchestrator.preflight import HostingError
-from orchestrator.run import Orchestrator
+from orchestrator.cluster.preflight import HostingError
+from orchestrator.loop.run import Orchestrator
 
 orch = Orchestrator(load_config(json.loads(sys.argv[1])))
 started = time.perf_counter()
@@ -159,7 +159,7 @@ def test_a_local_run_that_cannot_fit_is_refused_before_ray_starts():
 
 
 def test_a_run_on_a_running_ray_records_its_hosting(ray_session):
-    from orchestrator.run import Orchestrator
+    from orchestrator.loop.run import Orchestrator
 
     orch = Orchestrator(load_config(digits_config(stop={"max_aggregations": 1})))
     history = orch.run()

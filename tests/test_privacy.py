@@ -7,7 +7,7 @@ import pytest
 from conftest import digits_config
 
 from orchestrator.config import load_config
-from orchestrator.run import Orchestrator
+from orchestrator.loop.run import Orchestrator
 from strategies.privacy import DPParams, PrivacyAccountant, clip_rows, noisy_mean
 
 
@@ -54,7 +54,7 @@ def test_dp_run_reports_epsilon_in_history_and_summary(ray_session):
 def test_plain_dp_applies_staleness_weights_like_secure_dp():
     """Without secure aggregation DP-FedAvg must still scale each clipped delta by its
     schedule weight: under ``async`` with alpha=0.1 the step was 10x too large."""
-    from orchestrator.privacy import PrivacyHooks
+    from orchestrator.server.privacy import PrivacyHooks
     from strategies.types import Layout, Update
 
     config = load_config(digits_config(

@@ -12,7 +12,7 @@ import re
 import numpy as np
 import pytest
 
-from actors import private_state
+from actors.participant import private_state
 
 
 def test_missing_file_or_no_directory_gives_a_fresh_state(tmp_path):

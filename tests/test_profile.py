@@ -7,7 +7,7 @@ import pytest
 from conftest import digits_config
 
 from orchestrator.config import load_config
-from orchestrator.profile import apply_suggestion, measure, samples_per_task, suggest
+from orchestrator.tools.profile import apply_suggestion, measure, samples_per_task, suggest
 
 
 def test_samples_per_task_counts_the_short_last_batch():

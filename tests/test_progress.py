@@ -9,9 +9,9 @@ import pandas as pd
 import yaml
 from conftest import digits_config
 
-from orchestrator.cli import main
-from orchestrator.history import History
-from orchestrator.progress import Progress
+from orchestrator.records.history import History
+from orchestrator.records.progress import Progress
+from orchestrator.tools.cli import main
 
 
 def _feed(progress: Progress) -> History:

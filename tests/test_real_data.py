@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 
 from orchestrator.config import ConfigError, load_config
-from orchestrator.run import Orchestrator, RunError
-from orchestrator.stopping import DIVERGENCE_WINDOW
+from orchestrator.loop.run import Orchestrator, RunError
+from orchestrator.loop.stopping import DIVERGENCE_WINDOW
 
 # -- hospital-style tables -----------------------------------------------------------
 

@@ -18,11 +18,11 @@ from conftest import _ensure_local_ray, digits_config
 from matplotlib import colors as mcolors
 from matplotlib import image as mimage
 
-from orchestrator.cli import main
 from orchestrator.config import load_config
-from orchestrator.plots import OUTCOMES, task_outcomes
-from orchestrator.report import load_run, participant_table, run_summary
-from orchestrator.run import Orchestrator
+from orchestrator.loop.run import Orchestrator
+from orchestrator.records.plots import OUTCOMES, task_outcomes
+from orchestrator.records.report import load_run, participant_table, run_summary
+from orchestrator.tools.cli import main
 
 SECONDS_PER_SAMPLE = 0.0008  # ~0.3 s per task for ~360 samples: quick, yet ordered
 SLOW_SPEED = 0.4  # the straggler takes 2.5x as long, yet returns before the run ends
@@ -197,8 +197,8 @@ def test_load_run_reads_the_csv_twin(runs, tmp_path):
 def test_timeline_ends_tasks_in_flight_at_a_kill_at_the_resume(tmp_path):
     """After ``fedray run --resume`` the tasks the killed run had in flight never end in the
     history; they ended at the ``resumed`` event, not at the end of the run."""
-    from orchestrator.history import History
-    from orchestrator.plots import plot_timeline
+    from orchestrator.records.history import History
+    from orchestrator.records.plots import plot_timeline
 
     rows = [
         {"time": 1.0, "event": "dispatch", "participant": "a", "task_id": 0},
@@ -222,7 +222,7 @@ def test_timeline_ends_tasks_in_flight_at_a_kill_at_the_resume(tmp_path):
 
 
 def test_a_simulated_run_plots_simulated_seconds_or_wall_seconds_on_request(ray_session, tmp_path):
-    from orchestrator.plots import on_clock
+    from orchestrator.records.plots import on_clock
 
     group = {**digits_config()["groups"][0], "hosting": "pool", "workers": 2,
              "system": {"simulated_seconds_per_sample": 0.05, "speed": {"kind": "lognormal", "sigma": 1.0}}}

@@ -22,13 +22,13 @@ import pytest
 import yaml
 from conftest import digits_config
 
-from actors import private_state
-from actors.participant import Participant
-from actors.private_state import PrivateStateError, Rollback
-from orchestrator.checkpoint import list_checkpoints, read_latest
-from orchestrator.cli import main
+from actors.participant import private_state
+from actors.participant.participant import Participant
+from actors.participant.private_state import PrivateStateError, Rollback
 from orchestrator.config import load_config
-from orchestrator.run import Orchestrator
+from orchestrator.loop.checkpoint import list_checkpoints, read_latest
+from orchestrator.loop.run import Orchestrator
+from orchestrator.tools.cli import main
 from strategies.types import GlobalState, Instructions
 
 MAX_AGGREGATIONS = 8
@@ -61,7 +61,7 @@ def test_sigkilled_sync_run_resumes_to_identical_parameters(ray_session, tmp_pat
     killed = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path.cwd()), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", "run", str(cfg_path), "--out", str(killed), "--quiet"],
+        [sys.executable, "-m", "orchestrator.tools.cli", "run", str(cfg_path), "--out", str(killed), "--quiet"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True, env=env,
     )
     deadline = time.monotonic() + HANG_GUARD_S
@@ -102,7 +102,7 @@ def _driver(cfg_path: Path, out: Path) -> subprocess.Popen:
     """The driver in its own process (and process group), to be killed without warning."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path.cwd()), os.environ.get("PYTHONPATH", "")])}
     return subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", "run", str(cfg_path), "--out", str(out), "--quiet"],
+        [sys.executable, "-m", "orchestrator.tools.cli", "run", str(cfg_path), "--out", str(out), "--quiet"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True, env=env,
     )
 

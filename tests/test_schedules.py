@@ -6,7 +6,7 @@ import pytest
 from pydantic import TypeAdapter
 
 from orchestrator.config import BufferedSchedule, Schedule, SyncSchedule
-from orchestrator.schedules import Async, Buffered, SyncRounds, Task, make_schedule
+from orchestrator.loop.schedules import Async, Buffered, SyncRounds, Task, make_schedule
 
 NAMES = [f"p{i}" for i in range(6)]
 SCHEDULE = TypeAdapter(Schedule)

@@ -8,17 +8,17 @@ import pytest
 import ray
 from conftest import digits_config
 
-from actors.participant import Participant
-from actors.secure_aggregation import (
+from actors.participant.participant import Participant
+from actors.participant.secure_aggregation import (
     MAX_SEALED,
     MaskingKey,
     SealedUpdates,
     contribution,
 )
+from orchestrator.cluster.participants import Member
 from orchestrator.config import load_config
-from orchestrator.participants import Member
-from orchestrator.privacy import PrivacyHooks
-from orchestrator.run import Orchestrator
+from orchestrator.loop.run import Orchestrator
+from orchestrator.server.privacy import PrivacyHooks
 from strategies.fedavg import FedAvg
 from strategies.secure_aggregation import decode, encode, unmask_sum
 from strategies.types import GlobalState, Instructions

@@ -1,6 +1,6 @@
 """Federated preprocessing under secure aggregation, in-process: real participants read
 their own tables and mask their statistics with their own keys; the driver's fit sees
-only the decoded sums (what ``orchestrator/preprocessing.py`` does over Ray)."""
+only the decoded sums (what ``orchestrator/server/preprocessing.py`` does over Ray)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from actors.participant import Participant
+from actors.participant.participant import Participant
+from orchestrator.cluster.participants import participant_specs
 from orchestrator.config import load_config
-from orchestrator.participants import participant_specs
-from orchestrator.preprocessing import fit_statistics
+from orchestrator.server.preprocessing import fit_statistics
 from strategies.secure_aggregation import unmask_sum
 
 
@@ -64,7 +64,7 @@ def test_a_constant_column_keeps_std_one():
     x = np.full((30, 1), 4000.0)
 
     def total(scales, means, size):
-        from actors.preprocess import magnitudes, squared_deviations, sums
+        from actors.data.preprocess import magnitudes, squared_deviations, sums
 
         if scales is None:
             return magnitudes(x)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from conftest import digits_config
 
 from orchestrator.config import load_config
-from orchestrator.run import Orchestrator
+from orchestrator.loop.run import Orchestrator
 
 
 def test_sync_fedavg_run_learns_and_writes_results(ray_session, tmp_path):

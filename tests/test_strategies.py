@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from actors.spec import TrainSpec
-from actors.training import train_locally
+from actors.training.loops import train_locally
 from strategies import STRATEGIES, get_strategy_class
 from strategies.base import BLOCK, weighted_mean, weighted_sum
 from strategies.fedavg import FedAvg, FedAvgParams

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from conftest import digits_config
 
-from actors.data import load_participant_data, load_shared_dataset, synthetic_task
+from actors.data.load import load_participant_data, load_shared_dataset, synthetic_task
+from actors.data.synthetic import Synthetic
 from actors.spec import DatasetSpec, ModelSpec, ParticipantSpec, PartitionData, TrainSpec
-from actors.synthetic import Synthetic
 from orchestrator.config import ConfigError, load_config
 
 
@@ -166,7 +166,7 @@ def test_synthetic_settings_with_digits_are_refused_and_configs_round_trip():
 
 
 def test_fedavg_learns_synthetic_on_ray(ray_session):
-    from orchestrator.run import Orchestrator
+    from orchestrator.loop.run import Orchestrator
 
     raw = synthetic_config(max_size=300, eval_participants=20)
     raw["groups"][0] |= {"count": 20, "hosting": "pool", "workers": 2, "model": {"name": "mlp", "hidden": []},

@@ -23,7 +23,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from actors.preprocess import (
+from actors.data.preprocess import (
     PreprocessError,
     apply_transform,
     magnitudes,
@@ -33,11 +33,11 @@ from actors.preprocess import (
     sums,
 )
 from actors.spec import MISSING_CATEGORY, FittedTransform, PreprocessSpec, TaskSpec
-from actors.tasks import auroc, loss_function, metrics
+from actors.training.tasks import auroc, loss_function, metrics
 from orchestrator.config import ConfigError, load_config
-from orchestrator.preprocessing import fit_statistics
-from orchestrator.run_state import RunState
-from orchestrator.stopping import stop_reason
+from orchestrator.loop.run_state import RunState
+from orchestrator.loop.stopping import stop_reason
+from orchestrator.server.preprocessing import fit_statistics
 from strategies.secure_aggregation import encode, unmask_sum
 from strategies.types import Layout
 
@@ -216,7 +216,7 @@ def test_site_schema_missing_categories():
 
 
 def _fit(sites: list[np.ndarray], secure: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """The driver's rounds (orchestrator/preprocessing.py's fit_statistics) over sites held
+    """The driver's rounds (orchestrator/server/preprocessing.py's fit_statistics) over sites held
     here; ``secure``: each site's vector encoded to the masks' fixed point and the ring sum
     decoded, as under secure aggregation (the pairwise masks cancel exactly: left out)."""
     def total(scales, means, size):

@@ -13,18 +13,18 @@ import pytest
 import yaml
 from conftest import digits_config
 
-from actors.participant import Participant
-from actors.spec import Availability, SystemSpec, TraceSpec, Windows
-from actors.system import (
+from actors.participant.participant import Participant
+from actors.participant.system import (
     SimulatedDropout,
     Unavailable,
     initial_phase,
     online_until,
     windows_online_until,
 )
-from actors.traces import TraceError, fedscale_tables, participant_systems
+from actors.spec import Availability, SystemSpec, TraceSpec, Windows
+from orchestrator.cluster.participants import RunError, participant_specs
+from orchestrator.cluster.traces import TraceError, fedscale_tables, participant_systems
 from orchestrator.config import ConfigError, load_config, missing_data_files
-from orchestrator.participants import RunError, participant_specs
 
 NAMES = ["phones-0", "phones-1", "phones-2"]
 
@@ -276,7 +276,7 @@ def test_a_simulated_run_replays_the_trace_speeds_links_and_offline_windows(ray_
              "resources": {"num_cpus": 0.25},
              "system": {"simulated_seconds_per_sample": 0.01,
                         "trace": {"path": str(tmp_path / "fleet.csv"), "windows": str(tmp_path / "windows.csv")}}}
-    from orchestrator.run import Orchestrator
+    from orchestrator.loop.run import Orchestrator
 
     raw = digits_config(groups=[group], clock="simulated", stop={"max_aggregations": 40},
                         schedule={"mode": "async", "concurrency": 3})

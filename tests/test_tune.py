@@ -8,7 +8,7 @@ import yaml
 from conftest import digits_config
 
 from orchestrator.config import ConfigError, TuneSearch, load_config
-from orchestrator.tune import (
+from orchestrator.tools.tune import (
     BudgetSpent,
     TrialClock,
     concurrent_trials,

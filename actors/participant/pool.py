@@ -1,0 +1,256 @@
+"""A pool worker: one Ray actor that serves many participants, one task at a time.
+
+Dedicated hosting gives every participant its own process; that is right for a hospital
+pinned to its node, and too heavy for a simulation of hundreds of participants on a
+laptop, where each process costs its own torch import and memory. A pool worker keeps a
+bounded cache of :class:`~actors.participant.participant.Participant` objects. Each loads its own data
+inside this worker the first time it is served and keeps its private state (client state,
+simulator random state, DP-SGD budget) in its own state directory after every task, so a
+participant evicted from the cache, or served after the worker restarted, goes on from
+where it was. The driver never reads that state; it only names the participant.
+
+The methods mirror the Participant's, with the participant's spec as the last argument.
+
+Each task is its own call, run in its own thread (the actor's ``max_concurrency`` is
+:func:`task_threads`), so each result goes back the moment its task ends: under the wall
+clock a fast participant is never held back by a straggler served by the same worker.
+The tasks take turns computing (:class:`~actors.participant.cohort.Cohort`'s baton, the worker's), and
+their simulated waits overlap. Tasks the driver sends as one batch name a shared cohort
+and train together. A task the driver abandons (``task_timeout_s``, through
+``ray.cancel``) stops at its next wait; one stuck in its own computation keeps its thread,
+and that participant's next task fails at once rather than run beside it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import ray
+
+from actors.data.load import DataError
+from actors.participant import private_state
+from actors.participant.cohort import POLL_S, Cohort, TaskAbandoned
+from actors.participant.participant import Participant
+from actors.spec import ParticipantSpec
+from strategies.types import GlobalState, Instructions, Update
+
+DEFAULT_CACHE = 64
+"""Participants a worker keeps set up (data and model in memory) at the most."""
+
+TASK_THREADS_MAX = 1024
+"""Tasks one worker runs at once at the most; beyond that they queue in Ray."""
+
+ABANDON_GRACE_S = 5.0
+"""How long a participant's new task waits for its abandoned one to stop."""
+
+SPARE_THREADS = 2
+"""Threads beside the tasks' (describe, discarding state, an abandoned task still stuck)."""
+
+
+def task_threads(served: int) -> int:
+    """The worker's ``max_concurrency``: a thread for each participant it serves (each
+    has at most one task in flight, so a cohort never waits for a member without one),
+    up to :data:`TASK_THREADS_MAX`, and :data:`SPARE_THREADS`.
+
+    >>> task_threads(3)
+    5
+    """
+    return min(served, TASK_THREADS_MAX) + SPARE_THREADS
+
+
+class ParticipantBusy(RuntimeError):
+    """The participant's previous task, abandoned by the driver, is still running here."""
+
+
+def _cancelled() -> bool:
+    """Whether the driver cancelled the Ray task this thread runs (False outside Ray)."""
+    if not ray.is_initialized():
+        return False
+    try:
+        return ray.get_runtime_context().is_canceled()
+    except RuntimeError:  # not inside an actor task (an in-process test)
+        return False
+
+
+def _pause(seconds: float) -> None:
+    """The simulator's sleep, cut short when the driver abandons the task."""
+    end = time.perf_counter() + seconds
+    while (left := end - time.perf_counter()) > 0:
+        if _cancelled():
+            raise TaskAbandoned("the driver abandoned this task (task_timeout_s)")
+        time.sleep(min(left, POLL_S))
+
+
+class PoolWorker:
+    """Serves any participant it is given; keeps the ``cache_size`` most recent set up.
+
+    >>> worker = PoolWorker(cache_size=2)
+    >>> worker.cached()
+    []
+    """
+
+    def __init__(self, cache_size: int = DEFAULT_CACHE, cache_mb: float | None = None) -> None:
+        if cache_size < 1:
+            raise ValueError(f"cache_size must be >= 1, got {cache_size}")
+        self.cache_size = cache_size
+        self.cache_bytes = None if cache_mb is None else cache_mb * 2**20
+        self._served: OrderedDict[str, Participant] = OrderedDict()
+        self._lock = threading.Lock()  # task threads and secure aggregation's masking thread look up too
+        self._busy: set[str] = set()  # participants with a task running here: never evicted
+        self._ended = threading.Condition(self._lock)  # a task of one of them ended
+        self._baton = threading.Lock()  # one task computes at a time (actors/participant/cohort.py)
+        self._cohorts: dict[int, Cohort] = {}
+
+    def _participant(self, spec: ParticipantSpec) -> Participant:
+        """The participant, from the cache or new (it sets itself up on first use); the
+        least recent are evicted first, so no more than ``cache_size`` are ever set up."""
+        with self._lock:
+            participant = self._served.pop(spec.name, None)
+            if participant is None:
+                participant = Participant(spec)
+            self._served[spec.name] = participant
+        self._trim(spec.name)
+        return participant
+
+    def _serve(self, spec: ParticipantSpec, method: str, *args: Any) -> Any:
+        """Every call goes through here: the participant's ``method``, then a second trim,
+        because only once it is set up does its size count against ``cache_mb``."""
+        try:
+            return getattr(self._participant(spec), method)(*args)
+        finally:
+            self._trim(spec.name)
+
+    def _trim(self, current: str) -> None:
+        """Evict the least recently served until at most ``cache_size`` are set up and, with
+        ``cache_mb``, their data and model fit it; ``current`` and those with a task
+        running always stay (so the cache may hold more while many run). One holding a
+        sealed update is never evicted: that update exists only in memory until its cohort
+        is masked (at most ``MAX_SEALED`` per participant)."""
+        with self._lock:
+            over = len(self._served) - self.cache_size
+            if over <= 0 and self.cache_bytes is None:  # the common case, checked per task
+                return
+            sizes = {name: p.footprint_bytes() for name, p in self._served.items()}
+            total = sum(sizes.values())
+            for name, p in list(self._served.items()):
+                if over <= 0 and (self.cache_bytes is None or total <= self.cache_bytes):
+                    break
+                if name != current and name not in self._busy and not len(p.sealed):
+                    del self._served[name]  # its private state is already on disk
+                    total, over = total - sizes[name], over - 1
+
+    def describe(self, spec: ParticipantSpec) -> dict[str, Any]:
+        """Set up and describe; the run's fitted preprocessing, if any, is in the spec (a
+        participant first served for its statistics started without it)."""
+        with self._baton:  # in turn with the tasks: setting up seeds torch's global generator
+            return self._serve(spec, "describe", spec.transform)
+
+    def describe_all(self, specs: list[ParticipantSpec]) -> list[dict[str, Any] | DataError]:
+        """Describe every participant this worker serves in one call (start-up costs one
+        round trip per worker, not per participant); a participant whose data cannot be
+        used comes back as its ``DataError``, the others still start."""
+        out: list[dict[str, Any] | DataError] = []
+        for spec in specs:
+            try:
+                out.append(self.describe(spec))
+            except DataError as exc:
+                with self._lock:
+                    self._served.pop(spec.name, None)
+                out.append(exc)
+        return out
+
+    def initial_parameters(self, spec: ParticipantSpec) -> np.ndarray:
+        with self._baton:
+            return self._serve(spec, "initial_parameters")
+
+    def train(self, state: GlobalState, instructions: Instructions, spec: ParticipantSpec,
+              cohort: tuple[int, int] | None = None) -> Update:
+        """One task. ``cohort``: ``(id, size)`` of the batch the driver sent it with; its
+        members train together where they batch (:mod:`actors.participant.cohort`)."""
+        together = self._join(cohort)
+        with together.member(), self._running(spec) as p, together.baton:
+            p.adopt(instructions.transform)
+            local = p.local  # set up under the baton: setting up seeds torch's global generator
+            local.trainer, p.idle, p.pause = together.trainer(), together.away, _pause
+            try:
+                return p.train(state, instructions)
+            finally:
+                local.trainer, p.idle, p.pause = None, contextlib.nullcontext, time.sleep
+
+    @contextlib.contextmanager
+    def _running(self, spec: ParticipantSpec) -> Iterator[Participant]:
+        """The participant, kept in the cache while its task runs. One whose abandoned task
+        still runs here (it stops at its next wait) gets :data:`ABANDON_GRACE_S` to end,
+        then fails rather than run twice at the same time."""
+        with self._ended:
+            if not self._ended.wait_for(lambda: spec.name not in self._busy, ABANDON_GRACE_S):
+                raise ParticipantBusy(f"participant {spec.name}: its previous task, abandoned after "
+                                      "task_timeout_s, is still running in this pool worker")
+            self._busy.add(spec.name)
+        try:
+            yield self._participant(spec)
+        finally:
+            with self._ended:
+                self._busy.discard(spec.name)
+                self._ended.notify_all()
+            self._trim(spec.name)
+
+    def _join(self, cohort: tuple[int, int] | None) -> Cohort:
+        """The task's cohort: the batch's (made by its first member to arrive), or one of
+        its own. A member arriving after its cohort gave up waiting trains alone."""
+        with self._lock:
+            if cohort is not None:
+                key, size = cohort
+                together = self._cohorts.setdefault(key, Cohort(size, self._baton, _cancelled))
+                joined = together.arrive()
+                if together.expected <= 0:
+                    del self._cohorts[key]
+                if joined:
+                    return together
+        alone = Cohort(1, self._baton, _cancelled)
+        alone.arrive()
+        return alone
+
+    def public_key(self, spec: ParticipantSpec) -> bytes:
+        return self._serve(spec, "public_key")
+
+    def masked_update(self, cohort_id: int, peers: dict[str, bytes], weights: dict[int, float],
+                      clip_norm: float | None, spec: ParticipantSpec) -> np.ndarray:
+        return self._serve(spec, "masked_update", cohort_id, peers, weights, clip_norm)
+
+    def unmask_dropped(self, cohort_id: int, dropped: list[str], peers: dict[str, bytes], size: int,
+                       spec: ParticipantSpec) -> np.ndarray:
+        return self._serve(spec, "unmask_dropped", cohort_id, dropped, peers, size)
+
+    def table_schema(self, spec: ParticipantSpec) -> dict[str, Any]:
+        with self._baton:
+            return self._serve(spec, "table_schema")
+
+    def table_statistics(self, numeric: list[str], scales: list[float] | None, means: list[float] | None,
+                         spec: ParticipantSpec) -> np.ndarray:
+        with self._baton:
+            return self._serve(spec, "table_statistics", numeric, scales, means)
+
+    def masked_table_statistics(self, numeric: list[str], scales: list[float] | None, means: list[float] | None,
+                                cohort_id: int, peers: dict[str, bytes], spec: ParticipantSpec) -> np.ndarray:
+        return self._serve(spec, "masked_table_statistics", numeric, scales, means, cohort_id, peers)
+
+    def restore_private_state(self, rollback: private_state.Rollback, spec: ParticipantSpec) -> None:
+        return self._serve(spec, "restore_private_state", rollback)
+
+    def discard_private_state(self, specs: list[ParticipantSpec]) -> None:
+        """The run is over and cannot be resumed: delete these participants' private state."""
+        for spec in specs:
+            with self._lock:
+                self._served.pop(spec.name, None)
+            private_state.discard(spec.state_dir)
+
+    def cached(self) -> list[str]:
+        """Names of the participants set up in this worker, least recently served first."""
+        return list(self._served)

@@ -1,0 +1,1 @@
+"""Local training in PyTorch: the local model, training loops, batched training, DP-SGD, distillation, parameters on the wire, the model registry, tasks."""

@@ -1,0 +1,1 @@
+"""The run loop: run state, schedules, the clock, stopping, adaptive work, checkpoints."""

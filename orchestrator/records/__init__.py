@@ -1,0 +1,1 @@
+"""What a run leaves: history, progress, TensorBoard, reports, plots, results."""

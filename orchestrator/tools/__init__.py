@@ -1,0 +1,1 @@
+"""The command line: run, validate, profile, tune, submit."""

@@ -1,0 +1,318 @@
+"""``fedray tune CONFIG --search SEARCH.yaml``: Ray Tune over resource allocations.
+
+Each trial is a full fedray run of CONFIG with the trial's values written into it (per
+group ``num_cpus``/``num_gpus``, ``local_epochs``, ``batch_size``, schedule
+``concurrency``/``buffer_size``, any dotted path). Ray Tune reserves each trial a
+placement group sized for its participants (``tune.with_resources`` with a
+``PlacementGroupFactory``: one bundle for the trial's driver, one per participant); Tune
+makes the trial's actors inherit that group, so the participants run inside it.
+
+The objective is seconds to the target of the run's ``task.metric`` (``target_accuracy``,
+or ``target`` for any metric: r2, mse, macro_f1, ...) by the run's clock: wall seconds, or
+simulated seconds under ``clock: simulated``, where trials run concurrently without
+biasing each other. A trial that never gets there is ranked after every one that does,
+by its best value of the metric. The other objective is the metric reached within
+``budget_s``. Results: ``trials.csv``/``trials.parquet`` sorted best first, and
+``best.yaml``, the winning run config, ready for ``fedray run``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+from pydantic import ValidationError
+
+from orchestrator.config import ConfigError, RunConfig, TuneSearch, _flatten_errors, load_config
+from orchestrator.records.history import headline
+
+
+def load_search(path: str | Path) -> TuneSearch:
+    """Parse and validate a search file; errors name the field."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"search file not found: {path}")
+    try:
+        return TuneSearch.model_validate(yaml.safe_load(path.read_text()))
+    except ValidationError as exc:
+        raise ConfigError(f"invalid search settings in {path}:\n{_flatten_errors(exc)}") from None
+
+
+def set_path(raw: dict[str, Any], path: str, value: Any) -> None:
+    """Write ``value`` at a dotted ``path``; ``groups.NAME`` picks the group by name.
+
+    >>> raw = {"groups": [{"name": "site", "train": {"batch_size": 32}}]}
+    >>> set_path(raw, "groups.site.train.batch_size", 64); raw["groups"][0]["train"]
+    {'batch_size': 64}
+    """
+    parts = path.split(".")
+    node: Any = raw
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(node, list):  # the groups list: address a group by its name
+            match = [g for g in node if g.get("name") == part]
+            if not match:
+                names = [g.get("name") for g in node]
+                raise ConfigError(f"space.{path}: no group named {part!r}; groups: {names}")
+            node = match[0]
+        elif isinstance(node, dict) and part in node:
+            node = node[part]
+        else:
+            raise ConfigError(f"space.{path}: {'.'.join(parts[:i + 1])!r} is not in the run config")
+    if not isinstance(node, dict) or parts[-1] not in node:
+        raise ConfigError(f"space.{path}: {parts[-1]!r} is not a setting there")
+    node[parts[-1]] = value
+
+
+def trial_config(base: RunConfig, search: TuneSearch, values: dict[str, Any]) -> RunConfig:
+    """The base config with one trial's values and the search's stop rule applied."""
+    raw = copy.deepcopy(base.model_dump(mode="json"))
+    for path, value in values.items():
+        set_path(raw, path, value)
+    metric, target = search_target(base, search)
+    raw["stop"] = {"max_aggregations": search.max_aggregations, "max_updates": None,
+                   "max_wall_s": search.budget_s + search.startup_s, "target_accuracy": None, "target": None}
+    if search.objective == "time_to_target":
+        raw["stop"]["target_accuracy" if metric == "accuracy" and search.target is None else "target"] = target
+    raw["ray"] = {"address": None, "num_cpus": None, "num_gpus": None}
+    for group in raw["groups"]:
+        group["placement"] = "default"  # the trial's own placement group decides where
+    return load_config(raw)
+
+
+def search_target(base: RunConfig, search: TuneSearch) -> tuple[str, float]:
+    """The metric trials are scored on (the run's ``task.metric``) and its target:
+    ``target``, else ``target_accuracy`` when the metric is accuracy."""
+    metric = base.task.metric_name
+    if search.target is not None:
+        return metric, search.target
+    if metric != "accuracy" and search.objective == "time_to_target":
+        raise ConfigError(f"tune: the run's task.metric is {metric!r}: give the search a target for it "
+                          "(target_accuracy applies to accuracy)")
+    return metric, float(search.target_accuracy or 0.0)
+
+
+def _space(search: TuneSearch) -> dict[str, Any]:
+    from ray import tune
+
+    make = {"grid": tune.grid_search, "choice": tune.choice,
+            "uniform": lambda v: tune.uniform(*v), "loguniform": lambda v: tune.loguniform(*v),
+            "randint": lambda v: tune.randint(*v)}
+    return {path: make[kind](values) for path, spec in search.space.items() for kind, values in spec.items()}
+
+
+def _resources(base: RunConfig, search: TuneSearch):
+    """A function of the trial's values: its placement-group factory."""
+    from ray.tune import PlacementGroupFactory
+
+    from orchestrator.cluster.placement import bundle
+
+    def factory(values: dict[str, Any]) -> PlacementGroupFactory:
+        config = trial_config(base, search, values)
+        bundles = [{"CPU": search.driver_cpus}]
+        for group in config.groups:
+            bundles += [bundle(group) or {"CPU": 0.01}] * group.count
+        return PlacementGroupFactory(bundles, strategy="PACK")
+
+    return factory
+
+
+class BudgetSpent(Exception):
+    """Raised from the history listener to end a trial whose training budget is spent."""
+
+
+class TrialClock:
+    """Listens to a trial's history; ends it ``budget_s`` after its first dispatch.
+
+    Plugged in where a progress display would go, so the run loop itself is unchanged.
+    """
+
+    def __init__(self, budget_s: float) -> None:
+        self.budget_s = budget_s
+        self.rows: list[dict[str, Any]] = []
+        self.t0: float | None = None
+
+    def on_event(self, row: dict[str, Any]) -> None:
+        self.rows.append(dict(row))
+        if self.t0 is None and row["event"] == "dispatch":
+            self.t0 = row["time"]
+        if self.t0 is not None and row["time"] - self.t0 > self.budget_s:
+            raise BudgetSpent
+
+    def close(self) -> None:
+        pass
+
+
+def score(history: pd.DataFrame, search: TuneSearch) -> dict[str, Any]:
+    """Time to target and accuracy within budget, on the clock of the first dispatch.
+
+    Participant start-up (importing torch, loading data) is left out: it does not depend
+    on the allocation and, on a busy machine, would swamp the differences being measured.
+    """
+    dispatched = history[history.event == "dispatch"]
+    t0 = float(dispatched.time.min()) if len(dispatched) else float(history.time.max())
+    evals = history[history.event == "evaluation"].assign(t=lambda f: f.time - t0)
+    in_budget = evals[evals.t <= search.budget_s]
+    metric, higher = headline(history)
+    target = search.target if search.target is not None else (search.target_accuracy or 2.0)
+    values = in_budget[metric].dropna() if metric in in_budget else pd.Series(dtype=float)
+    if higher:
+        best = float(values.max()) if len(values) else 0.0
+        hit = in_budget[in_budget[metric] >= target] if len(values) else in_budget.iloc[:0]
+    else:  # an error metric (mse, mae, loss): lower is better
+        best = float(values.min()) if len(values) else float("inf")
+        hit = in_budget[in_budget[metric] <= target] if len(values) else in_budget.iloc[:0]
+    time_to_target = float(hit.t.iloc[0]) if len(hit) else None
+    if search.objective != "time_to_target":  # the metric at budget, maximised
+        objective = best if higher else -best
+    elif time_to_target is not None:
+        objective = time_to_target
+    else:  # never reached the target: after every trial that did, the better metric first
+        objective = search.budget_s * ((2.0 - best) if higher else (2.0 - 1.0 / (1.0 + best)))
+    return {"objective": objective, "reached": time_to_target is not None, "metric": metric,
+            "time_to_target": time_to_target, f"best_{metric}": best, "startup_seconds": t0}
+
+
+def concurrent_trials(config: RunConfig, search: TuneSearch) -> int | None:
+    """One trial at a time under the wall clock (trials sharing a machine would slow each
+    other's seconds to target); under the simulated clock as many as fit (None)."""
+    if search.max_concurrent_trials is not None:
+        return search.max_concurrent_trials
+    return None if config.clock == "simulated" else 1
+
+
+def run_search(config: RunConfig, search: TuneSearch, out: Path) -> pd.DataFrame:
+    """Run every trial; return the table sorted best first (also written under ``out``)."""
+    import ray
+    from ray import tune
+
+    from orchestrator.loop.run import Orchestrator
+
+    out = out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    for values in _first_values(search):  # a typo in a path fails here, not in a trial
+        trial_config(config, search, values)
+
+    def trainable(values: dict[str, Any]) -> dict[str, Any]:
+        trial = trial_config(config, search, values)
+        run_dir = out / "runs" / tune.get_context().get_trial_id()
+        clock = TrialClock(search.budget_s)
+        # reuses the trial's Ray connection; the clock ends it once the budget is spent
+        orchestrator = Orchestrator(trial, out_dir=run_dir, progress=clock)
+        with contextlib.suppress(BudgetSpent):
+            orchestrator.run()
+        history = pd.DataFrame(clock.rows)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        history.to_csv(run_dir / "trial_events.csv", index=False)
+        return {**score(history, search), "num_aggregations": int((history.event == "aggregation").sum()),
+                "wall_seconds": float(history.wall_time.max()), "run_dir": str(run_dir)}
+
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        ray.init(address="local", num_cpus=search.num_cpus or max(os.cpu_count() or 1, 4),
+                 include_dashboard=False, logging_level="WARNING")
+    try:
+        mode = "min" if search.objective == "time_to_target" else "max"
+        tuner = tune.Tuner(
+            tune.with_resources(trainable, _resources(config, search)),
+            param_space=_space(search),
+            tune_config=tune.TuneConfig(metric="objective", mode=mode, num_samples=search.num_samples,
+                                        max_concurrent_trials=concurrent_trials(config, search)),
+            run_config=tune.RunConfig(name="search", storage_path=str(out / "tune"), verbose=0),
+        )
+        results = tuner.fit()
+    finally:
+        if started_ray:
+            ray.shutdown()
+    return _write_results(results, config, search, out, ascending=mode == "min")
+
+
+def _write_results(results: Any, config: RunConfig, search: TuneSearch, out: Path, ascending: bool) -> pd.DataFrame:
+    """``trials.csv``/``.parquet`` sorted best first, and ``best.yaml``."""
+    errors = [r.error for r in results if r.error is not None]
+    table = results.get_dataframe()
+    if table.empty or "objective" not in table:
+        raise RuntimeError(f"no trial finished; first error: {errors[0] if errors else 'unknown'}")
+    params = [f"config/{p}" for p in search.space]
+    table = table.rename(columns={p: p.removeprefix("config/") for p in params})
+    keep = ["trial_id", *search.space, "objective", "reached", "time_to_target", "metric",
+            *(c for c in table if c.startswith("best_")), "num_aggregations", "startup_seconds",
+            "wall_seconds", "run_dir"]
+    table = table[[c for c in keep if c in table]].sort_values("objective", ascending=ascending)
+    table = table.reset_index(drop=True)
+    table.to_csv(out / "trials.csv", index=False)
+    table.to_parquet(out / "trials.parquet", index=False)
+    best = {p: _plain(table.iloc[0][p]) for p in search.space}
+    best_config = trial_config(config, search, best).model_dump(mode="json")
+    best_config["stop"] = config.stop.model_dump(mode="json")  # back to the user's own stop rule
+    best_config["ray"] = config.ray.model_dump(mode="json")
+    (out / "best.yaml").write_text(yaml.safe_dump(best_config, sort_keys=False))
+    return table
+
+
+def _first_values(search: TuneSearch) -> list[dict[str, Any]]:
+    return [{p: (v[0] if k in ("grid", "choice") else (v[0] + v[1]) / 2 if k != "randint" else v[0])
+             for p, spec in search.space.items() for k, v in spec.items()}]
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars -> Python, so YAML stays readable."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def margin_line(table: pd.DataFrame, search: TuneSearch) -> str:
+    """Best against worst, in the objective's own units."""
+    best, worst = table.iloc[0], table.iloc[-1]
+    metric = str(best.get("metric", "accuracy"))
+    if search.objective != "time_to_target":
+        return (f"best trial {best.trial_id}: {metric} {abs(best.objective):.3f} within {search.budget_s:g}s; "
+                f"worst {worst.trial_id}: {abs(worst.objective):.3f} "
+                f"(better by {best.objective - worst.objective:.3f})")
+    target = search.target if search.target is not None else search.target_accuracy
+
+    def text(row: pd.Series) -> str:
+        if bool(row.reached):
+            return f"{row.time_to_target:.1f}s to {metric} {target}"
+        return f"did not reach {target} in {search.budget_s:g}s (best {row[f'best_{metric}']:.3f})"
+
+    line = f"best trial {best.trial_id}: {text(best)}; worst {worst.trial_id}: {text(worst)}"
+    if bool(best.reached) and bool(worst.reached):
+        line += (f"; the best is {worst.time_to_target - best.time_to_target:.1f}s "
+                 f"({worst.time_to_target / best.time_to_target:.2f}x) faster")
+    return line
+
+
+# ------------------------------------------------------------------ command line
+def add_parser(sub: Any) -> None:
+    """``fedray tune CONFIG --search SEARCH.yaml [--out DIR]``."""
+    cmd = sub.add_parser("tune", help="Ray Tune over resources, local work and schedule")
+    cmd.add_argument("config", help="YAML run config (the base every trial modifies)")
+    cmd.add_argument("--search", required=True, help="YAML search space and objective")
+    cmd.add_argument("--out", help="results directory (default: runs/tune-NAME-TIMESTAMP)")
+    cmd.set_defaults(func=command)
+
+
+def command(args: Any) -> int:
+    config = load_config(args.config)
+    search = load_search(args.search)
+    out = Path(args.out) if args.out else Path("runs") / f"tune-{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    started = time.perf_counter()
+    try:
+        table = run_search(config, search, out)
+    except RuntimeError as exc:
+        print(f"fedray: {exc}", file=sys.stderr)
+        return 1
+    pd.set_option("display.width", 200)
+    shown = table.drop(columns=["run_dir"])
+    print(f"\n{len(table)} trials in {time.perf_counter() - started:.0f}s, sorted by {search.objective}:")
+    print(shown.to_string(index=False, float_format=lambda v: f"{v:.3f}" if not math.isnan(v) else "-"))
+    print("\n" + margin_line(table, search))
+    print(f"\nwrote {out}/trials.csv, trials.parquet and best.yaml; run the best with: fedray run {out}/best.yaml")
+    return 0
