@@ -29,7 +29,7 @@ Every policy decision is a plain method call, so they are unit-tested by hand
 
 What a policy can and cannot do is declared on its class (``supports_secure_aggregation``,
 ``waits_for_cohort``, ``max_cohort``), so the config check and the run loop ask the policy
-rather than compare mode strings. Each config model in ``orchestrator/config.py`` names its
+rather than compare mode strings. Each config model in ``orchestrator/config/schedule.py`` names its
 policy class; this module imports the config only for type checking, so no import cycle.
 """
 

@@ -31,7 +31,8 @@ import pandas as pd
 import yaml
 from pydantic import ValidationError
 
-from orchestrator.config import ConfigError, RunConfig, TuneSearch, _flatten_errors, load_config
+from orchestrator.config import ConfigError, RunConfig, TuneSearch, load_config
+from orchestrator.config.errors import flatten_errors
 from orchestrator.records.history import headline
 
 
@@ -43,7 +44,7 @@ def load_search(path: str | Path) -> TuneSearch:
     try:
         return TuneSearch.model_validate(yaml.safe_load(path.read_text()))
     except ValidationError as exc:
-        raise ConfigError(f"invalid search settings in {path}:\n{_flatten_errors(exc)}") from None
+        raise ConfigError(f"invalid search settings in {path}:\n{flatten_errors(exc, root=TuneSearch)}") from None
 
 
 def set_path(raw: dict[str, Any], path: str, value: Any) -> None:

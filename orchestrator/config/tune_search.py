@@ -1,0 +1,52 @@
+"""``fedray tune --search SEARCH.yaml``: the search space and its objective."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from actors.spec import Strict
+
+
+class TuneSearch(Strict):
+    """``fedray tune --search SEARCH.yaml``: what to vary and what to optimise.
+
+    ``space`` maps a dotted path into the run config (``groups.<group name>.resources.num_cpus``,
+    ``schedule.concurrency``, ...) to ``{grid: [...]}``, ``{choice: [...]}``,
+    ``{uniform: [lo, hi]}``, ``{loguniform: [lo, hi]}`` or ``{randint: [lo, hi]}``.
+    """
+
+    space: dict[str, dict[Literal["grid", "choice", "uniform", "loguniform", "randint"], list[Any]]] = Field(
+        ..., min_length=1
+    )
+    objective: Literal["time_to_target", "accuracy_at_budget", "metric_at_budget"] = Field(
+        "time_to_target", description="time_to_target: seconds to the target; metric_at_budget "
+        "(accuracy_at_budget is its classification name): the task's metric within budget_s")
+    target_accuracy: float | None = Field(0.85, gt=0, le=1, description="for time_to_target")
+    target: float | None = Field(None, description="for time_to_target: a target for the run's "
+                                 "task.metric (r2, mse, macro_f1, ...) instead of target_accuracy")
+    budget_s: float = Field(60.0, gt=0, description="training seconds per trial, from its first dispatch")
+    startup_s: float = Field(300.0, ge=0, description="hang guard: wall time a trial may spend starting up")
+    max_aggregations: int = Field(100, ge=1, description="each trial's cap on aggregations")
+    num_samples: int = Field(1, ge=1, description="repeats of the grid (or random draws)")
+    max_concurrent_trials: int | None = Field(
+        None, ge=1, description="default: 1 under clock: wall, which keeps wall-clock timings clean; "
+        "under clock: simulated as many as the resources allow, since trials cannot bias each "
+        "other's simulated seconds")
+    driver_cpus: float = Field(0.5, ge=0, description="CPUs reserved for each trial's driver")
+    num_cpus: float | None = Field(None, gt=0, description="logical CPUs of a local Ray")
+
+    @model_validator(mode="after")
+    def _well_formed(self) -> TuneSearch:
+        for path, spec in self.space.items():
+            if len(spec) != 1:
+                raise ValueError(f"space.{path}: give exactly one of grid, choice, uniform, loguniform, randint")
+            (kind, values), = spec.items()
+            if kind in ("uniform", "loguniform", "randint") and len(values) != 2:
+                raise ValueError(f"space.{path}: {kind} needs [low, high]")
+            if not values:
+                raise ValueError(f"space.{path}: {kind} needs at least one value")
+        if self.objective == "time_to_target" and self.target_accuracy is None:
+            raise ValueError("objective time_to_target needs target_accuracy")
+        return self
