@@ -39,7 +39,8 @@ import pandas as pd
 import torch
 
 from actors.data.load import synthetic_task
-from actors.spec import DatasetSpec, TrainSpec
+from actors.spec.data import DatasetSpec
+from actors.spec.training import TrainSpec
 from actors.training.batched import train_batched
 from actors.training.loops import train_locally
 from actors.training.models import build_model

@@ -59,7 +59,7 @@ import pandas as pd  # noqa: E402
 import ray  # noqa: E402
 
 from actors.participant.system import draw_speeds  # noqa: E402
-from actors.spec import SpeedDistribution  # noqa: E402
+from actors.spec.system import SpeedDistribution
 from orchestrator.config import RunConfig, load_config  # noqa: E402
 from orchestrator.loop.run import Orchestrator  # noqa: E402
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from actors.spec import DPSGD, TrainSpec
+from actors.spec.training import DPSGD, TrainSpec
 from actors.training import batched
 from actors.training.batched import can_batch, train_batched
 from actors.training.loops import batches, make_optimizer, train_locally

@@ -13,7 +13,7 @@ from conftest import digits_config
 
 from actors.participant.attacks import apply_attack
 from actors.participant.participant import Participant
-from actors.spec import AttackSpec
+from actors.spec.system import AttackSpec
 from orchestrator.config import load_config
 from orchestrator.loop.run import Orchestrator
 from strategies.types import GlobalState, Instructions

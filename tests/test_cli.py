@@ -129,7 +129,7 @@ def test_commands_listed_without_their_module_show_that_modules_help_line():
 
 def test_builtin_model_options_match_the_factories():
     """Config validation reads them from actors.spec so that it need not import torch."""
-    from actors.spec import BUILTIN_MODEL_OPTIONS
+    from actors.spec.training import BUILTIN_MODEL_OPTIONS
     from actors.training.models import MODELS, factory_options
 
     assert {name: factory_options(f) for name, f in MODELS.items()} == BUILTIN_MODEL_OPTIONS
@@ -141,7 +141,9 @@ def test_a_plain_digits_fedavg_participant_imports_only_torch():
     assert imported_after("import actors.participant.participant") == {"torch"}
     train_one_task = """
 from actors.participant.participant import Participant
-from actors.spec import DatasetSpec, ModelSpec, ParticipantSpec, PartitionData, TrainSpec
+from actors.spec.data import DatasetSpec, PartitionData
+from actors.spec.training import ModelSpec, TrainSpec
+from actors.spec.participant import ParticipantSpec
 from strategies.types import GlobalState, Instructions
 spec = ParticipantSpec(name="site-0", group="site", index_in_group=0, seed=0, model=ModelSpec(),
                        data=PartitionData(), train=TrainSpec(), dataset=DatasetSpec(),

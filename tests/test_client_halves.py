@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from actors.participant.participant import Participant
-from actors.spec import DatasetSpec, ModelSpec, ParticipantSpec, PartitionData, TrainSpec
+from actors.spec.data import DatasetSpec, PartitionData
+from actors.spec.participant import ParticipantSpec
+from actors.spec.training import ModelSpec, TrainSpec
 from orchestrator.config import ConfigError, load_config
 from strategies import build_strategy, get_strategy_class
 from strategies.base import ServerContext

@@ -13,7 +13,7 @@ import ray
 from conftest import digits_config, run_while
 
 from actors.participant.system import simulated_duration, task_duration
-from actors.spec import SystemSpec
+from actors.spec.system import SystemSpec
 from orchestrator.cluster.participants import Member, Participants
 from orchestrator.config import ConfigError, load_config
 from orchestrator.loop.clock import SimulatedClock

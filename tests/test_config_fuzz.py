@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from actors.data.tables import DataError, read_table
-from actors.spec import FileData, TaskSpec
+from actors.spec.data import FileData
+from actors.spec.training import TaskSpec
 from orchestrator.config import ConfigError, RunConfig, load_config
 from strategies import STRATEGIES
 

@@ -11,7 +11,9 @@ import torch
 
 from actors.data.load import load_shared_dataset
 from actors.participant.participant import Participant
-from actors.spec import DatasetSpec, ModelSpec, ParticipantSpec, PartitionData, TrainSpec
+from actors.spec.data import DatasetSpec, PartitionData
+from actors.spec.participant import ParticipantSpec
+from actors.spec.training import ModelSpec, TrainSpec
 from actors.training.distillation import distill, kd_loss, load_public_set, predict_logits
 from actors.training.models import build_model
 from strategies.base import ServerContext

@@ -20,7 +20,7 @@ from conftest import digits_config
 
 from actors.data import partition
 from actors.data.load import load_shared_dataset
-from actors.spec import DatasetSpec
+from actors.spec.data import DatasetSpec
 from orchestrator.config import load_config
 from orchestrator.loop.run import Orchestrator, RunError
 

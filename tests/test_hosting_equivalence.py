@@ -18,7 +18,9 @@ import torch
 from actors.participant.cohort import TRAINED_TOGETHER
 from actors.participant.participant import Participant
 from actors.participant.pool import PoolWorker
-from actors.spec import DatasetSpec, ModelSpec, ParticipantSpec, PartitionData, TrainSpec
+from actors.spec.data import DatasetSpec, PartitionData
+from actors.spec.participant import ParticipantSpec
+from actors.spec.training import ModelSpec, TrainSpec
 from strategies import build_strategy
 from strategies.base import ServerContext
 from strategies.partial import global_positions, shared_part, union_layout

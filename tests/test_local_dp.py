@@ -11,7 +11,9 @@ from conftest import digits_config
 
 from actors.participant import private_state
 from actors.participant.participant import Participant
-from actors.spec import DPSGD, DatasetSpec, ModelSpec, ParticipantSpec, PartitionData, TrainSpec
+from actors.spec.data import DatasetSpec, PartitionData
+from actors.spec.participant import ParticipantSpec
+from actors.spec.training import DPSGD, ModelSpec, TrainSpec
 from actors.training import local_dp
 from actors.training.local_dp import check_supported, train_dp_sgd
 from actors.training.loops import train_locally

@@ -10,7 +10,9 @@ import torch
 from torch import nn
 
 from actors.participant.participant import Participant
-from actors.spec import DatasetSpec, ModelSpec, ParticipantSpec, PartitionData, TrainSpec
+from actors.spec.data import DatasetSpec, PartitionData
+from actors.spec.participant import ParticipantSpec
+from actors.spec.training import ModelSpec, TrainSpec
 from actors.training.loops import train_locally
 from actors.training.models import BodyHead
 from strategies.client import Linear, Proximal, Work

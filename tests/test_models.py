@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from actors.spec import ModelSpec
+from actors.spec.training import ModelSpec
 from actors.training.models import build_model, resolve_factory
 from actors.training.params import layout_of
 

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from actors.participant.participant import Participant
-from actors.spec import DatasetSpec, ModelSpec, ParticipantSpec, PartitionData, TrainSpec
+from actors.spec.data import DatasetSpec, PartitionData
+from actors.spec.participant import ParticipantSpec
+from actors.spec.training import ModelSpec, TrainSpec
 from actors.training.models import build_model
 from actors.training.params import layout_of
 from strategies.partial import (

@@ -7,7 +7,9 @@ import pytest
 
 from actors.data.load import DataError
 from actors.participant.participant import Participant
-from actors.spec import DatasetSpec, FileData, ModelSpec, ParticipantSpec, PartitionData, TrainSpec
+from actors.spec.data import DatasetSpec, FileData, PartitionData
+from actors.spec.participant import ParticipantSpec
+from actors.spec.training import ModelSpec, TrainSpec
 from strategies.types import GlobalState, Instructions
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from actors.data import partition
 from actors.data.load import load_shared_dataset, split_indices
-from actors.spec import DatasetSpec, PartitionSpec
+from actors.spec.data import DatasetSpec, PartitionSpec
 
 
 @pytest.fixture(scope="module")

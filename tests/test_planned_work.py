@@ -8,7 +8,9 @@ import pytest
 from conftest import digits_config
 
 from actors.participant.participant import Participant
-from actors.spec import DatasetSpec, ModelSpec, ParticipantSpec, PartitionData, TrainSpec
+from actors.spec.data import DatasetSpec, PartitionData
+from actors.spec.participant import ParticipantSpec
+from actors.spec.training import ModelSpec, TrainSpec
 from orchestrator.cluster.participants import Member
 from orchestrator.config import load_config
 from orchestrator.loop.run import Orchestrator

@@ -13,7 +13,9 @@ from conftest import digits_config, run_while
 
 from actors.participant import private_state
 from actors.participant.pool import PoolWorker
-from actors.spec import DPSGD, DatasetSpec, ModelSpec, ParticipantSpec, PartitionData, TrainSpec
+from actors.spec.data import DatasetSpec, PartitionData
+from actors.spec.participant import ParticipantSpec
+from actors.spec.training import DPSGD, ModelSpec, TrainSpec
 from orchestrator.cluster.participants import RESTART_BACKOFF_S
 from orchestrator.config import ConfigError, load_config
 from orchestrator.loop.run import Orchestrator
@@ -272,7 +274,7 @@ def test_simulated_waits_of_a_batch_overlap(tmp_path):
     """Four participants trained together each wait out a simulated link of about 0.4 s:
     the waits run side by side (the batch takes about one of them, not four), and no
     task's measured time includes another's wait."""
-    from actors.spec import SystemSpec
+    from actors.spec.system import SystemSpec
 
     worker = PoolWorker()
     specs = [spec(i, tmp_path, "fedavg").model_copy(update={"system": SystemSpec(bandwidth_mbps=0.2)})

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from actors.spec import TrainSpec
+from actors.spec.training import TrainSpec
 from actors.training.loops import train_locally
 from strategies import STRATEGIES, get_strategy_class
 from strategies.base import BLOCK, weighted_mean, weighted_sum

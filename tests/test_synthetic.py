@@ -11,7 +11,9 @@ from conftest import digits_config
 
 from actors.data.load import load_participant_data, load_shared_dataset, synthetic_task
 from actors.data.synthetic import Synthetic
-from actors.spec import DatasetSpec, ModelSpec, ParticipantSpec, PartitionData, TrainSpec
+from actors.spec.data import DatasetSpec, PartitionData
+from actors.spec.participant import ParticipantSpec
+from actors.spec.training import ModelSpec, TrainSpec
 from orchestrator.config import ConfigError, load_config
 
 

@@ -32,7 +32,8 @@ from actors.data.preprocess import (
     squared_deviations,
     sums,
 )
-from actors.spec import MISSING_CATEGORY, FittedTransform, PreprocessSpec, TaskSpec
+from actors.spec.data import MISSING_CATEGORY, FittedTransform, PreprocessSpec
+from actors.spec.training import TaskSpec
 from actors.training.tasks import auroc, loss_function, metrics
 from orchestrator.config import ConfigError, load_config
 from orchestrator.loop.run_state import RunState

@@ -21,7 +21,7 @@ from actors.participant.system import (
     online_until,
     windows_online_until,
 )
-from actors.spec import Availability, SystemSpec, TraceSpec, Windows
+from actors.spec.system import Availability, SystemSpec, TraceSpec, Windows
 from orchestrator.cluster.participants import RunError, participant_specs
 from orchestrator.cluster.traces import TraceError, fedscale_tables, participant_systems
 from orchestrator.config import ConfigError, load_config, missing_data_files

@@ -32,15 +32,8 @@ from actors.data.tables import (
     split_rows,
     table_arrays,
 )
-from actors.spec import (
-    DatasetSpec,
-    FileData,
-    ImageData,
-    ParticipantSpec,
-    PythonData,
-    TableColumns,
-    View,
-)
+from actors.spec.data import DatasetSpec, FileData, ImageData, PythonData, TableColumns, View
+from actors.spec.participant import ParticipantSpec
 
 if TYPE_CHECKING:
     import pandas as pd

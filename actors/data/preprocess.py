@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from actors.spec import MISSING_CATEGORY, FittedTransform, PreprocessSpec
+from actors.spec.data import MISSING_CATEGORY, FittedTransform, PreprocessSpec
 
 if TYPE_CHECKING:
     import pandas as pd

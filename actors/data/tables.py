@@ -20,7 +20,8 @@ from actors.data.preprocess import (
     not_numeric,
     text_columns,
 )
-from actors.spec import DatasetSpec, FittedTransform, TableColumns, TaskSpec
+from actors.spec.data import DatasetSpec, FittedTransform, TableColumns
+from actors.spec.training import TaskSpec
 
 if TYPE_CHECKING:
     import pandas as pd

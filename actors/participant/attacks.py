@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from actors.spec import AttackSpec
+from actors.spec.system import AttackSpec
 
 
 def apply_attack(payload: np.ndarray, attack: AttackSpec | None, seed: int) -> np.ndarray:

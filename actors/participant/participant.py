@@ -37,7 +37,8 @@ from actors.participant.system import (
     online_until,
     task_duration,
 )
-from actors.spec import FittedTransform, ParticipantSpec
+from actors.spec.data import FittedTransform
+from actors.spec.participant import ParticipantSpec
 from actors.training.local_model import TorchLocalModel
 from strategies import build_strategy
 from strategies.client import Work

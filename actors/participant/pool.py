@@ -37,7 +37,7 @@ from actors.data.load import DataError
 from actors.participant import private_state
 from actors.participant.cohort import POLL_S, Cohort, TaskAbandoned
 from actors.participant.participant import Participant
-from actors.spec import ParticipantSpec
+from actors.spec.participant import ParticipantSpec
 from strategies.types import GlobalState, Instructions, Update
 
 DEFAULT_CACHE = 64

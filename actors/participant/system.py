@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from actors.spec import Availability, SpeedDistribution, SystemSpec, Windows
+from actors.spec.system import Availability, SpeedDistribution, SystemSpec, Windows
 
 
 class SimulatedDropout(RuntimeError):

@@ -23,7 +23,7 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 from torch.nn import functional as F
 
-from actors.spec import TrainSpec
+from actors.spec.training import TrainSpec
 from actors.training.loops import batches
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

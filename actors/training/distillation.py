@@ -14,7 +14,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from actors.data.load import apply_view, load_shared_dataset
-from actors.spec import DatasetSpec, TrainSpec, View
+from actors.spec.data import DatasetSpec, View
+from actors.spec.training import TrainSpec
 from actors.training.loops import batches, make_optimizer
 
 

@@ -42,7 +42,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from actors.spec import DPSGD, TrainSpec
+from actors.spec.training import DPSGD, TrainSpec
 from actors.training.loops import make_optimizer
 from strategies.privacy import PrivacyAccountant
 

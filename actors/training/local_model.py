@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from actors.data.load import LocalData, apply_view, load_shared_dataset
-from actors.spec import ParticipantSpec
+from actors.spec.participant import ParticipantSpec
 from actors.training.distillation import consensus_term, distill, load_public_set, predict_logits
 from actors.training.local_dp import check_budget, check_supported, train_dp_sgd
 from actors.training.loops import evaluate, local_gradient, task_rng, to_tensors, train_locally

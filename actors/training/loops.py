@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from actors.spec import TaskSpec, TrainSpec
+from actors.spec.training import TaskSpec, TrainSpec
 from actors.training.tasks import Loss, metrics
 
 

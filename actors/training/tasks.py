@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from actors.spec import TaskSpec
+from actors.spec.training import TaskSpec
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

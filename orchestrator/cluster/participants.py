@@ -28,7 +28,8 @@ from actors.participant.participant import Participant
 from actors.participant.pool import TASK_THREADS_MAX, PoolWorker, task_threads
 from actors.participant.private_state import PrivateStateError, Rollback
 from actors.participant.system import SimulatedDropout, Unavailable, draw_speeds, simulated_duration
-from actors.spec import FileData, FittedTransform, ParticipantSpec, PartitionData
+from actors.spec.data import FileData, FittedTransform, PartitionData
+from actors.spec.participant import ParticipantSpec
 from actors.training.local_dp import PrivacyBudgetSpent
 from orchestrator.cluster.placement import PlacementError, Placements, check_placement
 from orchestrator.cluster.traces import TraceError, participant_systems

@@ -63,7 +63,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from actors.spec import SystemSpec, TraceSpec, Windows
+from actors.spec.system import SystemSpec, TraceSpec, Windows
 
 FLEET_COLUMNS = ("participant", "speed", "bandwidth_mbps", "period_s", "source")
 WINDOW_COLUMNS = ("participant", "start_s", "end_s")

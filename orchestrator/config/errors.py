@@ -7,7 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from actors.spec import Availability, FileData, ImageData, PartitionData, PythonData, Windows
+from actors.spec.data import FileData, ImageData, PartitionData, PythonData
+from actors.spec.system import Availability, Windows
 from orchestrator.config.schedule import SCHEDULE_MODES
 
 

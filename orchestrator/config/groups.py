@@ -7,7 +7,10 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from actors.spec import DataSpec, ModelSpec, PartitionData, Strict, SystemSpec, TrainSpec
+from actors.spec.base import Strict
+from actors.spec.data import DataSpec, PartitionData
+from actors.spec.system import SystemSpec
+from actors.spec.training import ModelSpec, TrainSpec
 
 
 class Resources(Strict):

@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from actors.spec import FileData
+from actors.spec.data import FileData
 from orchestrator.config.errors import ConfigError, flatten_errors
 from orchestrator.config.groups import participant_name
 from orchestrator.config.run_config import RunConfig

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from actors.spec import Strict
+from actors.spec.base import Strict
 from orchestrator.config.errors import flatten_errors
 from strategies import Strategy, build_strategy, get_strategy_class
 

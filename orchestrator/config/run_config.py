@@ -6,15 +6,9 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from actors.spec import (
-    DatasetSpec,
-    FileData,
-    ImageData,
-    PartitionData,
-    PreprocessSpec,
-    Strict,
-    TaskSpec,
-)
+from actors.spec.base import Strict
+from actors.spec.data import DatasetSpec, FileData, ImageData, PartitionData, PreprocessSpec
+from actors.spec.training import TaskSpec
 from orchestrator.config.errors import one_of
 from orchestrator.config.groups import Group
 from orchestrator.config.options import (

@@ -6,7 +6,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Discriminator, Field, Tag
 
-from actors.spec import Strict
+from actors.spec.base import Strict
 from orchestrator.loop.schedules import Async, Buffered, SchedulePolicy, SyncRounds
 from strategies.staleness import StalenessFunction
 

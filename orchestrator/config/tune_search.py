@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from actors.spec import Strict
+from actors.spec.base import Strict
 
 
 class TuneSearch(Strict):

@@ -29,7 +29,7 @@ import ray
 
 from actors.data.load import DataError
 from actors.participant.private_state import SAVED_METRIC
-from actors.spec import ParticipantSpec
+from actors.spec.participant import ParticipantSpec
 from orchestrator.cluster import preflight
 from orchestrator.cluster.participants import Member, Participants, RunError, participant_specs
 from orchestrator.config import Group, RunConfig

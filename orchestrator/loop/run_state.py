@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from actors.spec import LOWER_IS_BETTER
+from actors.spec.training import LOWER_IS_BETTER
 from strategies.types import Layout, Update
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from actors.spec import LOWER_IS_BETTER, METRICS
+from actors.spec.training import LOWER_IS_BETTER, METRICS
 
 COLUMNS = [
     "time",  # seconds since the run started, by the run's clock (wall or simulated)

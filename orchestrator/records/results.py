@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from actors.spec import METRICS
+from actors.spec.training import METRICS
 from orchestrator.cluster.participants import Participants
 from orchestrator.config import RunConfig
 from orchestrator.loop.run_state import RunState

@@ -17,7 +17,7 @@ import torch
 from actors.data.load import apply_view, load_shared_dataset
 from actors.data.loaders import load_image_folder
 from actors.data.tables import pooled_table, read_table, table_arrays
-from actors.spec import FileData, FittedTransform, ImageData, PartitionData, TableColumns
+from actors.spec.data import FileData, FittedTransform, ImageData, PartitionData, TableColumns
 from actors.training.loops import evaluate
 from actors.training.models import build_model
 from actors.training.params import layout_of, set_flat

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import ray
 
-from actors.spec import METRICS, TaskSpec
+from actors.spec.training import METRICS, TaskSpec
 from orchestrator.config import RunConfig
 from orchestrator.server.evaluation import ServerEvaluator
 from orchestrator.server.server_models import FamilyModels

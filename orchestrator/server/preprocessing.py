@@ -4,7 +4,7 @@ After the participants start and before any of them sets up its model, the drive
 each site for its table's schema, then for three rounds of per-column sums
 (:mod:`actors.data.preprocess` says which and why). With ``privacy.secure_aggregation`` the
 sums are masked like model updates, so the driver learns only the totals. The fitted
-:class:`~actors.spec.FittedTransform` is saved as ``preprocess.json`` in the run
+:class:`~actors.spec.data.FittedTransform` is saved as ``preprocess.json`` in the run
 directory, handed to every participant (late joiners and restarted actors included) and
 applied to the evaluation table.
 
@@ -23,7 +23,7 @@ import numpy as np
 import ray
 
 from actors.data.preprocess import EXPONENTS, scales_from
-from actors.spec import FittedTransform, PreprocessSpec
+from actors.spec.data import FittedTransform, PreprocessSpec
 from orchestrator.server.privacy import PrivacyHooks
 
 STATISTICS_TIMEOUT_S = 120.0

@@ -14,7 +14,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from actors.spec import DatasetSpec, ParticipantSpec, TrainSpec
+from actors.spec.data import DatasetSpec
+from actors.spec.participant import ParticipantSpec
+from actors.spec.training import TrainSpec
 from actors.training.distillation import distill, load_public_set, predict_logits
 from actors.training.models import build_model
 from actors.training.params import get_flat, layout_of, set_flat
