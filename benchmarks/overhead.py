@@ -8,7 +8,7 @@ The same synchronous FedAvg workload runs twice in one process, on one Ray insta
   global state per round, ``ray.get`` of all updates, a numpy example-weighted average.
 
 Both use the same participant specs and the same per-task seeds
-(``orchestrator.cluster.participants.task_seed``), so they compute the same models: the final accuracies
+(``orchestrator.cluster.members.task_seed``), so they compute the same models: the final accuracies
 must agree. Both evaluate the global model only at the start and at the end. Wall time
 includes starting the actors (each imports torch and loads its shard) in both.
 
@@ -37,7 +37,7 @@ from actors.participant.pool import PoolWorker
 from actors.training.loops import evaluate
 from actors.training.models import build_model
 from actors.training.params import layout_of, set_flat
-from orchestrator.cluster.participants import task_seed
+from orchestrator.cluster.members import task_seed
 from orchestrator.config import RunConfig, load_config
 from orchestrator.loop.run import Orchestrator
 from strategies.types import GlobalState, Instructions

@@ -82,7 +82,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from actors.data.tables import pooled_table, split_rows  # noqa: E402
-from orchestrator.cluster.participants import participant_specs  # noqa: E402
+from orchestrator.cluster.specs import participant_specs  # noqa: E402
 from orchestrator.config import load_config  # noqa: E402
 from orchestrator.loop.run import Orchestrator  # noqa: E402
 

@@ -14,7 +14,8 @@ from conftest import digits_config, run_while
 
 from actors.participant.system import simulated_duration, task_duration
 from actors.spec.system import SystemSpec
-from orchestrator.cluster.participants import Member, Participants
+from orchestrator.cluster.members import Member
+from orchestrator.cluster.participants import Participants
 from orchestrator.config import ConfigError, load_config
 from orchestrator.loop.clock import SimulatedClock
 from orchestrator.loop.run import Orchestrator

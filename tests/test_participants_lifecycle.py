@@ -9,7 +9,8 @@ import ray
 from conftest import digits_config
 
 from actors.data.load import DataError
-from orchestrator.cluster.participants import RESTART_BACKOFF_S, Member, Participants, error_message
+from orchestrator.cluster.members import RESTART_BACKOFF_S, Member, error_message
+from orchestrator.cluster.participants import Participants
 from orchestrator.config import load_config
 from orchestrator.loop.clock import SimulatedClock, WallClock
 from orchestrator.loop.schedules import Task

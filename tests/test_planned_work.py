@@ -11,7 +11,7 @@ from actors.participant.participant import Participant
 from actors.spec.data import DatasetSpec, PartitionData
 from actors.spec.participant import ParticipantSpec
 from actors.spec.training import ModelSpec, TrainSpec
-from orchestrator.cluster.participants import Member
+from orchestrator.cluster.members import Member
 from orchestrator.config import load_config
 from orchestrator.loop.run import Orchestrator
 from strategies.client import Plan, Work

@@ -16,7 +16,7 @@ from actors.participant.pool import PoolWorker
 from actors.spec.data import DatasetSpec, PartitionData
 from actors.spec.participant import ParticipantSpec
 from actors.spec.training import DPSGD, ModelSpec, TrainSpec
-from orchestrator.cluster.participants import RESTART_BACKOFF_S
+from orchestrator.cluster.members import RESTART_BACKOFF_S
 from orchestrator.config import ConfigError, load_config
 from orchestrator.loop.run import Orchestrator
 from strategies import STRATEGIES

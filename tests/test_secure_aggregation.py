@@ -15,7 +15,7 @@ from actors.participant.secure_aggregation import (
     SealedUpdates,
     contribution,
 )
-from orchestrator.cluster.participants import Member
+from orchestrator.cluster.members import Member
 from orchestrator.config import load_config
 from orchestrator.loop.run import Orchestrator
 from orchestrator.server.privacy import PrivacyHooks

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from actors.participant.participant import Participant
-from orchestrator.cluster.participants import participant_specs
+from orchestrator.cluster.specs import participant_specs
 from orchestrator.config import load_config
 from orchestrator.server.preprocessing import fit_statistics
 from strategies.secure_aggregation import unmask_sum

@@ -22,7 +22,8 @@ from actors.participant.system import (
     windows_online_until,
 )
 from actors.spec.system import Availability, SystemSpec, TraceSpec, Windows
-from orchestrator.cluster.participants import RunError, participant_specs
+from orchestrator.cluster.members import RunError
+from orchestrator.cluster.specs import participant_specs
 from orchestrator.cluster.traces import TraceError, fedscale_tables, participant_systems
 from orchestrator.config import ConfigError, load_config, missing_data_files
 

@@ -31,7 +31,9 @@ from actors.data.load import DataError
 from actors.participant.private_state import SAVED_METRIC
 from actors.spec.participant import ParticipantSpec
 from orchestrator.cluster import preflight
-from orchestrator.cluster.participants import Member, Participants, RunError, participant_specs
+from orchestrator.cluster.members import Member, RunError
+from orchestrator.cluster.participants import Participants
+from orchestrator.cluster.specs import participant_specs
 from orchestrator.config import Group, RunConfig
 from orchestrator.loop import checkpoint
 from orchestrator.loop.adaptive import AdaptiveLocalWork

@@ -1,0 +1,271 @@
+"""The participants' lifecycle on the driver: start (spawn, describe, fit the preprocessing),
+stop (release, discard private state), and what a checkpoint keeps of them."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import ray
+
+from actors.data.load import DataError, partition_problem
+from actors.participant.participant import Participant
+from actors.participant.pool import PoolWorker, task_threads
+from actors.participant.private_state import PrivateStateError, Rollback
+from actors.spec.data import FileData, FittedTransform
+from actors.spec.participant import ParticipantSpec
+from orchestrator.cluster.members import Member, RunError, error_message
+from orchestrator.cluster.placement import PlacementError, Placements, check_placement
+from orchestrator.config import Group, RunConfig
+from orchestrator.loop.clock import Clock
+from orchestrator.loop.schedules import Task
+from orchestrator.records.history import History
+from orchestrator.records.progress import one_line_per_cause
+from orchestrator.server.preprocessing import PreprocessingError, fit_transform, scale_warning
+from orchestrator.server.privacy import PrivacyHooks, SecureAggregationAbort
+
+START_TIMEOUT_S = 300.0
+"""How long participants may take to start (import torch, load data) before we give up."""
+
+
+DISCARD_TIMEOUT_S = 10.0
+"""How long the end of a run waits for participants to delete their private state."""
+
+
+class Lifecycle:
+    """Starting, stopping and checkpointing the run's participants; :class:`Participants`
+    adds their tasks."""
+
+    def __init__(self, config: RunConfig, history: History, privacy: PrivacyHooks,
+                 clock: Clock) -> None:
+        self.config = config
+        self.history = history
+        self.privacy = privacy
+        self.actor_class = privacy.actor_class(Participant)
+        self.clock = clock
+        self.members: dict[str, Member] = {}
+        self.in_flight: dict[ray.ObjectRef, Task] = {}
+        self.placements: Placements | None = None
+        self.transform: FittedTransform | None = None
+        """The run's fitted preprocessing (``preprocess:``), or None."""
+        self._hung: dict[str, str] = {}  # participant -> why wait() killed its task
+        self._backed_off: dict[int, float] = {}  # actor -> when the driver last waited out its restart
+        self.client = config.strategy.build().client()
+        """The strategy's client half, asked how much work a task plans (simulated clock)."""
+
+    # -- start and stop ----------------------------------------------------------------
+    def spawn(self, specs: list[tuple[ParticipantSpec, Group]], transform: FittedTransform | None = None) -> None:
+        """Start every participant; each loads its own data, preprocessed with the run's
+        transform when it has one (``transform``: fitted before, on resume; else fitted
+        here from the sites' statistics). Raises :class:`RunError` when fewer than
+        ``min_participants`` could start, naming each one that did not."""
+        self._create(specs)
+        if self.config.preprocess is not None:
+            self.transform = transform or self._fit()
+            for member in self.members.values():
+                member.spec = member.spec.model_copy(update={"transform": self.transform})
+        self._describe()
+        if self.config.preprocess is None and (warning := scale_warning([m.info for m in self.alive()])):
+            self.history.record("warning", detail=warning)
+            print(f"fedray: warning: {warning}", flush=True)
+
+    def _fit(self) -> FittedTransform:
+        """Federated preprocessing (``orchestrator/server/preprocessing.py``), from every site."""
+        try:
+            return fit_transform(self.config.preprocess, self.members, self.privacy,
+                                 self._target_columns() if self.config.standardizes_target else [])
+        except (PreprocessingError, SecureAggregationAbort) as exc:
+            raise RunError(f"preprocessing: {exc}") from None
+
+    def _target_columns(self) -> list[str]:
+        data, dataset = self.config.groups[0].data, self.config.dataset
+        if isinstance(data, FileData):
+            return data.label_columns
+        assert dataset is not None  # the config allows preprocess on files and tables only
+        return [dataset.label_column] if isinstance(dataset.label_column, str) else list(dataset.label_column)
+
+    def _create(self, specs: list[tuple[ParticipantSpec, Group]]) -> None:
+        """The actors (or pool workers) for every participant; nothing set up yet."""
+        self._check_feasible()
+        problem = partition_problem(self.config.dataset, specs[0][0].num_partitions) if specs else None
+        if problem:
+            raise RunError(problem)
+        try:  # placement per group: fail fast, naming the group, if it cannot fit
+            check_placement(self.config.groups, ray.nodes())
+            self.placements = Placements(self.config.groups)
+        except PlacementError as exc:
+            raise RunError(str(exc)) from None
+        pools = {g.name: self._start_pool(g) for g in self.config.groups if g.hosting == "pool"}
+        for index, (spec, group) in enumerate(specs):
+            if group.name in pools:  # a participant's tasks always go to the same worker
+                workers = pools[group.name]
+                handle, restarts = workers[spec.index_in_group % len(workers)], -1
+            else:
+                handle = self.actor_class.options(**self.placements.actor_options(group, spec.index_in_group)).remote(spec)
+                restarts = group.resources.max_restarts
+            self.members[spec.name] = Member(spec.name, group.name, index, handle, spec, restarts,
+                                             pooled=group.name in pools)
+
+    def _describe(self) -> None:
+        """Each participant sets itself up and describes itself; a pool worker describes
+        all it serves in one call."""
+        pending: dict[ray.ObjectRef, list[Member]] = {}
+        served: dict[Any, list[Member]] = {}  # pool worker -> its participants
+        for member in self.members.values():
+            if member.pooled:
+                served.setdefault(member.handle, []).append(member)
+            else:
+                pending[member.call("describe", self.transform)] = [member]
+        for worker, members in served.items():  # one call per worker, however many it serves
+            pending[worker.describe_all.remote([m.spec for m in members])] = members
+        errors = self._await_start(pending)
+        for name, message in errors:
+            self.history.record("failure", participant=name, detail=message)
+        for line in one_line_per_cause(errors):
+            print(f"fedray: {line}", flush=True)
+        if len(self.alive()) < self.config.schedule.min_participants:
+            raise RunError("participants could not start:\n  " + "\n  ".join(one_line_per_cause(errors)))
+
+    def _start_pool(self, group: Group) -> list[Any]:
+        """The group's pool workers, each with the group's resources. Ray restarts a
+        worker that dies: its participants' private state is in their own directories."""
+        workers = []
+        served = -(-group.count // group.pool_size)  # participant i goes to worker i % pool_size
+        for i in range(group.pool_size):
+            options = self.placements.actor_options(group, i) | {"max_restarts": -1,
+                                                                  "max_concurrency": task_threads(served)}
+            workers.append(self.privacy.actor_class(PoolWorker).options(**options).remote(group.cache_size, group.cache_mb))
+        return workers
+
+    def _await_start(self, pending: dict[ray.ObjectRef, list[Member]]) -> list[tuple[str, str]]:
+        """Each participant's description, or why it could not start (a bad data path
+        comes back as its own ``DataError``, naming it and the path)."""
+        deadline = time.perf_counter() + START_TIMEOUT_S
+        errors = []
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, deadline - time.perf_counter()))
+            if not ready:
+                for member in (m for members in pending.values() for m in members):
+                    member.lost = True
+                    errors.append((member.name, f"participant {member.name}: did not start within {START_TIMEOUT_S:.0f}s"))
+                break
+            members = pending.pop(ready[0])
+            try:
+                got = ray.get(ready[0])
+                outcomes = got if members[0].pooled else [got]
+            except DataError as exc:
+                outcomes = [exc.cause if isinstance(exc, ray.exceptions.RayTaskError) else exc]
+            except ray.exceptions.RayError as exc:  # incl. OutOfMemoryError (not a RayTaskError)
+                message = error_message(exc)
+                outcomes = [RuntimeError(f"participant {m.name}: could not start: {message}") for m in members]
+            for member, outcome in zip(members, outcomes, strict=True):
+                if isinstance(outcome, Exception):
+                    member.lost = True
+                    errors.append((member.name, str(outcome)))
+                else:
+                    member.info = outcome
+        return errors
+
+    def _check_feasible(self) -> None:
+        """Fail fast, naming the group, when no node could ever host its participants."""
+        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+        for group in self.config.groups:
+            res = group.resources
+            need = {"CPU": res.num_cpus, "GPU": res.num_gpus, **res.resources}
+            if res.memory:
+                need["memory"] = res.memory
+            need = {k: v for k, v in need.items() if v}
+            if not any(all(node.get(k, 0) >= v for k, v in need.items()) for node in nodes):
+                have = {k: max((n.get(k, 0) for n in nodes), default=0) for k in need}
+                short = [k for k, v in need.items() if have[k] < v]
+                raise RunError(
+                    f"group {group.name}: no node in the Ray cluster offers "
+                    + ", ".join(f"{k}={need[k]:g} (largest node has {have[k]:g})" for k in short)
+                )
+
+    def release(self, discard_state: bool = False) -> None:
+        """Stop every actor; with ``discard_state`` (a run that cannot be resumed) each
+        participant first deletes its private state on its own node."""
+        if discard_state:
+            self._discard_state()
+        for handle in {id(m.handle): m.handle for m in self.members.values()}.values():
+            ray.kill(handle, no_restart=True)
+        if self.placements is not None:
+            self.placements.release()
+
+    def _discard_state(self) -> None:
+        """One call per actor (a pool worker gets its participants' specs); a dead actor's
+        call fails, and Ray's own clean-up of the temp directory is all that is left."""
+        served: dict[int, tuple[Any, list[ParticipantSpec]]] = {}
+        refs = []
+        for member in self.members.values():
+            if member.spec.state_dir is None:
+                continue
+            if member.pooled:
+                served.setdefault(id(member.handle), (member.handle, []))[1].append(member.spec)
+            elif not member.lost:
+                refs.append(member.handle.discard_private_state.remote())
+        refs += [handle.discard_private_state.remote(specs) for handle, specs in served.values()]
+        if refs:
+            ray.wait(refs, num_returns=len(refs), timeout=DISCARD_TIMEOUT_S)
+
+    # -- who can work ------------------------------------------------------------------
+    def alive(self) -> list[Member]:
+        return [m for m in self.members.values() if not m.lost]
+
+    # -- checkpoints -------------------------------------------------------------------
+    def records(self, next_task_id: int) -> dict[str, dict[str, Any]]:
+        """What a checkpoint keeps per participant: per-task seeds derive from ``tasks``; a
+        resume rolls its private state back to before its first task in flight (the
+        checkpoint forgets those), else before ``next_task_id``."""
+        first_in_flight: dict[str, int] = {}
+        for task in self.in_flight.values():
+            first_in_flight[task.participant] = min(task.task_id, first_in_flight.get(task.participant, task.task_id))
+        return {name: {"tasks": m.tasks, "failures": m.failures, "lost": m.lost, "saved_task": m.saved_task,
+                       "rollback_before": first_in_flight.get(name, next_task_id)}
+                for name, m in self.members.items()}
+
+    def checkpointed(self, records: dict[str, dict[str, Any]]) -> None:
+        """A checkpoint of ``records`` is on disk: participants may drop older versions."""
+        for name, saved in records.items():
+            self.members[name].rollback_before = saved["rollback_before"]
+
+    def rollback_before(self, member: Member) -> int | None:
+        """What a task tells the participant to keep (None: no checkpoints, only the newest)."""
+        return None if self.config.checkpoint.every is None else member.rollback_before
+
+    def restore(self, records: dict[str, dict[str, Any]]) -> None:
+        """Take the checkpoint's counters back, and roll every participant's private state
+        back to the version the checkpoint names; :class:`RunError` naming each participant
+        (and its file) whose state is missing or older than the checkpoint expects."""
+        unknown = sorted(set(records) - set(self.members))
+        if unknown:
+            raise ValueError(f"checkpoint names participants not in this config: {unknown[:5]}")
+        for name, saved in records.items():
+            member = self.members[name]
+            member.tasks, member.failures = saved["tasks"], saved["failures"]
+            member.lost = member.lost or saved["lost"]
+        if all("rollback_before" in saved for saved in records.values()):  # (older checkpoints lack it)
+            self.checkpointed(records)
+            self._roll_back(records)
+
+    def _roll_back(self, records: dict[str, dict[str, Any]]) -> None:
+        pending = {}
+        for name, saved in records.items():
+            member = self.members[name]
+            member.saved_task = saved["saved_task"]
+            if not member.lost and member.spec.state_dir is not None:
+                rollback = Rollback(saved["rollback_before"], saved["saved_task"])
+                pending[member.call("restore_private_state", rollback)] = member
+        ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=START_TIMEOUT_S)
+        problems = [f"participant {m.name}: its private state was not restored within {START_TIMEOUT_S:.0f}s"
+                    for ref, m in pending.items() if ref not in ready]
+        for ref in ready:
+            try:
+                ray.get(ref)
+            except PrivateStateError as exc:
+                problems.append(str(exc.cause if isinstance(exc, ray.exceptions.RayTaskError) else exc))
+            except ray.exceptions.RayError as exc:
+                problems.append(f"participant {pending[ref].name}: {error_message(exc)}")
+        if problems:
+            raise RunError("cannot resume:\n  " + "\n  ".join(problems))
