@@ -10,7 +10,7 @@ import pytest
 
 from orchestrator.config import load_config
 from orchestrator.loop.run import Orchestrator
-from orchestrator.loop.stopping import DIVERGENCE_WINDOW, Divergence, diverged
+from orchestrator.loop.stopping import DIVERGENCE_WINDOW, Divergence, diverged, divergence_message
 from strategies.types import Layout, Update
 
 LAYOUT = Layout(("w",), ((3,),))
@@ -68,4 +68,4 @@ def test_the_stop_line_names_the_fix_the_config_lacks(tmp_path, preprocess, hint
     orchestrator = Orchestrator(load_config(raw))  # nothing started: the loop's decision alone
     for _ in range(DIVERGENCE_WINDOW):
         orchestrator.divergence.observe("c-1", diverged=True, loss=math.nan, steps=7)
-    assert orchestrator._diverged() == f"training diverged at participant c-1 (loss became NaN after 7 steps): {hint}"
+    assert divergence_message(orchestrator.divergence, orchestrator.config, orchestrator.global_model) == f"training diverged at participant c-1 (loss became NaN after 7 steps): {hint}"

@@ -346,11 +346,11 @@ def test_dp_sgd_run_records_epsilon_per_update_and_the_worst_in_the_summary(ray_
 
 
 def test_dp_sgd_participants_always_get_a_private_state_dir_so_restarts_keep_the_budget():
-    from orchestrator.loop.run import Orchestrator
+    from orchestrator.cluster.specs import participant_specs
 
     raw = with_dp_sgd({"noise_multiplier": 1.0, "max_grad_norm": 1.0})
     raw["groups"].append({**raw["groups"][0], "name": "plain", "count": 1,
                           "train": {k: v for k, v in raw["groups"][0]["train"].items() if k != "dp_sgd"}})
-    dirs = {spec.group: spec.state_dir for spec, _ in Orchestrator(load_config(raw)).participant_specs()}
+    dirs = {spec.group: spec.state_dir for spec, _ in participant_specs(load_config(raw), "run")}
     assert dirs["plain"] is None  # checkpoints are off: nothing to keep
     assert dirs["site"] is not None and "site-" in dirs["site"]

@@ -16,6 +16,7 @@ from actors.participant.secure_aggregation import (
     contribution,
 )
 from orchestrator.cluster.members import Member
+from orchestrator.cluster.specs import participant_specs
 from orchestrator.config import load_config
 from orchestrator.loop.run import Orchestrator
 from orchestrator.server.privacy import PrivacyHooks
@@ -119,7 +120,7 @@ def test_a_member_killed_after_its_update_arrived_is_recovered_on_ray(ray_sessio
     masking, survivors reveal its masks, and the decoded mean equals FedAvg over the
     survivors' plain updates with the same staleness weights."""
     cfg = load_config(digits_config(privacy={"secure_aggregation": True}))
-    specs = [spec for spec, _ in Orchestrator(cfg).participant_specs()]
+    specs = [spec for spec, _ in participant_specs(cfg, "run")]
     hooks = PrivacyHooks(cfg.privacy, cfg)
     actor = hooks.actor_class(Participant)
     handles = {s.name: actor.options(num_cpus=0.5).remote(s) for s in specs}

@@ -17,8 +17,10 @@ from actors.participant.participant import Participant
 from actors.participant.system import (
     SimulatedDropout,
     Unavailable,
+    check_online,
     initial_phase,
     online_until,
+    play_out,
     windows_online_until,
 )
 from actors.spec.system import Availability, SystemSpec, TraceSpec, Windows
@@ -80,14 +82,15 @@ def _participant(availability: Windows) -> Participant:
 
 
 def test_the_participant_refuses_work_offline_and_drops_a_task_that_outlasts_its_window():
-    participant = _participant(Windows(windows=[(0, 10), (30, 50)], period_s=60))
-    participant._check_online(5.0)
+    spec = _participant(Windows(windows=[(0, 10), (30, 50)], period_s=60)).spec
+    check_online(spec, 0.0, 5.0)
     with pytest.raises(Unavailable) as offline:
-        participant._check_online(12.0)  # wall or simulated, the run clock is what counts
+        check_online(spec, 0.0, 12.0)  # wall or simulated, the run clock is what counts
     assert offline.value.retry_at == 30.0
-    assert participant._simulate(0.0, 100, 31.0, 0, simulated=4.0) == 4.0  # the simulated clock
+    rng, never = np.random.default_rng(0), lambda seconds: pytest.fail("the simulated clock never waits")
+    assert play_out(spec, 0.0, rng, 0.0, 100, 31.0, 0, 4.0, never) == 4.0  # the simulated clock
     with pytest.raises(SimulatedDropout, match="offline mid-task"):
-        participant._simulate(0.0, 100, 48.0, 0, simulated=4.0)
+        play_out(spec, 0.0, rng, 0.0, 100, 48.0, 0, 4.0, never)
 
 
 # -- the tables --------------------------------------------------------------------

@@ -22,21 +22,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from actors.data import preprocess
-from actors.data.load import DataError, LocalData, load_participant_data, site_frame
-from actors.data.tables import feature_names, split_rows
+from actors.data.load import DataError, LocalData, load_participant_data
+from actors.data.site_table import SiteTable
 from actors.participant import private_state
 from actors.participant.attacks import apply_attack
 from actors.participant.cohort import TRAINED_TOGETHER
 from actors.participant.gpu_memory import apply_cap, describe_oom, memory_cap_fraction
 from actors.participant.secure_aggregation import SEALED_METRIC, MaskingKey, SealedUpdates
-from actors.participant.system import (
-    SimulatedDropout,
-    Unavailable,
-    initial_phase,
-    online_until,
-    task_duration,
-)
+from actors.participant.system import SimulatedDropout, check_online, initial_phase, play_out
 from actors.spec.data import FittedTransform
 from actors.spec.participant import ParticipantSpec
 from actors.training.local_model import TorchLocalModel
@@ -45,7 +38,6 @@ from strategies.client import Work
 from strategies.secure_aggregation import encode
 from strategies.types import GlobalState, Instructions, Layout, Update
 
-HANG_SECONDS = 3600.0
 """How long a task injected with ``system.hang_prob`` hangs (the driver kills it sooner)."""
 
 
@@ -92,7 +84,7 @@ class Participant:
         self.sealed = SealedUpdates()
         self._set_up = False
         self._local: TorchLocalModel | None = None
-        self._raw: tuple[Any, list[str], str] | None = None  # its raw table, for preprocessing
+        self._raw: SiteTable | None = None  # its raw table, for preprocessing
         self.idle: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
         """Around the simulator's sleeps: a pool worker training several participants at
         once lets the others run meanwhile (actors/participant/cohort.py)."""
@@ -344,39 +336,20 @@ class Participant:
         return self.secagg_key.masks_with(self.spec.name, dropped, peers, cohort_id, size)
 
     # -- federated preprocessing: statistics of the raw table, before set-up ---------
-    def _raw_table(self) -> tuple[Any, list[str], str]:
-        """Its raw table less the rows it holds out as its test split (statistics that saw
-        those rows would leak them into the transform it is later tested through), read
-        once for the preprocessing rounds, not once a round."""
-        if self._raw is None:
-            frame, columns, where = site_frame(self.spec)
-            train, _ = split_rows(len(frame), self.spec.data.test_fraction, self.spec.seed)
-            self._raw = frame.iloc[np.sort(train)], feature_names(frame, columns, where), where
-        return self._raw
-
     def table_schema(self) -> dict[str, Any]:
         """Round 0, in the clear: numeric columns and categorical values (the schema)."""
-        assert self.spec.preprocess is not None
-        frame, features, where = self._raw_table()
-        try:
-            return preprocess.site_schema(frame, features, self.spec.preprocess, where)
-        except preprocess.PreprocessError as exc:
-            raise DataError(str(exc)) from None
+        return self._site_table().schema()
 
     def table_statistics(self, numeric: list[str], scales: list[float] | None = None,
                          means: list[float] | None = None) -> np.ndarray:
-        """Round 1 (no ``scales``): each column's power-of-two magnitude, one-hot; round 2:
-        counts and sums of the values times ``scales``; round 3: sums of squared scaled
-        deviations from the scaled global ``means`` (see :mod:`actors.data.preprocess`)."""
-        frame, _, where = self._raw_table()
-        try:
-            x = preprocess.numeric_block(frame, numeric, where)
-        except preprocess.PreprocessError as exc:
-            raise DataError(str(exc)) from None
-        if scales is None:
-            return preprocess.magnitudes(x)
-        x = x * np.asarray(scales)
-        return preprocess.sums(x) if means is None else preprocess.squared_deviations(x, np.asarray(means))
+        """Rounds 1-3 of the fit (:meth:`actors.data.site_table.SiteTable.statistics`)."""
+        return self._site_table().statistics(numeric, scales, means)
+
+    def _site_table(self) -> SiteTable:
+        """Read once for the preprocessing rounds, not once a round."""
+        if self._raw is None:
+            self._raw = SiteTable(self.spec)
+        return self._raw
 
     def masked_table_statistics(self, numeric: list[str], scales: list[float] | None,
                                 means: list[float] | None, cohort_id: int, peers: dict[str, bytes]) -> np.ndarray:
@@ -386,34 +359,13 @@ class Participant:
 
     # -- the simulator ---------------------------------------------------------------
     def _check_online(self, run_clock: float) -> None:
-        availability = self.spec.system.availability
-        if availability is None:
-            return
-        online, change_at = online_until(availability, self._phase, run_clock)
-        if not online:
-            raise Unavailable(self.spec.name, change_at)
+        check_online(self.spec, self._phase, run_clock)
 
     def _simulate(self, real: float, samples: int, run_clock: float, nbytes: int,
                   simulated: float | None) -> float:
-        """Stretch the task to its duration, or under the simulated clock take the one the
-        driver fixed (no sleeping); maybe drop it. Returns seconds."""
-        system = self.spec.system
-        duration = simulated if simulated is not None else task_duration(real, samples, self.spec.speed, system, nbytes)
-        waits = simulated is None  # the wall clock: the task really lasts that long
-        if system.availability is not None:
-            _, offline_at = online_until(system.availability, self._phase, run_clock)
-            if run_clock + duration > offline_at:
-                if waits:
-                    with self.idle():
-                        self.pause(max(0.0, offline_at - run_clock - real))
-                raise SimulatedDropout(f"participant {self.spec.name} went offline mid-task")
-        if system.hang_prob > 0 and self._rng.random() < system.hang_prob:
-            with self.idle():
-                self.pause(HANG_SECONDS)  # fault injection: only the driver's task_timeout_s ends this
-        dropped = system.dropout_prob > 0 and self._rng.random() < system.dropout_prob
-        if waits:
-            with self.idle():
-                self.pause(max(0.0, duration - real))
-        if dropped:
-            raise SimulatedDropout(f"participant {self.spec.name} dropped the task")
-        return duration
+        return play_out(self.spec, self._phase, self._rng, real, samples, run_clock, nbytes, simulated, self._wait)
+
+    def _wait(self, seconds: float) -> None:
+        """A simulated wait: other tasks of a pool worker compute meanwhile."""
+        with self.idle():
+            self.pause(seconds)

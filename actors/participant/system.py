@@ -7,10 +7,11 @@ so a laptop behaves like a fleet of known speeds that come and go.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from actors.spec.participant import ParticipantSpec
 from actors.spec.system import Availability, SpeedDistribution, SystemSpec, Windows
 
 
@@ -113,3 +114,40 @@ def windows_online_until(windows: Sequence[tuple[float, float]], period: float,
                 return True, math.inf
             return True, cycle + period + first_end
     return False, cycle + period + first_start
+
+
+HANG_SECONDS = 3600.0
+"""How long an injected hang lasts: only the driver's ``task_timeout_s`` ends it sooner."""
+
+
+def check_online(spec: ParticipantSpec, phase: float, run_clock: float) -> None:
+    """Raise :class:`Unavailable` when the participant's availability has it offline now."""
+    availability = spec.system.availability
+    if availability is None:
+        return
+    online, change_at = online_until(availability, phase, run_clock)
+    if not online:
+        raise Unavailable(spec.name, change_at)
+
+
+def play_out(spec: ParticipantSpec, phase: float, rng: np.random.Generator, real: float, samples: int,
+             run_clock: float, nbytes: int, simulated: float | None, wait: Callable[[float], None]) -> float:
+    """Stretch a task to its simulated duration with ``wait``, or under the simulated clock
+    take the one the driver fixed (no waiting); maybe drop it. Returns its seconds."""
+    system = spec.system
+    duration = simulated if simulated is not None else task_duration(real, samples, spec.speed, system, nbytes)
+    waits = simulated is None  # the wall clock: the task really lasts that long
+    if system.availability is not None:
+        _, offline_at = online_until(system.availability, phase, run_clock)
+        if run_clock + duration > offline_at:
+            if waits:
+                wait(max(0.0, offline_at - run_clock - real))
+            raise SimulatedDropout(f"participant {spec.name} went offline mid-task")
+    if system.hang_prob > 0 and rng.random() < system.hang_prob:
+        wait(HANG_SECONDS)  # fault injection: only the driver's task_timeout_s ends this
+    dropped = system.dropout_prob > 0 and rng.random() < system.dropout_prob
+    if waits:
+        wait(max(0.0, duration - real))
+    if dropped:
+        raise SimulatedDropout(f"participant {spec.name} dropped the task")
+    return duration

@@ -27,8 +27,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from orchestrator.config import RunConfig
 from orchestrator.loop.run_state import RunState
 from orchestrator.records.history import History
+from orchestrator.records.results import write_config
 from strategies.types import Layout
 
 CHECKPOINT_DIR = "checkpoints"
@@ -121,3 +123,17 @@ def _fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def save_if_due(out_dir: Path | None, config: RunConfig, state: RunState, participants: Any,
+                owned: dict[str, Any], history: History) -> Path | None:
+    """Write a checkpoint when ``checkpoint.every`` says this version gets one; its path."""
+    policy = config.checkpoint
+    if policy.every is None or out_dir is None or state.version % policy.every:
+        return None
+    if not (out_dir / "config.yaml").exists():  # `fedray run --resume DIR` reads it
+        write_config(out_dir, config)
+    snapshot = capture(state, participants, owned, history, time.perf_counter() - history.start)
+    path = write_checkpoint(out_dir, snapshot, policy.keep)
+    participants.checkpointed(snapshot.members)
+    return path

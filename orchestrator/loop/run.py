@@ -17,7 +17,6 @@ actors; this file is the loop between them. Everything it decides is a history e
 from __future__ import annotations
 
 import math
-import os
 import time
 import uuid
 from pathlib import Path
@@ -29,25 +28,25 @@ import ray
 
 from actors.data.load import DataError
 from actors.participant.private_state import SAVED_METRIC
-from actors.spec.participant import ParticipantSpec
 from orchestrator.cluster import preflight
+from orchestrator.cluster.connect import connect_ray
 from orchestrator.cluster.members import Member, RunError
 from orchestrator.cluster.participants import Participants
 from orchestrator.cluster.specs import participant_specs
-from orchestrator.config import Group, RunConfig
+from orchestrator.config import RunConfig
 from orchestrator.loop import checkpoint
 from orchestrator.loop.adaptive import AdaptiveLocalWork
 from orchestrator.loop.clock import make_clock
 from orchestrator.loop.run_state import RunState
 from orchestrator.loop.schedules import Task, make_schedule
-from orchestrator.loop.stopping import Divergence, diverged, stop_reason
+from orchestrator.loop.stopping import Divergence, diverged, divergence_message, stop_reason
 from orchestrator.records.history import History
 from orchestrator.records.progress import Progress
-from orchestrator.records.results import save_run, summarize, write_config
+from orchestrator.records.results import save_run, summarize
 from orchestrator.records.tensorboard import TensorBoardLogger
 from orchestrator.server.global_state import GlobalModel, GlobalStateError, build_global_model
 from orchestrator.server.preprocessing import load_transform, save_transform
-from orchestrator.server.privacy import PrivacyHooks, SecureAggregationAbort
+from orchestrator.server.privacy import PrivacyHooks
 from strategies.hygiene import clip_to_norm, rejection_reason
 from strategies.types import GlobalState, Instructions, Update
 
@@ -122,7 +121,7 @@ class Orchestrator:
             self.tensorboard = TensorBoardLogger(self.config.logging.tensorboard)
             self.history.listeners.append(self.tensorboard.on_event)
         saved = load_transform(self.out_dir) if self.resume_from is not None and self.out_dir else None
-        self.participants.spawn(self.participant_specs(), saved)
+        self.participants.spawn(participant_specs(self.config, self.run_id), saved)
         if self.participants.transform is not None and self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             save_transform(self.out_dir, self.participants.transform)
@@ -150,7 +149,7 @@ class Orchestrator:
                 self.schedule.task_finished(task)
             self._dispatch_idle(now)
             if not self.participants.in_flight:
-                if (self.state.buffer or self.schedule.ready(0, now)) and not self._waiting_for_cohort(now):
+                if (self.state.buffer or self.schedule.ready(0, now)) and not self._cohort_pending(now):
                     self._aggregate()  # nothing more can arrive: use what we have
                     continue
                 if not self.participants.next_return(now):
@@ -248,15 +247,12 @@ class Orchestrator:
     def _ready(self, now: float | None = None) -> bool:
         return self.schedule.ready(len(self.state.buffer), self.clock() if now is None else now)
 
-    def _waiting_for_cohort(self, now: float) -> bool:
-        """Secure FedBuff holds a buffer of too few participants while more can still
-        arrive (a task in flight, or a participant back soon)."""
-        if not self.schedule.waits_for_cohort or not self.privacy.cohort_too_small(self.state.buffer):
-            return False
-        return bool(self.participants.in_flight) or bool(self.participants.next_return(now))
+    def _cohort_pending(self, now: float) -> bool:
+        return self.schedule.waits_for_cohort and self.privacy.waiting_for_cohort(
+            self.state.buffer, bool(self.participants.in_flight) or bool(self.participants.next_return(now)))
 
     def _aggregate(self) -> None:
-        if self._waiting_for_cohort(self.clock()):
+        if self._cohort_pending(self.clock()):
             return  # wait for updates from more participants before decoding a sum
         state = self.state
         batch = sorted(state.buffer, key=lambda u: u.task_id)  # arrival order must not matter
@@ -265,7 +261,8 @@ class Orchestrator:
         if not batch:
             self.history.record("round_skipped", version=state.version, detail="no update arrived in time")
             return
-        combined = self._combine(batch)
+        combined = self.privacy.combine_recorded(batch, state.layout, self.participants.members,
+                                                 self.history, state.version)
         if combined is None:
             return
         seen, batch = combined
@@ -280,20 +277,6 @@ class Orchestrator:
             )
             return
         self._advance(new_params.astype(np.float32, copy=False), batch)
-
-    def _combine(self, batch: list[Update]) -> tuple[list[Update], list[Update]] | None:
-        """What the strategy sees (the batch, or one private aggregate under secure
-        aggregation / DP) and the updates it counts; None when the cohort was aborted."""
-        try:
-            seen, dropped = self.privacy.combine(batch, self.state.layout, self.participants.members)
-        except SecureAggregationAbort as exc:
-            self.history.record("aggregation_aborted", version=self.state.version, detail=str(exc),
-                                num_examples=sum(u.num_examples for u in batch))
-            return None
-        for name in dropped:  # left the cohort after their update arrived
-            self.history.record("secagg_dropout", participant=name, group=self.participants.members[name].group,
-                                version=self.state.version, detail="sent no masked update; left out of the sum")
-        return seen, [u for u in batch if u.participant not in dropped]
 
     def _advance(self, params: np.ndarray, batch: list[Update]) -> None:
         """The next version: broadcast once, record, evaluate and checkpoint on schedule."""
@@ -324,21 +307,13 @@ class Orchestrator:
     # ------------------------------------------------------------------ checkpoints
     def _checkpoint(self) -> None:
         """Every ``checkpoint.every`` versions, snapshot the run state atomically."""
-        policy = self.config.checkpoint
-        if policy.every is None or self.out_dir is None or self.state.version % policy.every:
-            return
-        if not (self.out_dir / "config.yaml").exists():  # `fedray run --resume DIR` reads it
-            write_config(self.out_dir, self.config)
-        snapshot = checkpoint.capture(self.state, self.participants, self._owned(), self.history,
-                                      time.perf_counter() - self.history.start)
-        path = checkpoint.write_checkpoint(self.out_dir, snapshot, policy.keep)
-        self.participants.checkpointed(snapshot.members)
-        self.history.record("checkpoint", version=self.state.version, detail=path.name)
+        state = self.state
+        if path := checkpoint.save_if_due(self.out_dir, self.config, state, self.participants, self._owned(), self.history):
+            self.history.record("checkpoint", version=state.version, detail=path.name)
 
     def _owned(self) -> dict[str, Any]:
         """The objects whose ``state_dict()`` a checkpoint keeps beside the run state."""
-        return {"strategy": self.strategy, "schedule": self.schedule, "privacy": self.privacy,
-                "clock": self.run_clock}
+        return {"strategy": self.strategy, "schedule": self.schedule, "privacy": self.privacy, "clock": self.run_clock}
 
     def _resume(self, saved: RunState) -> None:
         """Put a checkpoint back: participants are spawned, the global state is built."""
@@ -352,18 +327,8 @@ class Orchestrator:
     def _stop_reason(self, now: float) -> str | None:
         wall = time.perf_counter() - self.history.start
         reason = stop_reason(self.config, self.state, len(self.participants.alive()), now, wall)
-        return reason or (self._diverged() if self.divergence.stopping else None)
-
-    def _diverged(self) -> str:
-        """Why most updates came back non-finite, and what to change: on a regression
-        target in raw units (its std from the driver's test set), standardizing it."""
-        config = self.config
-        if config.task.kind != "regression" or config.standardizes_target:
-            return self.divergence.reason(None, "lower train.lr")
-        evaluator = getattr(self.global_model, "evaluator", None)  # only a shared model has one
-        std = float(evaluator.y.double().std(0).max()) if evaluator is not None and len(evaluator.y) > 1 else None
-        fix = "set preprocess.standardize_target" if config.preprocess else "add preprocess: {standardize: true}"
-        return self.divergence.reason(std, f"lower train.lr or {fix}")
+        return reason or (divergence_message(self.divergence, self.config, self.global_model)
+                          if self.divergence.stopping else None)
 
     def _wait_timeout(self, now: float) -> float | None:
         """Until the next moment something must happen even if nothing arrives."""
@@ -374,14 +339,8 @@ class Orchestrator:
         return max(0.0, min(moments) - now) if moments else None
 
     def clock(self) -> float:
-        """Seconds since the run started by the run's clock, wall or simulated (continued
-        across a resume)."""
+        """Seconds since the start by the run's clock, wall or simulated (kept across a resume)."""
         return self.run_clock.now()
-
-    # ------------------------------------------------------------------ set-up and results
-    def participant_specs(self) -> list[tuple[ParticipantSpec, Group]]:
-        """Each participant's spec and its group, in a fixed order (the partition order)."""
-        return participant_specs(self.config, self.run_id)
 
     def _release(self) -> None:
         self.participants.release(discard_state=self.config.checkpoint.every is None)
@@ -392,21 +351,3 @@ class Orchestrator:
     members = property(lambda self: self.participants.members, doc="The participants, by name.")
     version = property(lambda self: self.state.version if self.state else 0, doc="The global version.")
     params = property(lambda self: self.state.params, doc="The global parameter vector.")
-
-
-def connect_ray(config: RunConfig) -> bool:
-    """Join the cluster the config names, or start a local Ray with enough logical CPUs for
-    every participant process (a pool's workers, not its participants); returns whether
-    this call started Ray (and so must shut it down)."""
-    if ray.is_initialized():
-        return False
-    opts = config.ray
-    if opts.address is not None:
-        ray.init(address=opts.address, logging_level="WARNING")
-        return True
-    wanted = sum(g.resources.num_cpus * preflight.processes(g) for g in config.groups)
-    num_cpus = opts.num_cpus or max(os.cpu_count() or 1, math.ceil(wanted))
-    # address="local": never attach by accident to a cluster `ray start` left running
-    ray.init(address="local", num_cpus=num_cpus, num_gpus=opts.num_gpus,
-             include_dashboard=False, logging_level="WARNING")
-    return True

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from typing import Any
 
 import numpy as np
 
@@ -101,3 +102,14 @@ class Divergence:
         what = "its update became non-finite" if math.isfinite(loss) else f"loss became {'NaN' if math.isnan(loss) else 'inf'}"
         std = "" if target_std is None else f"; the target's std is {target_std:.4g}"
         return f"training diverged at participant {name} ({what} after {steps} steps){std}: {hint}"
+
+
+def divergence_message(divergence: Divergence, config: RunConfig, global_model: Any) -> str:
+    """Why most updates came back non-finite, and what to change: on a regression target
+    in raw units (its std from the driver's test set), standardizing it."""
+    if config.task.kind != "regression" or config.standardizes_target:
+        return divergence.reason(None, "lower train.lr")
+    evaluator = getattr(global_model, "evaluator", None)  # only a shared model has one
+    std = float(evaluator.y.double().std(0).max()) if evaluator is not None and len(evaluator.y) > 1 else None
+    fix = "set preprocess.standardize_target" if config.preprocess else "add preprocess: {standardize: true}"
+    return divergence.reason(std, f"lower train.lr or {fix}")

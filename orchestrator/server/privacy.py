@@ -27,6 +27,7 @@ import ray
 
 from actors.participant.secure_aggregation import MAX_SEALED, SEALED_METRIC, SECAGG_GROUP
 from orchestrator.config import Privacy, RunConfig
+from orchestrator.records.history import History
 from strategies.privacy import DPParams, PrivacyAccountant, gaussian_noise, noisy_mean
 from strategies.secure_aggregation import unmask_sum
 from strategies.types import Layout, Update
@@ -101,6 +102,27 @@ class PrivacyHooks:
         return self.secure and len({u.participant for u in batch}) < self.config.min_cohort
 
     # -- aggregation ----------------------------------------------------------------------
+    def waiting_for_cohort(self, buffer: Sequence[Update], more_can_arrive: bool) -> bool:
+        """Secure FedBuff holds a buffer of too few participants while more can still
+        arrive (a task in flight, or a participant back soon)."""
+        return more_can_arrive and self.cohort_too_small(buffer)
+
+    def combine_recorded(self, batch: list[Update], layout: Layout, members: dict[str, Any], history: History,
+                         version: int) -> tuple[list[Update], list[Update]] | None:
+        """What the strategy sees (the batch, or one private aggregate under secure
+        aggregation / DP) and the updates it counts; None when the cohort was aborted.
+        Both outcomes are history events."""
+        try:
+            seen, dropped = self.combine(batch, layout, members)
+        except SecureAggregationAbort as exc:
+            history.record("aggregation_aborted", version=version, detail=str(exc),
+                           num_examples=sum(u.num_examples for u in batch))
+            return None
+        for name in dropped:  # left the cohort after their update arrived
+            history.record("secagg_dropout", participant=name, group=members[name].group, version=version,
+                           detail="sent no masked update; left out of the sum")
+        return seen, [u for u in batch if u.participant not in dropped]
+
     def combine(self, batch: list[Update], layout: Layout, by_name: dict[str, Any]) -> tuple[list[Update], list[str]]:
         """The batch the strategy sees (unchanged, or one private aggregate update) and the
         cohort members that dropped out of secure aggregation (their masks were recovered)."""

@@ -45,8 +45,10 @@ def _rss(participant: Any) -> int:
 
 def measure(config: RunConfig, tasks: int = 3) -> pd.DataFrame:
     """One row per participant: where it ran, samples/s, task seconds, memory."""
+    from orchestrator.cluster.connect import connect_ray
     from orchestrator.cluster.placement import Placements, check_placement
-    from orchestrator.loop.run import Orchestrator, connect_ray
+    from orchestrator.cluster.specs import participant_specs
+    from orchestrator.loop.run import Orchestrator
 
     driver = Orchestrator(config)
     started_ray = connect_ray(config)
@@ -54,7 +56,7 @@ def measure(config: RunConfig, tasks: int = 3) -> pd.DataFrame:
     placements = Placements(config.groups)
     handles, specs = [], []
     try:
-        for spec, group in driver.participant_specs():
+        for spec, group in participant_specs(driver.config, driver.run_id):
             options = placements.actor_options(group, spec.index_in_group)
             handles.append(ray.remote(Participant).options(**options).remote(spec))
             specs.append((spec, group))
