@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 
@@ -19,11 +20,17 @@ def connect_ray(config: RunConfig) -> bool:
         return False
     opts = config.ray
     if opts.address is not None:
-        ray.init(address=opts.address, logging_level="WARNING")
+        ray.init(address=opts.address, logging_level="WARNING", log_to_driver=_forward_logs())
         return True
     wanted = sum(g.resources.num_cpus * preflight.processes(g) for g in config.groups)
     num_cpus = opts.num_cpus or max(os.cpu_count() or 1, math.ceil(wanted))
     # address="local": never attach by accident to a cluster `ray start` left running
     ray.init(address="local", num_cpus=num_cpus, num_gpus=opts.num_gpus,
-             include_dashboard=False, logging_level="WARNING")
+             include_dashboard=False, logging_level="WARNING", log_to_driver=_forward_logs())
     return True
+
+
+def _forward_logs() -> bool:
+    """Whether participants' own output reaches this terminal: not when fedray's notices are
+    off (``fedray run --quiet``), so a thousand failing participants print nothing here."""
+    return logging.getLogger("fedray").isEnabledFor(logging.INFO)

@@ -3,6 +3,7 @@ stop (release, discard private state), and what a checkpoint keeps of them."""
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -23,6 +24,9 @@ from orchestrator.records.history import History
 from orchestrator.records.progress import one_line_per_cause
 from orchestrator.server.preprocessing import PreprocessingError, fit_transform, scale_warning
 from orchestrator.server.privacy import PrivacyHooks, SecureAggregationAbort
+
+log = logging.getLogger("fedray")
+"""Notices for the person running fedray; ``fedray run --quiet`` turns them off."""
 
 START_TIMEOUT_S = 300.0
 """How long participants may take to start (import torch, load data) before we give up."""
@@ -67,7 +71,7 @@ class Lifecycle:
         self._describe()
         if self.config.preprocess is None and (warning := scale_warning([m.info for m in self.alive()])):
             self.history.record("warning", detail=warning)
-            print(f"fedray: warning: {warning}", flush=True)
+            log.warning("warning: %s", warning)
 
     def _fit(self) -> FittedTransform:
         """Federated preprocessing (``orchestrator/server/preprocessing.py``), from every site."""
@@ -122,7 +126,7 @@ class Lifecycle:
         for name, message in errors:
             self.history.record("failure", participant=name, detail=message)
         for line in one_line_per_cause(errors):
-            print(f"fedray: {line}", flush=True)
+            log.warning(line)
         if len(self.alive()) < self.config.schedule.min_participants:
             raise RunError("participants could not start:\n  " + "\n  ".join(one_line_per_cause(errors)))
 

@@ -16,6 +16,7 @@ actors; this file is the loop between them. Everything it decides is a history e
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 import uuid
@@ -93,7 +94,7 @@ class Orchestrator:
         try:
             plan = plan or preflight.on_ray(self.config)  # joined a running Ray: its resources decide
             if plan.config != self.config:  # chosen here; the CLI prints a choice it made itself
-                print(f"fedray: {plan.line}", flush=True)
+                logging.getLogger("fedray").info(plan.line)
             self.config = self.participants.config = plan.config
             self.history.record("hosting", detail=plan.line)
             self._start()

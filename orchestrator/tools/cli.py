@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 import time
 from importlib import resources
@@ -58,12 +59,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     plan = before_ray(config)  # hosting chosen (or the run refused) before Ray starts
     config = plan.config if plan else config
     hosting = plan.line if plan else "hosting: decided on joining Ray, from its resources"
-    print(f"fedray: running {config.name!r} with {config.num_participants} participants "
-          f"({config.strategy.name}, {config.schedule.mode}); results -> {out}; {hosting}", flush=True)
+    if not args.quiet:
+        print(f"fedray: running {config.name!r} with {config.num_participants} participants "
+              f"({config.strategy.name}, {config.schedule.mode}); results -> {out}; {hosting}", flush=True)
     progress = None if args.quiet else Progress(total=config.stop.max_aggregations)
+    _notices(quiet=args.quiet)
     Orchestrator(config, out_dir=out, progress=progress, resume=bool(resume)).run()
-    _print_summary(out)
+    if args.quiet:
+        print(f"results in {out}/")
+    else:
+        _print_summary(out)
     return 0
+
+
+def _notices(quiet: bool) -> None:
+    """fedray's notices (hosting chosen, participants that could not start, warnings) go to
+    stdout as ``fedray: ...`` lines; ``--quiet`` keeps errors only."""
+    log = logging.getLogger("fedray")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("fedray: %(message)s"))
+        log.addHandler(handler)
+        log.propagate = False
+    log.setLevel(logging.ERROR if quiet else logging.INFO)
 
 
 def partition_problem(config: RunConfig) -> str | None:
@@ -157,7 +175,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     run.add_argument("config", nargs="?", help="YAML run config")
     run.add_argument("--out", help="run directory (default: runs/NAME-TIMESTAMP)")
     run.add_argument("--address", help="join a running Ray cluster ('auto' or ray://host:10001)")
-    run.add_argument("--quiet", action="store_true", help="no progress lines")
+    run.add_argument("--quiet", action="store_true",
+                     help="print errors and where the results are, nothing else (no progress, notices or participant output)")
     run.add_argument("--resume", metavar="DIR",
                      help="continue the run in DIR from its latest checkpoint (config: DIR/config.yaml)")
     run.set_defaults(func=cmd_run)
