@@ -190,7 +190,6 @@ class Orchestrator:
             task_id=state.next_task_id, seed=self.participants.task_seed(member), local_steps=local_steps,
             run_start=self.run_start_epoch, seal=self.privacy.secure,
             simulated_at=self.clock() if simulated is not None else None, simulated_seconds=simulated,
-            transform=self.participants.transform,
             rollback_before=self.participants.rollback_before(member), expect_state=member.saved_task,
         )
         task = Task(member.name, state.next_task_id, state.version, self.schedule.round, self.clock())
