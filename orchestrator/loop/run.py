@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import ray
 
-from actors.data.load import DataError
+from actors.data.tables import DataError
 from actors.participant.private_state import SAVED_METRIC
 from orchestrator.cluster import preflight
 from orchestrator.cluster.connect import connect_ray
