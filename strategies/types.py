@@ -128,9 +128,6 @@ class Instructions:
     simulated_seconds: float | None = None
     """Under ``clock: simulated``: how long the task lasts, fixed by the driver's system
     model when it dispatched the task; the participant does not sleep."""
-    transform: Any = None
-    """The run's fitted preprocessing (``actors.spec.data.FittedTransform``), for a participant
-    that sets itself up with this task (a restarted actor); opaque to strategies."""
     rollback_before: int | None = None
     """Where a resume from the run's latest checkpoint would roll the participant's private
     state back to (its newest version saved before this task id), so it keeps the versions

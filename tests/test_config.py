@@ -286,3 +286,18 @@ def test_a_regression_target_is_standardized_with_the_features_unless_told(tmp_p
     if preprocess is not None:
         raw["preprocess"] = preprocess
     assert load_config(raw).standardizes_target is expected
+
+
+def test_model_and_strategy_are_one_named_options_pattern():
+    """A name plus that target's options beside it, checked against what it declares."""
+    from actors.spec.base import NamedOptions
+    from actors.spec.training import ModelSpec
+    from orchestrator.config.options import StrategyConfig
+
+    for named, options in ((ModelSpec(name="mlp", hidden=[4]), {"hidden": [4]}),
+                           (StrategyConfig(name="fedprox", mu=0.1), {"mu": 0.1})):
+        assert isinstance(named, NamedOptions) and named.options == options
+    with pytest.raises(ValueError, match=r"model 'mlp' has no option\(s\) \['hiden'\]"):
+        ModelSpec(name="mlp", hiden=[4])
+    with pytest.raises(ValueError, match=r"strategy 'fedprox' has no option\(s\) \['m'\]"):
+        StrategyConfig(name="fedprox", m=0.1)

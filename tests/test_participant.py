@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from actors.data.load import DataError
+from actors.data.tables import DataError
 from actors.participant.participant import Participant
 from actors.spec.data import DatasetSpec, FileData, PartitionData
 from actors.spec.participant import ParticipantSpec

@@ -8,7 +8,7 @@ import time
 import ray
 from conftest import digits_config
 
-from actors.data.load import DataError
+from actors.data.tables import DataError
 from orchestrator.cluster.members import RESTART_BACKOFF_S, Member, error_message
 from orchestrator.cluster.participants import Participants
 from orchestrator.config import load_config

@@ -104,3 +104,47 @@ def test_unplaceable_group_fails_fast_naming_group_and_resource(three_sites, gro
     assert "group clinic" in message
     assert named in message
     assert time.perf_counter() - started < 30  # a hang guard, not a speed claim
+
+
+# -- one answer to "can this group ever be placed on these nodes" (no Ray needed) ------
+
+NODES = [{"Alive": True, "Resources": {"CPU": 2.0, "site_a": 1.0}, "Labels": {"zone": "eu"}},
+         {"Alive": True, "Resources": {"CPU": 4.0, "GPU": 1.0, "memory": 8e9, "site_b": 1.0}},
+         {"Alive": False, "Resources": {"CPU": 64.0, "GPU": 8.0}}]
+
+
+@pytest.mark.parametrize(
+    "group_overrides, problem",
+    [
+        ({"resources": {"num_cpus": 8}}, "group clinic: no node in the Ray cluster offers CPU=8 (largest node has 4)"),
+        ({"resources": {"num_gpus": 2}}, "GPU=2 (largest node has 1)"),
+        ({"placement": {"node": "site_d"}}, "no node in the Ray cluster offers custom resource 'site_d'"),
+        ({"placement": {"node": "zone=us"}}, "no node has label zone=us"),
+        ({"placement": {"node": "site_a"}, "resources": {"num_cpus": 3}}, "offers all at once of CPU=3"),
+        ({"count": 3, "placement": {"placement_group": "STRICT_SPREAD"}}, "STRICT_SPREAD needs 3 nodes"),
+    ],
+)
+def test_one_function_says_why_a_group_can_never_be_placed(group_overrides, problem):
+    from orchestrator.cluster.fits import PlacementError, check_placement, placement_problem
+
+    group = load_config(_config(group_overrides)).groups[0]
+    assert problem in placement_problem(group, NODES)
+    with pytest.raises(PlacementError, match="group clinic"):
+        check_placement([group], NODES)
+
+
+def test_a_group_that_fits_some_node_has_no_problem_and_preflight_counts_the_same_resources():
+    from orchestrator.cluster.fits import placement_problem, process_resources
+    from orchestrator.cluster.preflight import need
+
+    group = load_config(_config({"placement": {"node": "site_b"}, "count": 2,
+                                 "resources": {"num_cpus": 2, "num_gpus": 0.5, "memory": 2**30}})).groups[0]
+    assert placement_problem(group, NODES) is None
+    assert process_resources(group) == {"CPU": 2.0, "GPU": 0.5, "memory": 2.0**30}
+    assert need(group, 2, footprint=0) == preflight_need(2, 4.0, 1.0, 2.0**31)
+
+
+def preflight_need(processes: int, cpus: float, gpus: float, memory: float):
+    from orchestrator.cluster.preflight import Need
+
+    return Need(processes, cpus, gpus, memory)

@@ -305,3 +305,21 @@ def test_a_missing_trace_file_is_named_before_ray_starts(monkeypatch):
     raw = yaml.safe_load((REPO / "examples" / "traces" / "traces.yaml").read_text())
     raw["groups"][0]["system"]["trace"]["path"] = "no/such/fleet.csv"
     assert missing_data_files(load_config(raw)) == ["group phone: device trace not found: no/such/fleet.csv"]
+
+
+def test_a_trace_file_is_read_by_the_one_table_reader(tmp_path):
+    """traces.read_table is actors.data.tables.read_frame with the trace's errors: the same
+    frame, a trace may have no rows, and an unreadable file is a TraceError naming it."""
+    from actors.data.tables import read_frame
+    from orchestrator.cluster.traces import read_table
+
+    fleet = tmp_path / "fleet.csv"
+    fleet.write_text("speed\n1.0\n2.0\n")
+    assert read_table(fleet, "group g: trace").equals(read_frame(fleet, "group g: trace"))
+    header_only = tmp_path / "none.csv"
+    header_only.write_text("speed\n")
+    assert read_table(header_only, "group g: trace").empty
+    broken = tmp_path / "broken.parquet"
+    broken.write_text("not parquet")
+    with pytest.raises(TraceError, match=r"group g: trace: cannot read .*broken.parquet"):
+        read_table(broken, "group g: trace")

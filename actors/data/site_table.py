@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 
 from actors.data import preprocess
-from actors.data.load import DataError, site_frame
-from actors.data.tables import feature_names, split_rows
+from actors.data.load import site_frame
+from actors.data.tables import DataError, feature_names, split_rows
 from actors.spec.participant import ParticipantSpec
 
 

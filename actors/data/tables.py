@@ -62,20 +62,21 @@ def integral(values: pd.Series) -> bool:
     return bool(np.isfinite(array).all() and (array == np.round(array)).all())
 
 
-def read_frame(path: Path, who: str) -> pd.DataFrame:
-    """A CSV/Parquet table with at least one row, or a :class:`DataError` naming whose
-    file it is (``who``: "participant site-3", "evaluation") and what is wrong with it."""
+def read_frame(path: Path, who: str, what: str = "data file", empty_ok: bool = False) -> pd.DataFrame:
+    """The one reader of a CSV/Parquet file: its table (with at least one row unless
+    ``empty_ok``), or a :class:`DataError` naming whose file it is (``who``: "participant
+    site-3", "evaluation", a group's trace; ``what``: the kind of file) and what is wrong."""
     import pandas as pd  # only table data pays for it
 
     if not path.exists():
-        raise DataError(f"{who}: data file not found: {path}")
+        raise DataError(f"{who}: {what} not found: {path}")
     try:
         frame = pd.read_parquet(path) if path.suffix in (".parquet", ".pq") else pd.read_csv(path)
     except pd.errors.EmptyDataError:
         raise DataError(f"{who}: {path} is empty (no header, no rows)") from None
     except Exception as exc:  # noqa: BLE001 - any reader failure is the user's file
         raise DataError(f"{who}: cannot read {path}: {exc}") from None
-    if frame.empty:
+    if frame.empty and not empty_ok:
         raise DataError(f"{who}: {path} has no rows")
     return frame
 
@@ -166,6 +167,7 @@ def class_labels(y: np.ndarray, num_classes: int | None, where: str) -> np.ndarr
 
 def read_table(path: Path, columns: TableColumns, who: str, task: TaskSpec, num_classes: int | None,
                transform: FittedTransform | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """A whole table as features and targets (the driver's evaluation table)."""
+    """A whole table file as features and targets (the driver's evaluation table):
+    :func:`read_frame`, then :func:`table_arrays`."""
     x, y, _, _ = table_arrays(read_frame(path, who), columns, task, num_classes, transform, f"{who}: {path}")
     return x, y

@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from actors.data.load import DataError, LocalData, load_participant_data
+from actors.data.load import LocalData, load_participant_data
 from actors.data.site_table import SiteTable
+from actors.data.tables import DataError
 from actors.participant import private_state
 from actors.participant.attacks import apply_attack
 from actors.participant.cohort import TRAINED_TOGETHER
@@ -50,6 +51,12 @@ def pick_device() -> torch.device:
     if ray.is_initialized() and not ray.get_gpu_ids():
         return torch.device("cpu")
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+class TransformMissing(DataError):
+    """The run preprocesses its tables and this participant set up without the fitted
+    transform: a restarted actor runs its constructor's spec again, from before the fit.
+    The driver sends it once more (:meth:`Participant.adopt`) and the task is retried."""
 
 
 class GPUMemoryExceeded(RuntimeError):
@@ -102,8 +109,8 @@ class Participant:
             return
         spec = self.spec
         if spec.preprocess is not None and spec.transform is None:
-            raise DataError(f"participant {spec.name}: the run preprocesses its table, and the fitted "
-                            "transform has not reached this participant")
+            raise TransformMissing(f"participant {spec.name}: the run preprocesses its table, and the fitted "
+                                   "transform has not reached this participant")
         torch.set_num_threads(max(1, spec.num_threads))
         torch.manual_seed(spec.seed)
         random.seed(spec.seed)
@@ -166,16 +173,16 @@ class Participant:
         return self.local.layout
 
     # -- introspection -------------------------------------------------------------
-    def adopt(self, transform: FittedTransform | None) -> None:
-        """Take the run's fitted preprocessing before setting up (the driver fits it from
-        every site's statistics after the participants start, so it cannot be in the spec
-        they started with; a restarted actor gets it again with its next task)."""
-        if transform is not None and self.spec.transform is None and not self._set_up:
+    def adopt(self, transform: FittedTransform) -> None:
+        """Take the run's fitted preprocessing into the spec, before setting up: the one way
+        it reaches a participant that started without it (the driver fits it from every
+        site's statistics after the participants start; it sends it once then, and once
+        more to an actor Ray restarted from its first spec, see :class:`TransformMissing`)."""
+        if self.spec.transform is None and not self._set_up:
             self.spec = self.spec.model_copy(update={"transform": transform})
 
-    def describe(self, transform: FittedTransform | None = None) -> dict[str, Any]:
+    def describe(self) -> dict[str, Any]:
         """Facts the driver records once: sizes, shapes, where the actor runs."""
-        self.adopt(transform)
         self._ensure_set_up()
         info: dict[str, Any] = {
             "name": self.spec.name,
@@ -224,7 +231,6 @@ class Participant:
     # -- work ----------------------------------------------------------------------
     def train(self, state: GlobalState, instructions: Instructions) -> Update:
         """Run the strategy's client half on the global state; return its update."""
-        self.adopt(instructions.transform)
         self._ensure_set_up()
         started = time.perf_counter()
         if instructions.simulated_at is not None:

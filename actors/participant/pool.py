@@ -33,7 +33,6 @@ from typing import Any
 import numpy as np
 import ray
 
-from actors.data.load import DataError
 from actors.participant import private_state
 from actors.participant.cohort import POLL_S, Cohort, TaskAbandoned
 from actors.participant.participant import Participant
@@ -114,6 +113,8 @@ class PoolWorker:
             participant = self._served.pop(spec.name, None)
             if participant is None:
                 participant = Participant(spec)
+            elif spec.transform is not None:  # served for its statistics before the fit
+                participant.adopt(spec.transform)
             self._served[spec.name] = participant
         self._trim(spec.name)
         return participant
@@ -149,21 +150,7 @@ class PoolWorker:
         """Set up and describe; the run's fitted preprocessing, if any, is in the spec (a
         participant first served for its statistics started without it)."""
         with self._baton:  # in turn with the tasks: setting up seeds torch's global generator
-            return self._serve(spec, "describe", spec.transform)
-
-    def describe_all(self, specs: list[ParticipantSpec]) -> list[dict[str, Any] | DataError]:
-        """Describe every participant this worker serves in one call (start-up costs one
-        round trip per worker, not per participant); a participant whose data cannot be
-        used comes back as its ``DataError``, the others still start."""
-        out: list[dict[str, Any] | DataError] = []
-        for spec in specs:
-            try:
-                out.append(self.describe(spec))
-            except DataError as exc:
-                with self._lock:
-                    self._served.pop(spec.name, None)
-                out.append(exc)
-        return out
+            return self._serve(spec, "describe")
 
     def initial_parameters(self, spec: ParticipantSpec) -> np.ndarray:
         with self._baton:
@@ -175,7 +162,6 @@ class PoolWorker:
         members train together where they batch (:mod:`actors.participant.cohort`)."""
         together = self._join(cohort)
         with together.member(), self._running(spec) as p, together.baton:
-            p.adopt(instructions.transform)
             local = p.local  # set up under the baton: setting up seeds torch's global generator
             local.trainer, p.idle, p.pause = together.trainer(), together.away, _pause
             try:

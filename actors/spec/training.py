@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from actors.spec.base import Strict
+from actors.spec.base import NamedOptions, Strict
 
 METRICS: dict[str, dict[str, bool]] = {
     "classification": {"accuracy": True, "macro_f1": True, "auroc": True, "loss": False},
@@ -74,14 +74,12 @@ BUILTIN_MODEL_OPTIONS: dict[str, frozenset[str]] = {
 config does not import torch (seconds); a test keeps it equal to the factories' signatures."""
 
 
-class ModelSpec(BaseModel):
+class ModelSpec(NamedOptions):
     """``name`` plus the factory's own keyword options, checked against its signature."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
     name: str = "mlp"
 
-    @model_validator(mode="after")
-    def _known(self) -> ModelSpec:
+    def check_options(self) -> None:
         if self.name in BUILTIN_MODEL_OPTIONS:
             allowed: set[str] | None = set(BUILTIN_MODEL_OPTIONS[self.name])
         elif ":" in self.name:  # a user's factory: importing it is the only way to see it
@@ -102,11 +100,6 @@ class ModelSpec(BaseModel):
         dropout = self.options.get("dropout", 0.0) if self.name == "mlp" else 0.0
         if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0 <= dropout < 1:
             raise ValueError(f"model 'mlp' option dropout must be a number in [0, 1), got {dropout!r}")
-        return self
-
-    @property
-    def options(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
 
 
 class DPSGD(Strict):

@@ -9,14 +9,16 @@ from typing import Any
 
 import ray
 
-from actors.data.load import DataError, partition_problem
+from actors.data.load import partition_problem
+from actors.data.tables import DataError
 from actors.participant.participant import Participant
 from actors.participant.pool import PoolWorker, task_threads
 from actors.participant.private_state import PrivateStateError, Rollback
 from actors.spec.data import FileData, FittedTransform
 from actors.spec.participant import ParticipantSpec
+from orchestrator.cluster.fits import PlacementError, check_placement
 from orchestrator.cluster.members import Member, RunError, error_message
-from orchestrator.cluster.placement import PlacementError, Placements, check_placement
+from orchestrator.cluster.placement import Placements
 from orchestrator.config import Group, RunConfig
 from orchestrator.loop.clock import Clock
 from orchestrator.loop.schedules import Task
@@ -60,18 +62,30 @@ class Lifecycle:
     # -- start and stop ----------------------------------------------------------------
     def spawn(self, specs: list[tuple[ParticipantSpec, Group]], transform: FittedTransform | None = None) -> None:
         """Start every participant; each loads its own data, preprocessed with the run's
-        transform when it has one (``transform``: fitted before, on resume; else fitted
-        here from the sites' statistics). Raises :class:`RunError` when fewer than
+        transform when it has one (``transform``: fitted before, on resume, so it is in the
+        specs the actors start from; else fitted here from the sites' statistics and sent
+        once to each, see :meth:`send_transform`). Raises :class:`RunError` when fewer than
         ``min_participants`` could start, naming each one that did not."""
+        if transform is not None:
+            specs = [(spec.model_copy(update={"transform": transform}), group) for spec, group in specs]
         self._create(specs)
         if self.config.preprocess is not None:
             self.transform = transform or self._fit()
             for member in self.members.values():
-                member.spec = member.spec.model_copy(update={"transform": self.transform})
+                self.send_transform(member)
         self._describe()
         if self.config.preprocess is None and (warning := scale_warning([m.info for m in self.alive()])):
             self.history.record("warning", detail=warning)
             log.warning("warning: %s", warning)
+
+    def send_transform(self, member: Member) -> None:
+        """The fitted transform goes into the participant's spec: the driver's copy, which
+        a pool worker gets with every call, and a dedicated actor's own (its calls run in
+        order, so its next task sets up with it). After the fit, and again when an actor
+        Ray restarted from its first spec says it lacks it."""
+        member.spec = member.spec.model_copy(update={"transform": self.transform})
+        if not member.pooled:
+            member.call("adopt", self.transform)
 
     def _fit(self) -> FittedTransform:
         """Federated preprocessing (``orchestrator/server/preprocessing.py``), from every site."""
@@ -90,11 +104,10 @@ class Lifecycle:
 
     def _create(self, specs: list[tuple[ParticipantSpec, Group]]) -> None:
         """The actors (or pool workers) for every participant; nothing set up yet."""
-        self._check_feasible()
         problem = partition_problem(self.config.dataset, specs[0][0].num_partitions) if specs else None
         if problem:
             raise RunError(problem)
-        try:  # placement per group: fail fast, naming the group, if it cannot fit
+        try:  # fail fast, naming the group, if it can never be placed
             check_placement(self.config.groups, ray.nodes())
             self.placements = Placements(self.config.groups)
         except PlacementError as exc:
@@ -111,18 +124,9 @@ class Lifecycle:
                                              pooled=group.name in pools)
 
     def _describe(self) -> None:
-        """Each participant sets itself up and describes itself; a pool worker describes
-        all it serves in one call."""
-        pending: dict[ray.ObjectRef, list[Member]] = {}
-        served: dict[Any, list[Member]] = {}  # pool worker -> its participants
-        for member in self.members.values():
-            if member.pooled:
-                served.setdefault(member.handle, []).append(member)
-            else:
-                pending[member.call("describe", self.transform)] = [member]
-        for worker, members in served.items():  # one call per worker, however many it serves
-            pending[worker.describe_all.remote([m.spec for m in members])] = members
-        errors = self._await_start(pending)
+        """Each participant sets itself up and describes itself, one call each (a pool
+        worker's run on its threads)."""
+        errors = self._await_start({member.call("describe"): member for member in self.members.values()})
         for name, message in errors:
             self.history.record("failure", participant=name, detail=message)
         for line in one_line_per_cause(errors):
@@ -141,7 +145,7 @@ class Lifecycle:
             workers.append(self.privacy.actor_class(PoolWorker).options(**options).remote(group.cache_size, group.cache_mb))
         return workers
 
-    def _await_start(self, pending: dict[ray.ObjectRef, list[Member]]) -> list[tuple[str, str]]:
+    def _await_start(self, pending: dict[ray.ObjectRef, Member]) -> list[tuple[str, str]]:
         """Each participant's description, or why it could not start (a bad data path
         comes back as its own ``DataError``, naming it and the path)."""
         deadline = time.perf_counter() + START_TIMEOUT_S
@@ -149,43 +153,20 @@ class Lifecycle:
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, deadline - time.perf_counter()))
             if not ready:
-                for member in (m for members in pending.values() for m in members):
+                for member in pending.values():
                     member.lost = True
                     errors.append((member.name, f"participant {member.name}: did not start within {START_TIMEOUT_S:.0f}s"))
                 break
-            members = pending.pop(ready[0])
+            member = pending.pop(ready[0])
             try:
-                got = ray.get(ready[0])
-                outcomes = got if members[0].pooled else [got]
+                member.info = ray.get(ready[0])
             except DataError as exc:
-                outcomes = [exc.cause if isinstance(exc, ray.exceptions.RayTaskError) else exc]
+                member.lost = True
+                errors.append((member.name, str(exc.cause if isinstance(exc, ray.exceptions.RayTaskError) else exc)))
             except ray.exceptions.RayError as exc:  # incl. OutOfMemoryError (not a RayTaskError)
-                message = error_message(exc)
-                outcomes = [RuntimeError(f"participant {m.name}: could not start: {message}") for m in members]
-            for member, outcome in zip(members, outcomes, strict=True):
-                if isinstance(outcome, Exception):
-                    member.lost = True
-                    errors.append((member.name, str(outcome)))
-                else:
-                    member.info = outcome
+                member.lost = True
+                errors.append((member.name, f"participant {member.name}: could not start: {error_message(exc)}"))
         return errors
-
-    def _check_feasible(self) -> None:
-        """Fail fast, naming the group, when no node could ever host its participants."""
-        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-        for group in self.config.groups:
-            res = group.resources
-            need = {"CPU": res.num_cpus, "GPU": res.num_gpus, **res.resources}
-            if res.memory:
-                need["memory"] = res.memory
-            need = {k: v for k, v in need.items() if v}
-            if not any(all(node.get(k, 0) >= v for k, v in need.items()) for node in nodes):
-                have = {k: max((n.get(k, 0) for n in nodes), default=0) for k in need}
-                short = [k for k, v in need.items() if have[k] < v]
-                raise RunError(
-                    f"group {group.name}: no node in the Ray cluster offers "
-                    + ", ".join(f"{k}={need[k]:g} (largest node has {have[k]:g})" for k in short)
-                )
 
     def release(self, discard_state: bool = False) -> None:
         """Stop every actor; with ``discard_state`` (a run that cannot be resumed) each

@@ -111,6 +111,6 @@ def error_message(exc: BaseException) -> str:
     if isinstance(exc, ray.exceptions.RayTaskError) and cause is not None:
         return f"{type(cause).__name__}: {cause}".splitlines()[0]
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    if not isinstance(exc, ray.exceptions.RayError):  # a participant's own error, returned as a value
+    if not isinstance(exc, ray.exceptions.RayError):  # one the driver makes (a pool task's timeout)
         return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
     return lines[0] if lines else type(exc).__name__

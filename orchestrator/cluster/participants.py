@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 import ray
 
+from actors.participant.participant import TransformMissing
 from actors.participant.pool import TASK_THREADS_MAX
 from actors.participant.system import SimulatedDropout, Unavailable, simulated_duration
 from actors.training.local_dp import PrivacyBudgetSpent
@@ -118,6 +119,9 @@ class Participants(Lifecycle):
         except Unavailable as exc:
             member.retry_at = exc.retry_at
             self.history.record("unavailable", **where, detail=error_message(exc))
+        except TransformMissing as exc:  # Ray restarted its actor from its first spec: send it again
+            self.send_transform(member)
+            self.history.record("unavailable", **where, detail=error_message(exc) + "; the driver sent it again")
         except PrivacyBudgetSpent as exc:  # the silo's choice, not a failure: it leaves for good
             member.lost = True
             self.history.record("participant_lost", **where, detail=error_message(exc))

@@ -11,7 +11,8 @@ Everything here is Ray's own scheduling machinery, chosen per group:
 - ``{placement_group: STRICT_SPREAD}``: a placement group with that strategy.
 
 A group that can never be placed fails before any actor is created, with a message
-naming the group and what is missing, instead of hanging in Ray's pending queue.
+naming the group and what is missing, instead of hanging in Ray's pending queue
+(:func:`orchestrator.cluster.fits.check_placement`).
 """
 
 from __future__ import annotations
@@ -23,64 +24,8 @@ import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from orchestrator.cluster.fits import NODE_SHARE, PlacementError, bundle, node_label
 from orchestrator.config import Group, NodePlacement, PlacementGroupOption
-
-NODE_SHARE = 0.001
-"""How much of a node's custom resource one pinned participant claims: enough to
-require the resource, small enough that any number of participants fit."""
-
-
-class PlacementError(RuntimeError):
-    """A group cannot be placed on this cluster; the message names group and resource."""
-
-
-def bundle(group: Group) -> dict[str, float]:
-    """The resources one participant of ``group`` needs, as a placement-group bundle."""
-    res = group.resources
-    out = {"CPU": res.num_cpus, "GPU": res.num_gpus, **res.resources}
-    if res.memory:
-        out["memory"] = float(res.memory)
-    if isinstance(group.placement, NodePlacement) and "=" not in group.placement.node:
-        out[group.placement.node] = NODE_SHARE
-    return {k: float(v) for k, v in out.items() if v}
-
-
-def _label(node: str) -> tuple[str, str] | None:
-    if "=" not in node:
-        return None
-    key, value = node.split("=", 1)
-    return key.strip(), value.strip()
-
-
-def check_placement(groups: list[Group], nodes: list[dict[str, Any]]) -> None:
-    """Raise :class:`PlacementError` if some group can never be placed on ``nodes``.
-
-    ``nodes`` is ``ray.nodes()``; only alive nodes count.
-    """
-    alive = [n for n in nodes if n.get("Alive")]
-    for group in groups:
-        placement = group.placement
-        if isinstance(placement, NodePlacement):
-            label = _label(placement.node)
-            if label is None and not any(n["Resources"].get(placement.node, 0) > 0 for n in alive):
-                raise PlacementError(
-                    f"group {group.name}: placement node {placement.node!r}: no node in the Ray "
-                    f"cluster offers custom resource {placement.node!r} (start the node with "
-                    f"--resources '{{\"{placement.node}\": 1}}')"
-                )
-            if label is not None and not any(n.get("Labels", {}).get(label[0]) == label[1] for n in alive):
-                raise PlacementError(
-                    f"group {group.name}: placement node {placement.node!r}: no node has label "
-                    f"{label[0]}={label[1]}"
-                )
-        need = bundle(group)
-        fits = [n for n in alive if all(n["Resources"].get(k, 0) >= v for k, v in need.items())]
-        strict = isinstance(placement, PlacementGroupOption) and placement.placement_group == "STRICT_SPREAD"
-        if strict and len(fits) < group.count:
-            raise PlacementError(
-                f"group {group.name}: STRICT_SPREAD needs {group.count} nodes each offering "
-                f"{need}, the cluster has {len(fits)}"
-            )
 
 
 class Placements:
@@ -133,7 +78,7 @@ class Placements:
         elif placement == "spread":
             options["scheduling_strategy"] = "SPREAD"
         if isinstance(placement, NodePlacement):
-            label = _label(placement.node)
+            label = node_label(placement.node)
             if label is None:
                 resources[placement.node] = resources.get(placement.node, 0) + NODE_SHARE
             else:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+from orchestrator.cluster.fits import process_resources
 from orchestrator.config import ConfigError, Group, PlacementGroupOption, RunConfig
 
 ACTOR_FOOTPRINT_BYTES = 270 * 2**20
@@ -90,9 +91,11 @@ def processes(group: Group) -> int:
 
 def need(group: Group, count: int, footprint: float = ACTOR_FOOTPRINT_BYTES) -> Need:
     """What ``count`` processes of ``group`` ask for: the group's resources each, and the
-    footprint of memory each (or the reserved ``resources.memory``, if larger)."""
-    res = group.resources
-    return Need(count, res.num_cpus * count, res.num_gpus * count, max(footprint, res.memory or 0) * count)
+    footprint of memory each (or the reserved ``resources.memory``, if larger); per process,
+    what :func:`orchestrator.cluster.fits.placement_problem` checks against each node."""
+    each = process_resources(group)
+    return Need(count, each.get("CPU", 0.0) * count, each.get("GPU", 0.0) * count,
+                max(footprint, each.get("memory", 0.0)) * count)
 
 
 def shortfall(need: Need, capacity: Capacity, soft: bool = True) -> str | None:

@@ -63,6 +63,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from actors.data.tables import DataError, read_frame
 from actors.spec.system import SystemSpec, TraceSpec, Windows
 
 FLEET_COLUMNS = ("participant", "speed", "bandwidth_mbps", "period_s", "source")
@@ -124,14 +125,12 @@ def load_tables(trace: TraceSpec, count: int, group: str) -> tuple[pd.DataFrame,
 
 
 def read_table(path: str | Path, where: str) -> pd.DataFrame:
-    """A CSV or Parquet table; a missing or unreadable file is a :class:`TraceError`."""
-    file = Path(path)
-    if not file.is_file():
-        raise TraceError(f"{where}: file not found: {file}")
+    """A trace's CSV or Parquet file, read by :func:`actors.data.tables.read_frame` (the
+    one reader of table files; a trace may have no rows); its errors are :class:`TraceError`."""
     try:
-        return pd.read_parquet(file) if file.suffix in (".parquet", ".pq") else pd.read_csv(file)
-    except (ValueError, OSError) as exc:  # pandas' and pyarrow's parse errors are ValueErrors
-        raise TraceError(f"{where}: cannot read {file}: {exc}") from None
+        return read_frame(Path(path), where, what="file", empty_ok=True)
+    except DataError as exc:
+        raise TraceError(str(exc)) from None
 
 
 def check_columns(frame: pd.DataFrame, allowed: Sequence[str], required: Sequence[str], where: str) -> None:

@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from pydantic import Field, ValidationError, model_validator
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
-from actors.spec.base import Strict
+from actors.spec.base import NamedOptions, Strict
 from orchestrator.config.errors import flatten_errors
 from strategies import Strategy, build_strategy, get_strategy_class
 
 
-class StrategyConfig(BaseModel):
+class StrategyConfig(NamedOptions):
     """``name`` plus that strategy's hyperparameters, checked against its ``Params``."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
     name: str = "fedavg"
 
-    @model_validator(mode="after")
-    def _known(self) -> StrategyConfig:
+    def check_options(self) -> None:
         try:
             build_strategy(self.name, self.options)
         except KeyError as exc:
@@ -27,12 +23,6 @@ class StrategyConfig(BaseModel):
             raise ValueError(
                 flatten_errors(exc, prefix=f"strategy {self.name!r} option ").strip()
             ) from None
-        return self
-
-    @property
-    def options(self) -> dict[str, Any]:
-        """The strategy's hyperparameters as written (its ``Params`` fields)."""
-        return dict(self.model_extra or {})
 
     @property
     def cls(self) -> type[Strategy]:

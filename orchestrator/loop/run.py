@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import ray
 
-from actors.data.load import DataError
+from actors.data.tables import DataError
 from actors.participant.private_state import SAVED_METRIC
 from orchestrator.cluster import preflight
 from orchestrator.cluster.connect import connect_ray
@@ -191,7 +191,6 @@ class Orchestrator:
             task_id=state.next_task_id, seed=self.participants.task_seed(member), local_steps=local_steps,
             run_start=self.run_start_epoch, seal=self.privacy.secure,
             simulated_at=self.clock() if simulated is not None else None, simulated_seconds=simulated,
-            transform=self.participants.transform,
             rollback_before=self.participants.rollback_before(member), expect_state=member.saved_task,
         )
         task = Task(member.name, state.next_task_id, state.version, self.schedule.round, self.clock())

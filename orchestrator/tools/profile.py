@@ -46,7 +46,8 @@ def _rss(participant: Any) -> int:
 def measure(config: RunConfig, tasks: int = 3) -> pd.DataFrame:
     """One row per participant: where it ran, samples/s, task seconds, memory."""
     from orchestrator.cluster.connect import connect_ray
-    from orchestrator.cluster.placement import Placements, check_placement
+    from orchestrator.cluster.fits import check_placement
+    from orchestrator.cluster.placement import Placements
     from orchestrator.cluster.specs import participant_specs
     from orchestrator.loop.run import Orchestrator
 
