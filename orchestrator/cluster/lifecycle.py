@@ -117,7 +117,7 @@ class Lifecycle:
             else:
                 pending[member.call("describe", self.transform)] = [member]
         for worker, members in served.items():  # one call per worker, however many it serves
-            pending[worker.describe_all.remote([m.spec for m in members])] = members
+            pending[worker.describe_all.remote([m.address() for m in members])] = members
         errors = self._await_start(pending)
         for name, message in errors:
             self.history.record("failure", participant=name, detail=message)
