@@ -142,7 +142,8 @@ class WaitForRestart:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:  # calls fail at once until the new process is up
             try:
-                ray.get(self.orch.members["site-0"].call("describe"), timeout=120)
+                site = self.orch.members["site-0"]
+                ray.get(site.handle.describe.remote(site.spec), timeout=120)  # the spec: a probe the driver does not see
                 break
             except ray.exceptions.RayActorError:
                 time.sleep(0.2)
