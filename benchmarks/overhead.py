@@ -92,7 +92,8 @@ def run_hand_written(config: RunConfig) -> tuple[float, float, float]:
         worker = ray.remote(PoolWorker).options(num_cpus=group.resources.num_cpus)
         workers = [worker.remote() for _ in range(POOL_WORKERS)]
         actors = [workers[i % POOL_WORKERS] for i in range(len(specs))]
-        extra = [(spec,) for spec in specs]  # a pool worker is told whom it serves
+        ray.get([a.register.remote([s]) for a, s in zip(actors, specs, strict=True)])  # once; then names
+        extra = [(spec.name,) for spec in specs]  # a pool worker is told whom it serves
     else:
         actor = ray.remote(Participant).options(num_cpus=group.resources.num_cpus)
         actors = [actor.remote(spec) for spec in specs]
@@ -122,7 +123,7 @@ def run_hand_written(config: RunConfig) -> tuple[float, float, float]:
         refs = []
         for index, handle in enumerate(actors):
             seed = task_seed(config.seed, index, version)  # the run loop's per-task seeds
-            refs.append(handle.train.remote(state, Instructions(task_id, seed), *extra[index]))
+            refs.append(handle.train.remote(*extra[index], state, Instructions(task_id, seed)))
             task_id += 1
         updates = ray.get(refs)
         counts = np.array([u.num_examples for u in updates], np.float64)

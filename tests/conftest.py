@@ -78,3 +78,23 @@ def run_while(orch, act: Callable[[], bool], every: float = 0.02):
     finally:
         done.set()
         thread.join()
+
+
+def train_together(worker, state, instructions: list, specs: list) -> list:
+    """Tasks sent to a PoolWorker as one cohort, each its own call in its own thread, as Ray runs them;
+    each task's update or exception, in order."""
+    results: list = [None] * len(specs)
+    cohort = (instructions[0].task_id, len(specs))
+
+    def task(i: int) -> None:
+        try:
+            results[i] = worker.train(specs[i], state, instructions[i], cohort)
+        except Exception as exc:  # noqa: BLE001 - that task's outcome
+            results[i] = exc
+
+    threads = [threading.Thread(target=task, args=(i,)) for i in range(len(specs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results

@@ -14,6 +14,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 import torch
+from conftest import train_together
 
 from actors.participant.cohort import TRAINED_TOGETHER
 from actors.participant.participant import Participant
@@ -75,9 +76,9 @@ class Pooled:
         self.rounds += 1
         order = list(range(len(specs)))[:: 1 if self.rounds % 2 else -1]
         if self.batched:  # the task threads of actors/participant/cohort.py
-            got = self.worker.train_batch(state, [instructions[i] for i in order], [specs[i] for i in order])
+            got = train_together(self.worker, state, [instructions[i] for i in order], [specs[i] for i in order])
         else:
-            got = [self.worker.train(state, instructions[i], specs[i]) for i in order]
+            got = [self.worker.train(specs[i], state, instructions[i]) for i in order]
         for g in got:
             if isinstance(g, Exception):
                 raise g

@@ -179,6 +179,26 @@ def _fails(raw: dict, error: type[Exception] = RunError) -> str:
     return str(info.value)
 
 
+def _sites_say(raw: dict) -> str:
+    """What the sites say when they set up, in this process (one PoolWorker serves them
+    all, as in ``_both_must_start``): each one's own ``DataError`` line, which a run's
+    start error lists under "participants could not start:" (shown end to end on Ray by
+    test_a_text_column_without_a_rule_is_named)."""
+    from actors.data.tables import DataError
+    from actors.participant.pool import PoolWorker
+    from orchestrator.cluster.specs import participant_specs
+
+    config = load_config(raw)
+    assert config.preprocess is None  # with preprocess the driver's fit asks first: a Ray run
+    worker, said = PoolWorker(), []
+    for spec, _ in participant_specs(config, "test"):
+        try:
+            worker.describe(spec)
+        except DataError as exc:
+            said.append(str(exc))
+    return "\n".join(said)
+
+
 def _both_must_start(tmp_path: Path, **overrides) -> dict:
     """Two sites served by one pool worker (one process to start: these runs end before
     training); each message must still name its own participant."""
@@ -199,12 +219,12 @@ def test_a_text_column_without_a_rule_is_named(ray_session, tmp_path):
     assert "hospital-0" not in message
 
 
-def test_a_label_outside_num_classes_is_named(ray_session, tmp_path):
+def test_a_label_outside_num_classes_is_named(tmp_path):
     sites = _two_sites(tmp_path)
     frame = pd.read_csv(sites[0])
     frame.loc[7, "outcome"] = 2
     frame.to_csv(sites[0], index=False)
-    message = _fails(_both_must_start(tmp_path))
+    message = _sites_say(_both_must_start(tmp_path))
     assert (f"participant hospital-0: {sites[0]}: label 2 is outside 0..1 (num_classes=2); "
             "labels span 0..2") in message
 
@@ -215,7 +235,10 @@ def test_missing_values_without_imputation_are_named(ray_session, tmp_path, prep
     frame = pd.read_csv(sites[1])
     frame.loc[[3, 5, 8], "ph"] = np.nan
     frame.to_csv(sites[1], index=False)
-    message = _fails(_both_must_start(tmp_path, **({"preprocess": preprocess} if preprocess else {})))
+    if preprocess is None:
+        message = _sites_say(_both_must_start(tmp_path))
+    else:
+        message = _fails(_both_must_start(tmp_path, preprocess=preprocess))
     if preprocess is None:
         expected = "column 'ph' has 3 missing or infinite values; set preprocess: {impute: mean}"
     else:
@@ -230,10 +253,12 @@ def test_missing_values_without_imputation_are_named(ray_session, tmp_path, prep
 def test_an_empty_or_header_only_file_is_named(ray_session, tmp_path, content, preprocess, expected):
     sites = _two_sites(tmp_path)
     sites[1].write_text(content)
-    message = _fails(_both_must_start(tmp_path, **({"preprocess": preprocess} if preprocess else {})))
+    if preprocess is None:
+        message = _sites_say(_both_must_start(tmp_path))
+    else:  # under preprocess the sites' schema is the first thing asked for: it fails there
+        message = _fails(_both_must_start(tmp_path, preprocess=preprocess))
+        assert message.startswith("preprocessing: ")
     assert f"participant hospital-1: {sites[1]} {expected}" in message
-    # under preprocess the sites' schema is the first thing asked for: it fails there
-    assert message.startswith("preprocessing: " if preprocess else "participants could not start:")
 
 
 def test_columns_differing_between_sites_under_preprocess_name_both_sites(ray_session, tmp_path):
@@ -363,10 +388,9 @@ def test_a_text_regression_target_is_named(ray_session, tmp_path, preprocess):
     raw["groups"][0] |= {"count": 2, "hosting": "pool", "workers": 1}
     if preprocess is None:
         raw.pop("preprocess")
-    message = _fails(raw)
+    message = _sites_say(raw) if preprocess is None else _fails(raw)
     sample = pd.read_csv(bad).flow.iloc[:3].tolist()  # the values it found are shown
     if preprocess is None:  # read when the site sets up
-        assert message.startswith("participants could not start:")
         assert f"participant city-1: {bad}: regression target 'flow' is not numeric (values such as {sample})" in message
     else:  # summed with the features for its scaling: fails in the statistics rounds
         assert message == f"preprocessing: participant city-1: {bad}: column 'flow' is not numeric (values such as {sample})"

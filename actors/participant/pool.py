@@ -9,7 +9,11 @@ simulator random state, DP-SGD budget) in its own state directory after every ta
 participant evicted from the cache, or served after the worker restarted, goes on from
 where it was. The driver never reads that state; it only names the participant.
 
-The methods mirror the Participant's, with the participant's spec as the last argument.
+The driver registers each participant with its worker once (:meth:`PoolWorker.register`,
+or a spec in place of the name in any call) and then names it: the methods mirror the
+Participant's, with the participant's name as the first argument. A worker Ray restarted
+has lost its registrations and answers a call naming one with :class:`NotRegistered`; the
+driver then sends the spec again with that participant's next call.
 
 Each task is its own call, run in its own thread (the actor's ``max_concurrency`` is
 :func:`task_threads`), so each result goes back the moment its task ends: under the wall
@@ -63,6 +67,15 @@ def task_threads(served: int) -> int:
     return min(served, TASK_THREADS_MAX) + SPARE_THREADS
 
 
+Who = str | ParticipantSpec
+"""How a call names its participant: by name once registered, or by the spec that registers it."""
+
+
+class NotRegistered(LookupError):
+    """A call named a participant this worker has no spec for: Ray restarted the worker and
+    its registrations went with the old process. The driver sends the spec again."""
+
+
 class ParticipantBusy(RuntimeError):
     """The participant's previous task, abandoned by the driver, is still running here."""
 
@@ -99,12 +112,31 @@ class PoolWorker:
             raise ValueError(f"cache_size must be >= 1, got {cache_size}")
         self.cache_size = cache_size
         self.cache_bytes = None if cache_mb is None else cache_mb * 2**20
+        self._specs: dict[str, ParticipantSpec] = {}  # the registered participants, by name
         self._served: OrderedDict[str, Participant] = OrderedDict()
         self._lock = threading.Lock()  # task threads and secure aggregation's masking thread look up too
         self._busy: set[str] = set()  # participants with a task running here: never evicted
         self._ended = threading.Condition(self._lock)  # a task of one of them ended
         self._baton = threading.Lock()  # one task computes at a time (actors/participant/cohort.py)
         self._cohorts: dict[int, Cohort] = {}
+
+    def register(self, specs: list[ParticipantSpec]) -> None:
+        """Serve these participants, or update their specs (the run's fitted preprocessing
+        is added to a spec after the participant was first served); later calls name them."""
+        with self._lock:
+            self._specs |= {spec.name: spec for spec in specs}
+
+    def _spec(self, who: Who) -> ParticipantSpec:
+        """The spec of the participant a call names; a spec registers it."""
+        if isinstance(who, ParticipantSpec):
+            self.register([who])
+            return who
+        with self._lock:
+            spec = self._specs.get(who)
+        if spec is None:
+            raise NotRegistered(f"participant {who} is not registered with this pool worker (it restarted); "
+                                "the driver sends its spec again")
+        return spec
 
     def _participant(self, spec: ParticipantSpec) -> Participant:
         """The participant, from the cache or new (it sets itself up on first use); the
@@ -119,9 +151,10 @@ class PoolWorker:
         self._trim(spec.name)
         return participant
 
-    def _serve(self, spec: ParticipantSpec, method: str, *args: Any) -> Any:
+    def _serve(self, who: Who, method: str, *args: Any) -> Any:
         """Every call goes through here: the participant's ``method``, then a second trim,
         because only once it is set up does its size count against ``cache_mb``."""
+        spec = self._spec(who)
         try:
             return getattr(self._participant(spec), method)(*args)
         finally:
@@ -146,20 +179,22 @@ class PoolWorker:
                     del self._served[name]  # its private state is already on disk
                     total, over = total - sizes[name], over - 1
 
-    def describe(self, spec: ParticipantSpec) -> dict[str, Any]:
+    def describe(self, who: Who) -> dict[str, Any]:
         """Set up and describe; the run's fitted preprocessing, if any, is in the spec (a
         participant first served for its statistics started without it)."""
+        spec = self._spec(who)
         with self._baton:  # in turn with the tasks: setting up seeds torch's global generator
             return self._serve(spec, "describe")
 
-    def initial_parameters(self, spec: ParticipantSpec) -> np.ndarray:
+    def initial_parameters(self, who: Who) -> np.ndarray:
         with self._baton:
-            return self._serve(spec, "initial_parameters")
+            return self._serve(who, "initial_parameters")
 
-    def train(self, state: GlobalState, instructions: Instructions, spec: ParticipantSpec,
+    def train(self, who: Who, state: GlobalState, instructions: Instructions,
               cohort: tuple[int, int] | None = None) -> Update:
         """One task. ``cohort``: ``(id, size)`` of the batch the driver sent it with; its
         members train together where they batch (:mod:`actors.participant.cohort`)."""
+        spec = self._spec(who)
         together = self._join(cohort)
         with together.member(), self._running(spec) as p, together.baton:
             local = p.local  # set up under the baton: setting up seeds torch's global generator
@@ -203,35 +238,36 @@ class PoolWorker:
         alone.arrive()
         return alone
 
-    def public_key(self, spec: ParticipantSpec) -> bytes:
-        return self._serve(spec, "public_key")
+    def public_key(self, who: Who) -> bytes:
+        return self._serve(who, "public_key")
 
-    def masked_update(self, cohort_id: int, peers: dict[str, bytes], weights: dict[int, float],
-                      clip_norm: float | None, spec: ParticipantSpec) -> np.ndarray:
-        return self._serve(spec, "masked_update", cohort_id, peers, weights, clip_norm)
+    def masked_update(self, who: Who, cohort_id: int, peers: dict[str, bytes], weights: dict[int, float],
+                      clip_norm: float | None) -> np.ndarray:
+        return self._serve(who, "masked_update", cohort_id, peers, weights, clip_norm)
 
-    def unmask_dropped(self, cohort_id: int, dropped: list[str], peers: dict[str, bytes], size: int,
-                       spec: ParticipantSpec) -> np.ndarray:
-        return self._serve(spec, "unmask_dropped", cohort_id, dropped, peers, size)
+    def unmask_dropped(self, who: Who, cohort_id: int, dropped: list[str], peers: dict[str, bytes],
+                       size: int) -> np.ndarray:
+        return self._serve(who, "unmask_dropped", cohort_id, dropped, peers, size)
 
-    def table_schema(self, spec: ParticipantSpec) -> dict[str, Any]:
+    def table_schema(self, who: Who) -> dict[str, Any]:
         with self._baton:
-            return self._serve(spec, "table_schema")
+            return self._serve(who, "table_schema")
 
-    def table_statistics(self, numeric: list[str], scales: list[float] | None, means: list[float] | None,
-                         spec: ParticipantSpec) -> np.ndarray:
+    def table_statistics(self, who: Who, numeric: list[str], scales: list[float] | None,
+                         means: list[float] | None) -> np.ndarray:
         with self._baton:
-            return self._serve(spec, "table_statistics", numeric, scales, means)
+            return self._serve(who, "table_statistics", numeric, scales, means)
 
-    def masked_table_statistics(self, numeric: list[str], scales: list[float] | None, means: list[float] | None,
-                                cohort_id: int, peers: dict[str, bytes], spec: ParticipantSpec) -> np.ndarray:
-        return self._serve(spec, "masked_table_statistics", numeric, scales, means, cohort_id, peers)
+    def masked_table_statistics(self, who: Who, numeric: list[str], scales: list[float] | None,
+                                means: list[float] | None, cohort_id: int, peers: dict[str, bytes]) -> np.ndarray:
+        return self._serve(who, "masked_table_statistics", numeric, scales, means, cohort_id, peers)
 
-    def restore_private_state(self, rollback: private_state.Rollback, spec: ParticipantSpec) -> None:
-        return self._serve(spec, "restore_private_state", rollback)
+    def restore_private_state(self, who: Who, rollback: private_state.Rollback) -> None:
+        return self._serve(who, "restore_private_state", rollback)
 
     def discard_private_state(self, specs: list[ParticipantSpec]) -> None:
-        """The run is over and cannot be resumed: delete these participants' private state."""
+        """The run is over and cannot be resumed: delete these participants' private state
+        (their specs, not names: a worker restarted since needs each one's state directory)."""
         for spec in specs:
             with self._lock:
                 self._served.pop(spec.name, None)

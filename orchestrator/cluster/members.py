@@ -21,6 +21,7 @@ import numpy as np
 import ray
 
 from actors.participant.cohort import TRAINED_TOGETHER
+from actors.participant.pool import NotRegistered
 from actors.spec.participant import ParticipantSpec
 from orchestrator.loop.schedules import Task
 from strategies.types import Update
@@ -51,24 +52,50 @@ class Member:
     retry_at: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)
     pooled: bool = False
-    """Served by a pool worker: every call names the participant by passing its spec."""
+    """Served by a pool worker: calls name the participant (:meth:`address`)."""
+    registered: bool = False
+    """Pooled: its worker has its current spec, so calls send only its name. Assigning
+    ``spec`` (the fitted preprocessing) clears it, and so does :func:`worker_restarted`."""
     saved_task: int | None = None
     """The last task after which it reported saving its private state."""
     rollback_before: int = 0
     """Where a resume from the latest checkpoint rolls its private state back to
     (:class:`actors.participant.private_state.Rollback`)."""
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "spec":  # a new spec reaches the pool worker with the next call
+            object.__setattr__(self, "registered", False)
+        object.__setattr__(self, name, value)
+
+    def address(self) -> str | ParticipantSpec:
+        """How a call names this participant on its pool worker: the spec, which registers
+        it there, until the worker has it; its name after that."""
+        if self.registered:
+            return self.name
+        self.registered = True
+        return self.spec
+
     def call(self, method: str, *args: Any, **options: Any) -> ray.ObjectRef:
         """``handle.method.options(**options).remote(*args)``, addressed to this participant
-        on a pool worker."""
-        extra = (self.spec,) if self.pooled else ()
+        on a pool worker (which takes it as the first argument)."""
+        lead = (self.address(),) if self.pooled else ()
         bound = getattr(self.handle, method)
-        return (bound.options(**options) if options else bound).remote(*args, *extra)
+        return (bound.options(**options) if options else bound).remote(*lead, *args)
 
     def where(self, task: Task, version: int) -> dict[str, Any]:
         """The history fields every event about one of its tasks carries."""
         return {"participant": self.name, "group": self.group, "task_id": task.task_id,
                 "version": version, "base_version": task.base_version}
+
+
+def worker_restarted(members: list[Member], failed: Member, exc: BaseException) -> None:
+    """After ``exc`` ended a call to ``failed``: if its pool worker died, is restarting or
+    lost its registrations (:class:`NotRegistered`), every participant it serves sends its
+    spec again with its next call."""
+    if failed.pooled and isinstance(exc, ray.exceptions.RayActorError | NotRegistered):
+        for member in members:
+            if member.handle is failed.handle:
+                member.registered = False
 
 
 @dataclass

@@ -30,6 +30,7 @@ from orchestrator.cluster.members import (
     Member,
     error_message,
     task_seed,
+    worker_restarted,
 )
 from orchestrator.loop.clock import TaskHung
 from orchestrator.loop.schedules import Task
@@ -70,7 +71,7 @@ class Participants(Lifecycle):
                 chunk = items[start:start + TASK_THREADS_MAX]
                 cohort = (chunk[0][2].task_id, len(chunk)) if len(chunk) > 1 else None
                 for member, instructions, task in chunk:
-                    ref = member.handle.train.remote(state_ref, instructions, member.spec, cohort)
+                    ref = member.call("train", state_ref, instructions, cohort)
                     self._track(ref, member, instructions, task)
 
     def _track(self, ref: ray.ObjectRef, member: Member, instructions: Instructions, task: Task) -> None:
@@ -136,6 +137,7 @@ class Participants(Lifecycle):
         """Count a failure; give up on the participant after ``max_failures`` in a row, or
         at once when its actor died and may not restart."""
         self.privacy.forget(member.name)  # ask again: a restarted actor may have a new masking key
+        worker_restarted(list(self.members.values()), member, exc)
         if (hung := self._hung.pop(member.name, None)) is not None:  # killed by wait()
             exc, event = ray.exceptions.RayActorError(error_msg=hung), "timeout"
         if isinstance(exc, ray.exceptions.ActorUnavailableError):
