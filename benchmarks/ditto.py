@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from actors.participant.participant import Participant  # noqa: E402
+from orchestrator.cluster.specs import participant_specs  # noqa: E402
 from orchestrator.config import load_config  # noqa: E402
 from orchestrator.loop.run import Orchestrator  # noqa: E402
 
@@ -55,7 +56,7 @@ def fedavg_on_own_splits(args: argparse.Namespace) -> tuple[dict[str, float], di
     orch.run()
     seconds = time.perf_counter() - started
     accuracy, sizes = {}, {}
-    for spec, _ in orch.participant_specs():  # the same shards, rebuilt here to score the global model
+    for spec, _ in participant_specs(orch.config, orch.run_id):  # the same shards, rebuilt here to score the global model
         p = Participant(spec)
         p.local.set(orch.params)
         accuracy[spec.name] = p.local.evaluate()["accuracy"]

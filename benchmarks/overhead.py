@@ -38,6 +38,7 @@ from actors.training.loops import evaluate
 from actors.training.models import build_model
 from actors.training.params import layout_of, set_flat
 from orchestrator.cluster.members import task_seed
+from orchestrator.cluster.specs import participant_specs  # noqa: E402
 from orchestrator.config import RunConfig, load_config
 from orchestrator.loop.run import Orchestrator
 from strategies.types import GlobalState, Instructions
@@ -87,7 +88,7 @@ def run_hand_written(config: RunConfig) -> tuple[float, float, float]:
     other participant), ray.put once per round, ray.get, numpy weighted mean."""
     started = time.perf_counter()
     group = config.groups[0]
-    specs = [spec for spec, _ in Orchestrator(config).participant_specs()]  # same specs
+    specs = [spec for spec, _ in participant_specs(config, "run")]  # same specs
     if group.hosting == "pool":
         worker = ray.remote(PoolWorker).options(num_cpus=group.resources.num_cpus)
         workers = [worker.remote() for _ in range(POOL_WORKERS)]

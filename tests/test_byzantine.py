@@ -14,6 +14,7 @@ from conftest import digits_config
 from actors.participant.attacks import apply_attack
 from actors.participant.participant import Participant
 from actors.spec.system import AttackSpec
+from orchestrator.cluster.specs import participant_specs
 from orchestrator.config import load_config
 from orchestrator.loop.run import Orchestrator
 from strategies.types import GlobalState, Instructions
@@ -73,7 +74,7 @@ def test_robust_strategy_stays_within_3_points_of_clean(ray_session, clean_accur
 
 def test_an_attacker_sends_its_honest_delta_flipped_and_scaled():
     """The participant-side hook, without Ray: same data and seed, with and without attack."""
-    specs = {spec.name: spec for spec, _ in Orchestrator(load_config(_config({"name": "fedavg"}, True))).participant_specs()}
+    specs = {spec.name: spec for spec, _ in participant_specs(load_config(_config({"name": "fedavg"}, True)), "run")}
     attacker = specs["byzantine-0"]
     honest_twin = attacker.model_copy(update={"system": attacker.system.model_copy(update={"attack": None})})
     bad, good = Participant(attacker), Participant(honest_twin)

@@ -13,9 +13,9 @@ from conftest import digits_config
 
 from actors.participant import private_state
 from actors.participant.participant import Participant
+from orchestrator.cluster.specs import participant_specs
 from orchestrator.config import load_config
 from orchestrator.loop.checkpoint import list_checkpoints, read_latest, write_checkpoint
-from orchestrator.loop.run import Orchestrator
 from orchestrator.loop.run_state import RunState
 from strategies.types import GlobalState, Instructions, Layout
 
@@ -67,7 +67,7 @@ def test_restarted_participant_reloads_its_private_state(ray_session, tmp_path):
         checkpoint={"every": 1, "participant_dir": str(tmp_path / "{run_id}" / "{name}")},
         strategy={"name": "fedper"},
     ))
-    spec = Orchestrator(config).participant_specs()[0][0]
+    spec = participant_specs(config, "run")[0][0]
     assert spec.state_dir is not None and spec.name in spec.state_dir
     handle = ray.remote(Participant).options(num_cpus=0.5, max_restarts=1, max_task_retries=0).remote(spec)
     info = ray.get(handle.describe.remote(), timeout=120)

@@ -12,6 +12,7 @@ from actors.spec.data import DatasetSpec, PartitionData
 from actors.spec.participant import ParticipantSpec
 from actors.spec.training import ModelSpec, TrainSpec
 from orchestrator.cluster.members import Member
+from orchestrator.cluster.specs import participant_specs
 from orchestrator.config import load_config
 from orchestrator.loop.run import Orchestrator
 from strategies.client import Plan, Work
@@ -52,7 +53,7 @@ def test_simulated_durations_follow_each_strategys_planned_work():
         if strategy == "fedmd":
             raw["dataset"]["public_size"] = 50
         orch = Orchestrator(load_config(raw))
-        spec = orch.participant_specs()[0][0]
+        spec = participant_specs(orch.config, orch.run_id)[0][0]
         member = Member(spec.name, "site", 0, None, spec, 0, info={"num_examples": 100})
         return orch.participants.simulated_seconds(member, None, 0, version)
 

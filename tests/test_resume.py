@@ -25,6 +25,7 @@ from conftest import digits_config
 from actors.participant import private_state
 from actors.participant.participant import Participant
 from actors.participant.private_state import PrivateStateError, Rollback
+from orchestrator.cluster.specs import participant_specs
 from orchestrator.config import load_config
 from orchestrator.loop.checkpoint import list_checkpoints, read_latest
 from orchestrator.loop.run import Orchestrator
@@ -171,7 +172,7 @@ def test_killed_mid_round_resume_rolls_client_state_back_bit_for_bit(ray_session
 def test_resume_refuses_a_missing_or_older_private_state_naming_participant_and_path(tmp_path):
     config = load_config(digits_config(
         strategy={"name": "scaffold"}, checkpoint={"every": 1, "participant_dir": str(tmp_path / "{name}")}))
-    spec = Orchestrator(config).participant_specs()[0][0]
+    spec = participant_specs(config, "run")[0][0]
     p = Participant(spec)
     state = p.initial_parameters()
     layout = p.layout
