@@ -10,6 +10,7 @@ import sys
 import time
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from orchestrator.config import ConfigError, RunConfig, load_config, missing_data_files
 
@@ -76,12 +77,23 @@ def _notices(quiet: bool) -> None:
     """fedray's notices (hosting chosen, participants that could not start, warnings) go to
     stdout as ``fedray: ...`` lines; ``--quiet`` keeps errors only."""
     log = logging.getLogger("fedray")
-    if not log.handlers:
-        handler = logging.StreamHandler(sys.stdout)
+    if not any(isinstance(h, _Stdout) for h in log.handlers):
+        handler = _Stdout()
         handler.setFormatter(logging.Formatter("fedray: %(message)s"))
         log.addHandler(handler)
-        log.propagate = False
     log.setLevel(logging.ERROR if quiet else logging.INFO)
+
+
+class _Stdout(logging.StreamHandler):
+    """Writes to whatever ``sys.stdout`` is when a notice comes (pytest and notebooks swap it)."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
 
 
 def partition_problem(config: RunConfig) -> str | None:
