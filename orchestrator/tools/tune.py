@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import math
 import os
 import sys
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,8 @@ import pandas as pd
 import yaml
 from pydantic import ValidationError
 
+from orchestrator.cluster import preflight
+from orchestrator.cluster.capacity import Capacity
 from orchestrator.config import ConfigError, RunConfig, TuneSearch, load_config
 from orchestrator.config.errors import flatten_errors
 from orchestrator.records.history import headline
@@ -109,20 +113,93 @@ def _space(search: TuneSearch) -> dict[str, Any]:
     return {path: make[kind](values) for path, spec in search.space.items() for kind, values in spec.items()}
 
 
-def _resources(base: RunConfig, search: TuneSearch):
-    """A function of the trial's values: its placement-group factory."""
+@dataclass(frozen=True)
+class TrialPlan:
+    """One trial as it will run: hosting resolved, the placement group Tune reserves for
+    it, or why it cannot run at all."""
+
+    config: RunConfig
+    bundles: list[dict[str, float]]
+    """``[driver, participants]``: Tune gives the first bundle to the trial's own process;
+    every participant process goes in the second, one bundle shared by all so that a
+    small pool worker can never take the room a large dedicated actor needs."""
+    pruned: str | None = None
+
+
+def plan_trial(base: RunConfig, search: TuneSearch, values: dict[str, Any],
+               hosting: preflight.Capacity, cluster: Capacity) -> TrialPlan:
+    """Resolve the trial's hosting as ``fedray run`` would on ``hosting`` (this machine, or
+    the Ray cluster joined), then check its processes fit ``cluster`` (the Ray the trials
+    run on), so the trial's placement group holds exactly what its pre-flight plans for."""
+    from orchestrator.cluster.placement import bundle
+    from orchestrator.cluster.simulated_cluster import DoesNotFit, GroupDemand, check_fits, prune
+
+    config = trial_config(base, search, values)
+    driver = {"CPU": search.driver_cpus}
+    try:
+        config = preflight.plan(config, hosting).config
+    except preflight.HostingError as exc:
+        return TrialPlan(config, [driver], str(exc).removeprefix("hosting: "))
+    participants: dict[str, float] = {}
+    for group in config.groups:
+        for key, value in bundle(group).items():
+            participants[key] = participants.get(key, 0.0) + value * preflight.processes(group)
+    demands = [GroupDemand("driver", driver, 1)]
+    demands += [GroupDemand(g.name, bundle(g), preflight.processes(g)) for g in config.groups if bundle(g)]
+    reason = prune(demands, cluster)
+    if reason is None:
+        try:
+            check_fits(participants, cluster)
+        except DoesNotFit as exc:
+            reason = f"the trial's participants share one placement-group bundle, which {exc}"
+    return TrialPlan(config, [driver, participants or {"CPU": 0.01}], reason)
+
+
+def _resources(plans: Any):
+    """A function of the trial's values: its placement-group factory (a pruned trial gets
+    the driver's bundle only, and ends at once)."""
     from ray.tune import PlacementGroupFactory
 
-    from orchestrator.cluster.placement import bundle
-
     def factory(values: dict[str, Any]) -> PlacementGroupFactory:
-        config = trial_config(base, search, values)
-        bundles = [{"CPU": search.driver_cpus}]
-        for group in config.groups:
-            bundles += [bundle(group) or {"CPU": 0.01}] * group.count
-        return PlacementGroupFactory(bundles, strategy="PACK")
+        trial = plans(values)
+        return PlacementGroupFactory(trial.bundles[:1] if trial.pruned else trial.bundles, strategy="PACK")
 
     return factory
+
+
+def hosting_capacity(config: RunConfig, search: TuneSearch) -> preflight.Capacity:
+    """Where a trial's hosting is decided: the Ray cluster joined, else this machine as a
+    local ``fedray run`` would see it (``num_cpus`` of the search fixes its CPUs)."""
+    import ray
+
+    if ray.is_initialized():
+        return preflight.ray_capacity()
+    machine = preflight.machine_capacity(config)
+    if not machine.gpus and any(path.endswith("num_gpus") for path in search.space):
+        machine = replace(machine, gpus=preflight.local_gpus())
+    if search.num_cpus is not None:
+        machine = replace(machine, cpus=search.num_cpus, cpus_fixed=True)
+    return machine
+
+
+def _grid_points(search: TuneSearch) -> list[dict[str, Any]]:
+    """Every grid/choice combination, ranges at both ends: what the trials may ask for."""
+    axes = [[(path, v) for v in values] for path, spec in search.space.items() for values in spec.values()]
+    return [dict(point) for point in itertools.product(*axes)]
+
+
+def local_cpus(config: RunConfig, search: TuneSearch, hosting: preflight.Capacity) -> float:
+    """Logical CPUs of the local Ray the search starts: the machine's cores (4 at least),
+    or more when a trial's processes ask for more, as ``fedray run`` would give that run."""
+    if search.num_cpus is not None:
+        return search.num_cpus
+    wanted = [0.0]
+    for values in _grid_points(search):
+        with contextlib.suppress(ConfigError):  # refused hosting: pruned later, with the reason
+            trial = preflight.plan(trial_config(config, search, values), hosting).config
+            wanted.append(search.driver_cpus + sum(g.resources.num_cpus * preflight.processes(g)
+                                                   for g in trial.groups))
+    return float(max(os.cpu_count() or 1, 4, math.ceil(max(wanted))))
 
 
 class BudgetSpent(Exception):
@@ -201,8 +278,21 @@ def run_search(config: RunConfig, search: TuneSearch, out: Path) -> pd.DataFrame
     for values in _first_values(search):  # a typo in a path fails here, not in a trial
         trial_config(config, search, values)
 
+    mode = "min" if search.objective == "time_to_target" else "max"
+    started_ray = not ray.is_initialized()
+    hosting = hosting_capacity(config, search)
+    if started_ray:
+        ray.init(address="local", num_cpus=local_cpus(config, search, hosting),
+                 include_dashboard=False, logging_level="WARNING")
+
+    def plans(values: dict[str, Any]) -> TrialPlan:
+        return plan_trial(config, search, values, hosting, cluster)
+
     def trainable(values: dict[str, Any]) -> dict[str, Any]:
-        trial = trial_config(config, search, values)
+        plan = plans(values)
+        if plan.pruned:  # ranked after every trial that ran
+            return {"objective": math.inf if mode == "min" else -math.inf, "reached": False, "pruned": plan.pruned}
+        trial = plan.config
         run_dir = out / "runs" / tune.get_context().get_trial_id()
         clock = TrialClock(search.budget_s)
         # reuses the trial's Ray connection; the clock ends it once the budget is spent
@@ -215,14 +305,10 @@ def run_search(config: RunConfig, search: TuneSearch, out: Path) -> pd.DataFrame
         return {**score(history, search), "num_aggregations": int((history.event == "aggregation").sum()),
                 "wall_seconds": float(history.wall_time.max()), "run_dir": str(run_dir)}
 
-    started_ray = not ray.is_initialized()
-    if started_ray:
-        ray.init(address="local", num_cpus=search.num_cpus or max(os.cpu_count() or 1, 4),
-                 include_dashboard=False, logging_level="WARNING")
     try:
-        mode = "min" if search.objective == "time_to_target" else "max"
+        cluster = Capacity.from_ray_nodes(ray.nodes())
         tuner = tune.Tuner(
-            tune.with_resources(trainable, _resources(config, search)),
+            tune.with_resources(trainable, _resources(plans)),
             param_space=_space(search),
             tune_config=tune.TuneConfig(metric="objective", mode=mode, num_samples=search.num_samples,
                                         max_concurrent_trials=concurrent_trials(config, search)),
@@ -245,9 +331,11 @@ def _write_results(results: Any, config: RunConfig, search: TuneSearch, out: Pat
     table = table.rename(columns={p: p.removeprefix("config/") for p in params})
     keep = ["trial_id", *search.space, "objective", "reached", "time_to_target", "metric",
             *(c for c in table if c.startswith("best_")), "num_aggregations", "startup_seconds",
-            "wall_seconds", "run_dir"]
+            "wall_seconds", "run_dir", "pruned"]
     table = table[[c for c in keep if c in table]].sort_values("objective", ascending=ascending)
     table = table.reset_index(drop=True)
+    if "pruned" in table and table.pruned.notna().all():
+        raise RuntimeError("every trial was pruned; first: " + table.pruned.iloc[0])
     table.to_csv(out / "trials.csv", index=False)
     table.to_parquet(out / "trials.parquet", index=False)
     best = {p: _plain(table.iloc[0][p]) for p in search.space}
@@ -269,8 +357,9 @@ def _plain(value: Any) -> Any:
 
 
 def margin_line(table: pd.DataFrame, search: TuneSearch) -> str:
-    """Best against worst, in the objective's own units."""
-    best, worst = table.iloc[0], table.iloc[-1]
+    """Best against worst of the trials that ran, in the objective's own units."""
+    ran = table[table.pruned.isna()] if "pruned" in table else table
+    best, worst = ran.iloc[0], ran.iloc[-1]
     metric = str(best.get("metric", "accuracy"))
     if search.objective != "time_to_target":
         return (f"best trial {best.trial_id}: {metric} {abs(best.objective):.3f} within {search.budget_s:g}s; "
@@ -311,9 +400,12 @@ def command(args: Any) -> int:
         print(f"fedray: {exc}", file=sys.stderr)
         return 1
     pd.set_option("display.width", 200)
-    shown = table.drop(columns=["run_dir"])
+    shown = table.drop(columns=["run_dir", "pruned"], errors="ignore")
     print(f"\n{len(table)} trials in {time.perf_counter() - started:.0f}s, sorted by {search.objective}:")
     print(shown.to_string(index=False, float_format=lambda v: f"{v:.3f}" if not math.isnan(v) else "-"))
+    if "pruned" in table:
+        for row in table[table.pruned.notna()].itertuples():
+            print(f"pruned {row.trial_id}: {row.pruned}")
     print("\n" + margin_line(table, search))
     print(f"\nwrote {out}/trials.csv, trials.parquet and best.yaml; run the best with: fedray run {out}/best.yaml")
     return 0
