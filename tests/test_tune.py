@@ -153,24 +153,26 @@ def _two_sizes(big_cpus: float = 3, hosting: str = "dedicated") -> dict:
 def test_a_trial_resolves_hosting_where_it_runs_and_reserves_exactly_its_processes():
     from orchestrator.cluster.capacity import Capacity
     from orchestrator.cluster.preflight import Capacity as Hosting
-    from orchestrator.tools.tune import plan_trial
+    from orchestrator.tools.trial_plan import plan_trial
 
     base = load_config(_two_sizes(hosting="auto"))
     search = _search(space={"groups.big.resources.num_cpus": {"grid": [1, 3]}}, driver_cpus=0.5)
     two_cores = Hosting(cpus=2, gpus=0, memory=16e9, cpus_fixed=False)
-    plan = plan_trial(base, search, {"groups.big.resources.num_cpus": 1}, two_cores, Capacity.parse("1 x {CPU: 4}"))
+    plan = plan_trial(trial_config(base, search, {"groups.big.resources.num_cpus": 1}), 0.5, two_cores,
+                      Capacity.parse("1 x {CPU: 4}"))
     assert plan.pruned is None
     hosting = {g.name: (g.hosting, g.pool_size) for g in plan.config.groups}
     assert hosting == {"big": ("pool", 1), "small": ("pool", 2)}  # as `fedray run` decides on 2 cores
     assert plan.bundles == [{"CPU": 0.5}, {"CPU": 1 * 1 + 2 * 0.25}]  # driver, then every process
 
-    too_big = plan_trial(base, search, {"groups.big.resources.num_cpus": 3}, two_cores, Capacity.parse("1 x {CPU: 3}"))
+    too_big = plan_trial(trial_config(base, search, {"groups.big.resources.num_cpus": 3}), 0.5, two_cores,
+                         Capacity.parse("1 x {CPU: 3}"))
     assert too_big.pruned == ("whole-run processes hold CPU=4 (driver 1 x 0.5 + big 1 x 3 + small 2 x 0.25) "
                               "but the capacity has CPU=3 in all")
-    split = plan_trial(load_config(_two_sizes()), search, {"groups.big.resources.num_cpus": 3},
+    split = plan_trial(trial_config(load_config(_two_sizes()), search, {"groups.big.resources.num_cpus": 3}), 0.5,
                        Hosting(cpus=16, gpus=0, memory=64e9), Capacity.parse("2 nodes x {CPU: 4}"))
     assert "share one placement-group bundle" in split.pruned and "CPU=6.5" in split.pruned
-    refused = plan_trial(load_config(_two_sizes()), search, {"groups.big.resources.num_cpus": 3},
+    refused = plan_trial(trial_config(load_config(_two_sizes()), search, {"groups.big.resources.num_cpus": 3}), 0.5,
                          Hosting(cpus=4, gpus=0, memory=64e9), Capacity.parse("1 x {CPU: 8}"))
     assert refused.pruned.startswith("2 dedicated actors of group big, 2 pool workers of group small would ask for 6.5 CPUs")
 

@@ -20,12 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import itertools
 import math
-import os
 import sys
 import time
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +30,17 @@ import pandas as pd
 import yaml
 from pydantic import ValidationError
 
-from orchestrator.cluster import preflight
 from orchestrator.cluster.capacity import Capacity
 from orchestrator.config import ConfigError, RunConfig, TuneSearch, load_config
 from orchestrator.config.errors import flatten_errors
 from orchestrator.records.history import headline
+from orchestrator.tools.trial_plan import (
+    TrialPlan,
+    grid_points,
+    hosting_capacity,
+    local_cpus,
+    plan_trial,
+)
 
 
 def load_search(path: str | Path) -> TuneSearch:
@@ -113,48 +116,6 @@ def _space(search: TuneSearch) -> dict[str, Any]:
     return {path: make[kind](values) for path, spec in search.space.items() for kind, values in spec.items()}
 
 
-@dataclass(frozen=True)
-class TrialPlan:
-    """One trial as it will run: hosting resolved, the placement group Tune reserves for
-    it, or why it cannot run at all."""
-
-    config: RunConfig
-    bundles: list[dict[str, float]]
-    """``[driver, participants]``: Tune gives the first bundle to the trial's own process;
-    every participant process goes in the second, one bundle shared by all so that a
-    small pool worker can never take the room a large dedicated actor needs."""
-    pruned: str | None = None
-
-
-def plan_trial(base: RunConfig, search: TuneSearch, values: dict[str, Any],
-               hosting: preflight.Capacity, cluster: Capacity) -> TrialPlan:
-    """Resolve the trial's hosting as ``fedray run`` would on ``hosting`` (this machine, or
-    the Ray cluster joined), then check its processes fit ``cluster`` (the Ray the trials
-    run on), so the trial's placement group holds exactly what its pre-flight plans for."""
-    from orchestrator.cluster.placement import bundle
-    from orchestrator.cluster.simulated_cluster import DoesNotFit, GroupDemand, check_fits, prune
-
-    config = trial_config(base, search, values)
-    driver = {"CPU": search.driver_cpus}
-    try:
-        config = preflight.plan(config, hosting).config
-    except preflight.HostingError as exc:
-        return TrialPlan(config, [driver], str(exc).removeprefix("hosting: "))
-    participants: dict[str, float] = {}
-    for group in config.groups:
-        for key, value in bundle(group).items():
-            participants[key] = participants.get(key, 0.0) + value * preflight.processes(group)
-    demands = [GroupDemand("driver", driver, 1)]
-    demands += [GroupDemand(g.name, bundle(g), preflight.processes(g)) for g in config.groups if bundle(g)]
-    reason = prune(demands, cluster)
-    if reason is None:
-        try:
-            check_fits(participants, cluster)
-        except DoesNotFit as exc:
-            reason = f"the trial's participants share one placement-group bundle, which {exc}"
-    return TrialPlan(config, [driver, participants or {"CPU": 0.01}], reason)
-
-
 def _resources(plans: Any):
     """A function of the trial's values: its placement-group factory (a pruned trial gets
     the driver's bundle only, and ends at once)."""
@@ -165,41 +126,6 @@ def _resources(plans: Any):
         return PlacementGroupFactory(trial.bundles[:1] if trial.pruned else trial.bundles, strategy="PACK")
 
     return factory
-
-
-def hosting_capacity(config: RunConfig, search: TuneSearch) -> preflight.Capacity:
-    """Where a trial's hosting is decided: the Ray cluster joined, else this machine as a
-    local ``fedray run`` would see it (``num_cpus`` of the search fixes its CPUs)."""
-    import ray
-
-    if ray.is_initialized():
-        return preflight.ray_capacity()
-    machine = preflight.machine_capacity(config)
-    if not machine.gpus and any(path.endswith("num_gpus") for path in search.space):
-        machine = replace(machine, gpus=preflight.local_gpus())
-    if search.num_cpus is not None:
-        machine = replace(machine, cpus=search.num_cpus, cpus_fixed=True)
-    return machine
-
-
-def _grid_points(search: TuneSearch) -> list[dict[str, Any]]:
-    """Every grid/choice combination, ranges at both ends: what the trials may ask for."""
-    axes = [[(path, v) for v in values] for path, spec in search.space.items() for values in spec.values()]
-    return [dict(point) for point in itertools.product(*axes)]
-
-
-def local_cpus(config: RunConfig, search: TuneSearch, hosting: preflight.Capacity) -> float:
-    """Logical CPUs of the local Ray the search starts: the machine's cores (4 at least),
-    or more when a trial's processes ask for more, as ``fedray run`` would give that run."""
-    if search.num_cpus is not None:
-        return search.num_cpus
-    wanted = [0.0]
-    for values in _grid_points(search):
-        with contextlib.suppress(ConfigError):  # refused hosting: pruned later, with the reason
-            trial = preflight.plan(trial_config(config, search, values), hosting).config
-            wanted.append(search.driver_cpus + sum(g.resources.num_cpus * preflight.processes(g)
-                                                   for g in trial.groups))
-    return float(max(os.cpu_count() or 1, 4, math.ceil(max(wanted))))
 
 
 class BudgetSpent(Exception):
@@ -282,11 +208,12 @@ def run_search(config: RunConfig, search: TuneSearch, out: Path) -> pd.DataFrame
     started_ray = not ray.is_initialized()
     hosting = hosting_capacity(config, search)
     if started_ray:
-        ray.init(address="local", num_cpus=local_cpus(config, search, hosting),
+        trials = (trial_config(config, search, values) for values in grid_points(search))
+        ray.init(address="local", num_cpus=local_cpus(trials, search, hosting),
                  include_dashboard=False, logging_level="WARNING")
 
     def plans(values: dict[str, Any]) -> TrialPlan:
-        return plan_trial(config, search, values, hosting, cluster)
+        return plan_trial(trial_config(config, search, values), search.driver_cpus, hosting, cluster)
 
     def trainable(values: dict[str, Any]) -> dict[str, Any]:
         plan = plans(values)
