@@ -191,3 +191,25 @@ def test_a_search_mixing_big_and_small_participants_runs_and_prunes_what_cannot_
     pruned = table[table.pruned.notna()]
     assert list(pruned["groups.big.resources.num_cpus"]) == [8]
     assert "would ask for 16.5 CPUs, the Ray cluster has 8" in pruned.pruned.iloc[0]
+
+
+def test_simulated_trials_on_a_described_capacity_are_scored_in_calibrated_seconds(ray_session, tmp_path):
+    """Two participants on a 2-CPU node: at 1 CPU each their 1 s tasks run side by side, at
+    2 CPUs each their 0.6 s tasks queue (1.2 s a round), so 1 CPU wins here, by 1.2x."""
+    from orchestrator.cluster.calibration import Calibration, Measurement
+    from orchestrator.tools.tune import simulated
+
+    rows = [Measurement("site", cpus, 0.0, False, 0.0, fixed, 3e8, 0, 100) for cpus, fixed in ((1.0, 1.0), (2.0, 0.6))]
+    Calibration({}, rows).save(tmp_path / "cal.json")
+    base = digits_config(name="simtune")
+    base["groups"][0]["count"] = 2
+    config = simulated(load_config(base), str(tmp_path / "cal.json"), "1 x {CPU: 2}")
+    search = _search(space={"groups.site.resources.num_cpus": {"grid": [1, 2]}},
+                     target_accuracy=0.5, budget_s=100, max_aggregations=4)
+
+    table = run_search(config, search, tmp_path / "out").set_index("groups.site.resources.num_cpus")
+
+    assert table.index[0] == 1 and table.reached.all()
+    rounds = table.time_to_target[1] / 1.0
+    assert rounds == round(rounds) >= 1
+    assert table.time_to_target[2] == pytest.approx(1.2 * rounds)

@@ -313,11 +313,28 @@ def add_parser(sub: Any) -> None:
     cmd.add_argument("config", help="YAML run config (the base every trial modifies)")
     cmd.add_argument("--search", required=True, help="YAML search space and objective")
     cmd.add_argument("--out", help="results directory (default: runs/tune-NAME-TIMESTAMP)")
+    cmd.add_argument("--calibration", help="score trials in simulated seconds priced by this file "
+                     "(fedray profile --calibration): sets clock: simulated")
+    cmd.add_argument("--capacity", help="with --calibration: plan for this cluster, '4 nodes x {CPU: 16}' "
+                     "or a YAML file (default: this machine); allocations it cannot hold are pruned")
     cmd.set_defaults(func=command)
 
 
+def simulated(config: RunConfig, calibration: str | None, capacity: str | None) -> RunConfig:
+    """The base config priced by a calibration on a capacity (``--calibration``/``--capacity``),
+    its files as absolute paths: Tune runs each trial in its own directory."""
+    raw = config.model_dump(mode="json")
+    if calibration is not None or capacity is not None:
+        raw |= {"clock": "simulated", "calibration": calibration or raw["calibration"],
+                "capacity": capacity or raw["capacity"]}
+    for key in ("calibration", "capacity"):
+        if raw[key] is not None and Path(raw[key]).is_file():
+            raw[key] = str(Path(raw[key]).resolve())
+    return load_config(raw)
+
+
 def command(args: Any) -> int:
-    config = load_config(args.config)
+    config = simulated(load_config(args.config), args.calibration, args.capacity)
     search = load_search(args.search)
     out = Path(args.out) if args.out else Path("runs") / f"tune-{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     started = time.perf_counter()
