@@ -27,6 +27,13 @@ def test_allocations_apply_to_every_group_or_one_and_keep_each_groups_own():
         parse_allocations(["0"], config)
 
 
+def test_the_fit_separates_fixed_cost_and_never_prices_a_sample_at_zero():
+    from orchestrator.tools.calibrate import fit_cost
+
+    assert fit_cost((1.1, 10), (2.0, 100)) == pytest.approx((1.0, 0.01))
+    assert fit_cost((2.5, 10), (2.0, 100)) == (0.0, 0.02)  # the small task met a busy core
+
+
 def test_calibration_measures_each_group_at_each_allocation_and_round_trips(ray_session, tmp_path):
     config = load_config(_two_groups())
     calibration = calibrate(config, parse_allocations(["small=1"], config))

@@ -75,12 +75,14 @@ def _timed(handle: Any, state: Any, steps: int, seed: int) -> tuple[float, int]:
     return update.train_seconds, int(update.metrics["samples"])
 
 
-def _fit(small: tuple[float, int], large: tuple[float, int]) -> tuple[float, float]:
-    """Fixed seconds and seconds per sample through two (seconds, samples) points."""
+def fit_cost(small: tuple[float, int], large: tuple[float, int]) -> tuple[float, float]:
+    """Fixed seconds and seconds per sample through two (seconds, samples) points; when a
+    busy core made the small task no faster than the large one, all of the large task's
+    time counts per sample (the larger estimate of a task's cost)."""
     (t1, s1), (t2, s2) = small, large
-    if s2 <= s1:
+    if s2 <= s1 or t2 <= t1:
         return 0.0, t2 / max(s2, 1)
-    per_sample = max(0.0, (t2 - t1) / (s2 - s1))
+    per_sample = (t2 - t1) / (s2 - s1)
     return max(0.0, t1 - per_sample * s1), per_sample
 
 
@@ -113,7 +115,7 @@ def calibrate(config: RunConfig, allocations: dict[str, list[float]]) -> Calibra
                     ray.get(handle.__ray_call__.remote(_set_threads, threads))
                     small = min(_timed(handle, state, 1, r) for r in range(REPEATS))
                     large = min(_timed(handle, state, steps, r) for r in range(REPEATS))
-                    fixed, per_sample = _fit(small, large)
+                    fixed, per_sample = fit_cost(small, large)
                     peak, gpu = ray.get(handle.__ray_call__.remote(_peaks))
                     by_threads[threads] = Measurement(name, cpus, group.resources.num_gpus, False, per_sample,
                                                       fixed, float(peak), float(gpu), small[1] * REPEATS + large[1] * REPEATS)
