@@ -138,3 +138,78 @@ def test_trials_run_one_at_a_time_by_the_wall_clock_and_together_by_the_simulate
     assert concurrent_trials(wall, _search()) == 1  # a shared machine would skew seconds to target
     assert concurrent_trials(simulated, _search()) is None  # as many as Tune's resources allow
     assert concurrent_trials(simulated, _search(max_concurrent_trials=2)) == 2
+
+
+def _two_sizes(big_cpus: float = 3, hosting: str = "dedicated") -> dict:
+    """Two big dedicated participants and a pool of small ones: sizes a placement group
+    could mix up, so that a small worker takes the room a big actor needs."""
+    site = digits_config()["groups"][0]
+    return digits_config(name="two-sizes", groups=[
+        {**site, "name": "big", "count": 2, "hosting": hosting, "resources": {"num_cpus": big_cpus}},
+        {**site, "name": "small", "count": 4, "hosting": "pool", "workers": 2, "resources": {"num_cpus": 0.25}},
+    ])
+
+
+def test_a_trial_resolves_hosting_where_it_runs_and_reserves_exactly_its_processes():
+    from orchestrator.cluster.capacity import Capacity
+    from orchestrator.cluster.preflight import Capacity as Hosting
+    from orchestrator.tools.trial_plan import plan_trial
+
+    base = load_config(_two_sizes(hosting="auto"))
+    search = _search(space={"groups.big.resources.num_cpus": {"grid": [1, 3]}}, driver_cpus=0.5)
+    two_cores = Hosting(cpus=2, gpus=0, memory=16e9, cpus_fixed=False)
+    plan = plan_trial(trial_config(base, search, {"groups.big.resources.num_cpus": 1}), 0.5, two_cores,
+                      Capacity.parse("1 x {CPU: 4}"))
+    assert plan.pruned is None
+    hosting = {g.name: (g.hosting, g.pool_size) for g in plan.config.groups}
+    assert hosting == {"big": ("pool", 1), "small": ("pool", 2)}  # as `fedray run` decides on 2 cores
+    assert plan.bundles == [{"CPU": 0.5}, {"CPU": 1 * 1 + 2 * 0.25}]  # driver, then every process
+
+    too_big = plan_trial(trial_config(base, search, {"groups.big.resources.num_cpus": 3}), 0.5, two_cores,
+                         Capacity.parse("1 x {CPU: 3}"))
+    assert too_big.pruned == ("whole-run processes hold CPU=4 (driver 1 x 0.5 + big 1 x 3 + small 2 x 0.25) "
+                              "but the capacity has CPU=3 in all")
+    split = plan_trial(trial_config(load_config(_two_sizes()), search, {"groups.big.resources.num_cpus": 3}), 0.5,
+                       Hosting(cpus=16, gpus=0, memory=64e9), Capacity.parse("2 nodes x {CPU: 4}"))
+    assert "share one placement-group bundle" in split.pruned and "CPU=6.5" in split.pruned
+    refused = plan_trial(trial_config(load_config(_two_sizes()), search, {"groups.big.resources.num_cpus": 3}), 0.5,
+                         Hosting(cpus=4, gpus=0, memory=64e9), Capacity.parse("1 x {CPU: 8}"))
+    assert refused.pruned.startswith("2 dedicated actors of group big, 2 pool workers of group small would ask for 6.5 CPUs")
+
+
+def test_a_search_mixing_big_and_small_participants_runs_and_prunes_what_cannot_fit(ray_session, tmp_path):
+    """The hang of issue 22: a trial's pool workers took the bundles its big dedicated
+    actors were sized for, and the run waited out its 300 s start-up timeout."""
+    config = load_config(_two_sizes())
+    search = _search(space={"groups.big.resources.num_cpus": {"grid": [3, 8]}},
+                     target_accuracy=0.99, budget_s=20, max_aggregations=2)
+
+    table = run_search(config, search, tmp_path)
+
+    ran = table[table.pruned.isna()]
+    assert list(ran["groups.big.resources.num_cpus"]) == [3] and ran.num_aggregations.iloc[0] == 2
+    pruned = table[table.pruned.notna()]
+    assert list(pruned["groups.big.resources.num_cpus"]) == [8]
+    assert "would ask for 16.5 CPUs, the Ray cluster has 8" in pruned.pruned.iloc[0]
+
+
+def test_simulated_trials_on_a_described_capacity_are_scored_in_calibrated_seconds(ray_session, tmp_path):
+    """Two participants on a 2-CPU node: at 1 CPU each their 1 s tasks run side by side, at
+    2 CPUs each their 0.6 s tasks queue (1.2 s a round), so 1 CPU wins here, by 1.2x."""
+    from orchestrator.cluster.calibration import Calibration, Measurement
+    from orchestrator.tools.tune import simulated
+
+    rows = [Measurement("site", cpus, 0.0, False, 0.0, fixed, 3e8, 0, 100) for cpus, fixed in ((1.0, 1.0), (2.0, 0.6))]
+    Calibration({}, rows).save(tmp_path / "cal.json")
+    base = digits_config(name="simtune")
+    base["groups"][0]["count"] = 2
+    config = simulated(load_config(base), str(tmp_path / "cal.json"), "1 x {CPU: 2}")
+    search = _search(space={"groups.site.resources.num_cpus": {"grid": [1, 2]}},
+                     target_accuracy=0.5, budget_s=100, max_aggregations=4)
+
+    table = run_search(config, search, tmp_path / "out").set_index("groups.site.resources.num_cpus")
+
+    assert table.index[0] == 1 and table.reached.all()
+    rounds = table.time_to_target[1] / 1.0
+    assert rounds == round(rounds) >= 1
+    assert table.time_to_target[2] == pytest.approx(1.2 * rounds)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import cached_property
 
 import ray
 
@@ -32,6 +33,7 @@ from orchestrator.cluster.members import (
     task_seed,
     worker_restarted,
 )
+from orchestrator.cluster.simulated_costs import TaskCosts
 from orchestrator.loop.clock import TaskHung
 from orchestrator.loop.schedules import Task
 from strategies.client import Plan, Work
@@ -90,7 +92,15 @@ class Participants(Lifecycle):
         plan = Plan(Work(0, train.local_epochs, local_steps or train.local_steps), train.batch_size,
                     member.info["num_examples"], dataset.public_size if dataset is not None else 0, version)
         samples = self.client.planned_samples(plan)
+        if self.costs is not None:  # calibrated, and waiting for room on the capacity
+            return self.costs.seconds(member.spec, member.group, samples, nbytes, self.clock.now())
         return simulated_duration(member.spec.system, member.spec.speed, samples, nbytes)
+
+    @cached_property
+    def costs(self) -> TaskCosts | None:
+        """The run's calibration and capacity (config ``calibration``/``capacity``), once
+        pre-flight has settled the config; None without them."""
+        return TaskCosts.for_config(self.config)
 
     def task_seed(self, member: Member) -> int:
         return task_seed(self.config.seed, member.index, member.tasks)

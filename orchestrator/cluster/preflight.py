@@ -336,10 +336,19 @@ def machine_capacity(config: RunConfig) -> Capacity:
 
 def ray_capacity() -> Capacity:
     """The connected Ray's totals (not what is free this moment: actors still being
-    released must not turn a run that fits into a refusal)."""
+    released must not turn a run that fits into a refusal); inside a placement group that
+    captures its children (a ``fedray tune`` trial), what that group holds beyond this
+    process's own share, since every participant is placed in it."""
     import ray
+    from ray.util import get_current_placement_group
 
     res = ray.cluster_resources()
+    group = get_current_placement_group()
+    if group is not None:  # memory is not reserved by bundles: the cluster's counts
+        held = ray.get_runtime_context().get_assigned_resources()
+        total = {k: sum(b.get(k, 0.0) for b in group.bundle_specs) - held.get(k, 0.0) for k in ("CPU", "GPU")}
+        return Capacity(cpus=total["CPU"], gpus=total["GPU"], memory=res.get("memory", 0.0),
+                        where="the trial's placement group", cpus_fixed=True)
     return Capacity(cpus=res.get("CPU", 0.0), gpus=res.get("GPU", 0.0), memory=res.get("memory", 0.0),
                     where="the Ray cluster", cpus_fixed=True)
 

@@ -33,6 +33,14 @@ class RunConfig(Strict):
         "simulated: each task lasts what the system model says, and results are handled in "
         "simulated-time order, so a run is the same on any machine (simulations)",
     )
+    calibration: str | None = Field(
+        None, description="clock: simulated: a calibration file (fedray profile --calibration): a "
+        "task lasts its group's measured cost at its num_cpus/num_gpus, instead of "
+        "system.simulated_seconds_per_sample")
+    capacity: str | None = Field(
+        None, description="clock: simulated: the cluster tasks share, '4 nodes x {CPU: 16, GPU: 1}' or "
+        "a YAML file; a task waits in simulated time until its CPUs and GPU share are free on a node. "
+        "Default with a calibration: this machine")
     task: TaskSpec = Field(TaskSpec(), description="classification or regression; its loss and headline metric")
     preprocess: PreprocessSpec | None = Field(
         None, description="federated preprocessing of table features (orchestrator/server/preprocessing.py)")
@@ -160,14 +168,21 @@ class RunConfig(Strict):
     def _check_clock(self) -> None:
         """Under the simulated clock a task's duration must come from the system model."""
         if self.clock != "simulated":
+            if self.calibration is not None or self.capacity is not None:
+                raise ValueError("calibration and capacity price tasks in simulated time: set clock: simulated")
             return
+        if self.capacity is not None:  # a description that cannot be read fails here, naming the bad part
+            from orchestrator.cluster.capacity import Capacity
+
+            Capacity.from_spec(self.capacity)
         for i, group in enumerate(self.groups):
             trace = group.system.trace
-            if group.system.simulated_seconds_per_sample is None and not (trace and trace.absolute):
+            if (group.system.simulated_seconds_per_sample is None and not (trace and trace.absolute)
+                    and self.calibration is None):
                 raise ValueError(
                     f"groups[{i}] ({group.name}): clock: simulated needs "
                     "system.simulated_seconds_per_sample (a task lasts samples x that / speed), "
-                    "or a system.trace with absolute speeds (speed_unit or format: fedscale)")
+                    "a system.trace with absolute speeds (speed_unit or format: fedscale), or a calibration")
             if group.system.hang_prob > 0:
                 raise ValueError(
                     f"groups[{i}] ({group.name}): system.hang_prob injects real hangs for the wall "

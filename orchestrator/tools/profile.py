@@ -134,13 +134,33 @@ def add_parser(sub: Any) -> None:
     cmd.add_argument("--tasks", type=int, default=3, help="training tasks per participant")
     cmd.add_argument("--write", help="write the config with the suggested local_steps here")
     cmd.add_argument("--address", help="profile on a running Ray cluster ('auto' or ray://...)")
+    cmd.add_argument("--calibration", help="instead: write a calibration file (JSON) here, each group "
+                     "measured at each --allocations num_cpus, for clock: simulated to price tasks with")
+    cmd.add_argument("--allocations", nargs="*", default=[], help="candidate num_cpus: '0.5,1,2' for every "
+                     "group, or 'GROUP=0.5,1' per group (each group's own num_cpus is always measured)")
     cmd.set_defaults(func=command)
+
+
+def write_calibration(config: RunConfig, allocations: list[str], path: str) -> int:
+    """``--calibration PATH``: measure, print the table, write the file."""
+    from orchestrator.tools.calibrate import calibrate, parse_allocations
+
+    started = time.perf_counter()
+    calibration = calibrate(config, parse_allocations(allocations, config))
+    calibration.save(path)
+    table = pd.DataFrame([r.__dict__ for r in calibration.rows])
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    print(f"\nwrote {path} ({len(table)} rows, {time.perf_counter() - started:.0f}s); use it with "
+          "clock: simulated and calibration: " + path)
+    return 0
 
 
 def command(args: Any) -> int:
     config = load_config(args.config)
     if args.address:
         config = config.model_copy(update={"ray": config.ray.model_copy(update={"address": args.address})})
+    if args.calibration:
+        return write_calibration(config, args.allocations, args.calibration)
     started = time.perf_counter()
     try:
         measured = measure(config, tasks=max(1, args.tasks))

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -31,9 +30,17 @@ import pandas as pd
 import yaml
 from pydantic import ValidationError
 
+from orchestrator.cluster.capacity import Capacity
 from orchestrator.config import ConfigError, RunConfig, TuneSearch, load_config
 from orchestrator.config.errors import flatten_errors
 from orchestrator.records.history import headline
+from orchestrator.tools.trial_plan import (
+    TrialPlan,
+    grid_points,
+    hosting_capacity,
+    local_cpus,
+    plan_trial,
+)
 
 
 def load_search(path: str | Path) -> TuneSearch:
@@ -109,18 +116,14 @@ def _space(search: TuneSearch) -> dict[str, Any]:
     return {path: make[kind](values) for path, spec in search.space.items() for kind, values in spec.items()}
 
 
-def _resources(base: RunConfig, search: TuneSearch):
-    """A function of the trial's values: its placement-group factory."""
+def _resources(plans: Any):
+    """A function of the trial's values: its placement-group factory (a pruned trial gets
+    the driver's bundle only, and ends at once)."""
     from ray.tune import PlacementGroupFactory
 
-    from orchestrator.cluster.placement import bundle
-
     def factory(values: dict[str, Any]) -> PlacementGroupFactory:
-        config = trial_config(base, search, values)
-        bundles = [{"CPU": search.driver_cpus}]
-        for group in config.groups:
-            bundles += [bundle(group) or {"CPU": 0.01}] * group.count
-        return PlacementGroupFactory(bundles, strategy="PACK")
+        trial = plans(values)
+        return PlacementGroupFactory(trial.bundles[:1] if trial.pruned else trial.bundles, strategy="PACK")
 
     return factory
 
@@ -201,8 +204,22 @@ def run_search(config: RunConfig, search: TuneSearch, out: Path) -> pd.DataFrame
     for values in _first_values(search):  # a typo in a path fails here, not in a trial
         trial_config(config, search, values)
 
+    mode = "min" if search.objective == "time_to_target" else "max"
+    started_ray = not ray.is_initialized()
+    hosting = hosting_capacity(config, search)
+    if started_ray:
+        trials = (trial_config(config, search, values) for values in grid_points(search))
+        ray.init(address="local", num_cpus=local_cpus(trials, search, hosting),
+                 include_dashboard=False, logging_level="WARNING")
+
+    def plans(values: dict[str, Any]) -> TrialPlan:
+        return plan_trial(trial_config(config, search, values), search.driver_cpus, hosting, cluster)
+
     def trainable(values: dict[str, Any]) -> dict[str, Any]:
-        trial = trial_config(config, search, values)
+        plan = plans(values)
+        if plan.pruned:  # ranked after every trial that ran
+            return {"objective": math.inf if mode == "min" else -math.inf, "reached": False, "pruned": plan.pruned}
+        trial = plan.config
         run_dir = out / "runs" / tune.get_context().get_trial_id()
         clock = TrialClock(search.budget_s)
         # reuses the trial's Ray connection; the clock ends it once the budget is spent
@@ -215,14 +232,10 @@ def run_search(config: RunConfig, search: TuneSearch, out: Path) -> pd.DataFrame
         return {**score(history, search), "num_aggregations": int((history.event == "aggregation").sum()),
                 "wall_seconds": float(history.wall_time.max()), "run_dir": str(run_dir)}
 
-    started_ray = not ray.is_initialized()
-    if started_ray:
-        ray.init(address="local", num_cpus=search.num_cpus or max(os.cpu_count() or 1, 4),
-                 include_dashboard=False, logging_level="WARNING")
     try:
-        mode = "min" if search.objective == "time_to_target" else "max"
+        cluster = Capacity.from_ray_nodes(ray.nodes())
         tuner = tune.Tuner(
-            tune.with_resources(trainable, _resources(config, search)),
+            tune.with_resources(trainable, _resources(plans)),
             param_space=_space(search),
             tune_config=tune.TuneConfig(metric="objective", mode=mode, num_samples=search.num_samples,
                                         max_concurrent_trials=concurrent_trials(config, search)),
@@ -245,9 +258,11 @@ def _write_results(results: Any, config: RunConfig, search: TuneSearch, out: Pat
     table = table.rename(columns={p: p.removeprefix("config/") for p in params})
     keep = ["trial_id", *search.space, "objective", "reached", "time_to_target", "metric",
             *(c for c in table if c.startswith("best_")), "num_aggregations", "startup_seconds",
-            "wall_seconds", "run_dir"]
+            "wall_seconds", "run_dir", "pruned"]
     table = table[[c for c in keep if c in table]].sort_values("objective", ascending=ascending)
     table = table.reset_index(drop=True)
+    if "pruned" in table and table.pruned.notna().all():
+        raise RuntimeError("every trial was pruned; first: " + table.pruned.iloc[0])
     table.to_csv(out / "trials.csv", index=False)
     table.to_parquet(out / "trials.parquet", index=False)
     best = {p: _plain(table.iloc[0][p]) for p in search.space}
@@ -269,8 +284,9 @@ def _plain(value: Any) -> Any:
 
 
 def margin_line(table: pd.DataFrame, search: TuneSearch) -> str:
-    """Best against worst, in the objective's own units."""
-    best, worst = table.iloc[0], table.iloc[-1]
+    """Best against worst of the trials that ran, in the objective's own units."""
+    ran = table[table.pruned.isna()] if "pruned" in table else table
+    best, worst = ran.iloc[0], ran.iloc[-1]
     metric = str(best.get("metric", "accuracy"))
     if search.objective != "time_to_target":
         return (f"best trial {best.trial_id}: {metric} {abs(best.objective):.3f} within {search.budget_s:g}s; "
@@ -297,11 +313,28 @@ def add_parser(sub: Any) -> None:
     cmd.add_argument("config", help="YAML run config (the base every trial modifies)")
     cmd.add_argument("--search", required=True, help="YAML search space and objective")
     cmd.add_argument("--out", help="results directory (default: runs/tune-NAME-TIMESTAMP)")
+    cmd.add_argument("--calibration", help="score trials in simulated seconds priced by this file "
+                     "(fedray profile --calibration): sets clock: simulated")
+    cmd.add_argument("--capacity", help="with --calibration: plan for this cluster, '4 nodes x {CPU: 16}' "
+                     "or a YAML file (default: this machine); allocations it cannot hold are pruned")
     cmd.set_defaults(func=command)
 
 
+def simulated(config: RunConfig, calibration: str | None, capacity: str | None) -> RunConfig:
+    """The base config priced by a calibration on a capacity (``--calibration``/``--capacity``),
+    its files as absolute paths: Tune runs each trial in its own directory."""
+    raw = config.model_dump(mode="json")
+    if calibration is not None or capacity is not None:
+        raw |= {"clock": "simulated", "calibration": calibration or raw["calibration"],
+                "capacity": capacity or raw["capacity"]}
+    for key in ("calibration", "capacity"):
+        if raw[key] is not None and Path(raw[key]).is_file():
+            raw[key] = str(Path(raw[key]).resolve())
+    return load_config(raw)
+
+
 def command(args: Any) -> int:
-    config = load_config(args.config)
+    config = simulated(load_config(args.config), args.calibration, args.capacity)
     search = load_search(args.search)
     out = Path(args.out) if args.out else Path("runs") / f"tune-{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     started = time.perf_counter()
@@ -311,9 +344,12 @@ def command(args: Any) -> int:
         print(f"fedray: {exc}", file=sys.stderr)
         return 1
     pd.set_option("display.width", 200)
-    shown = table.drop(columns=["run_dir"])
+    shown = table.drop(columns=["run_dir", "pruned"], errors="ignore")
     print(f"\n{len(table)} trials in {time.perf_counter() - started:.0f}s, sorted by {search.objective}:")
     print(shown.to_string(index=False, float_format=lambda v: f"{v:.3f}" if not math.isnan(v) else "-"))
+    if "pruned" in table:
+        for row in table[table.pruned.notna()].itertuples():
+            print(f"pruned {row.trial_id}: {row.pruned}")
     print("\n" + margin_line(table, search))
     print(f"\nwrote {out}/trials.csv, trials.parquet and best.yaml; run the best with: fedray run {out}/best.yaml")
     return 0

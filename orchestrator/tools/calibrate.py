@@ -1,0 +1,130 @@
+"""``fedray profile CONFIG --allocations ... --calibration OUT.json``: measure each group's
+cost at each candidate allocation, once, for the simulated clock to price tasks with.
+
+One Ray session, one participant actor per group (the group's first participant, its
+real model and data). For each candidate ``num_cpus`` the actor's torch threads are set
+as a run would set them (``max(1, int(num_cpus))``) and it trains tasks of two sizes: one
+local step, and the group's own local work. The two sizes separate the fixed cost of a
+task (set-up, optimizer, evaluation of the update) from the cost per sample. Groups are
+measured one after another so they do not slow each other; candidates that give the same
+thread count share one measurement. The result is :class:`Calibration` (JSON, documented in
+``orchestrator/cluster/calibration.py``).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import ray
+
+from actors.participant.participant import Participant
+from orchestrator.cluster.calibration import Calibration, Measurement
+from orchestrator.config import ConfigError, RunConfig
+from strategies.types import GlobalState, Instructions
+
+REPEATS = 2
+"""Tasks per size and thread count; the fastest counts (the others met a busy core)."""
+
+
+def parse_allocations(texts: list[str], config: RunConfig) -> dict[str, list[float]]:
+    """``["0.5,1,2"]`` (every group) or ``["hospital=1,2", "clinic=0.25,1"]``; a group not
+    named keeps its own ``num_cpus``, always measured too."""
+    names = [g.name for g in config.groups]
+    out = {g.name: {g.resources.num_cpus} for g in config.groups}
+    for text in texts:
+        group, _, values = text.rpartition("=")
+        if group and group not in names:
+            raise ConfigError(f"--allocations {text}: no group named {group!r}; groups: {names}")
+        try:
+            cpus = {float(v) for v in values.split(",") if v.strip()}
+        except ValueError:
+            raise ConfigError(f"--allocations {text}: expected numbers of CPUs like 0.5,1,2") from None
+        if not cpus or min(cpus) <= 0:
+            raise ConfigError(f"--allocations {text}: give CPU counts > 0")
+        for name in [group] if group else names:
+            out[name] |= cpus
+    return {name: sorted(cpus) for name, cpus in out.items()}
+
+
+def _threads(num_cpus: float) -> int:
+    return max(1, int(num_cpus))
+
+
+def _set_threads(actor: Any, threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _peaks(actor: Any) -> tuple[int, int]:
+    """The process's peak resident memory and peak GPU memory allocated, in bytes."""
+    import resource
+
+    import torch
+
+    gpu = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, int(gpu)
+
+
+def _timed(handle: Any, state: Any, steps: int, seed: int) -> tuple[float, int]:
+    update = ray.get(handle.train.remote(state, Instructions(task_id=seed, seed=seed, local_steps=steps)))
+    return update.train_seconds, int(update.metrics["samples"])
+
+
+def fit_cost(small: tuple[float, int], large: tuple[float, int]) -> tuple[float, float]:
+    """Fixed seconds and seconds per sample through two (seconds, samples) points; when a
+    busy core made the small task no faster than the large one, all of the large task's
+    time counts per sample (the larger estimate of a task's cost)."""
+    (t1, s1), (t2, s2) = small, large
+    if s2 <= s1 or t2 <= t1:
+        return 0.0, t2 / max(s2, 1)
+    per_sample = (t2 - t1) / (s2 - s1)
+    return max(0.0, t1 - per_sample * s1), per_sample
+
+
+def calibrate(config: RunConfig, allocations: dict[str, list[float]]) -> Calibration:
+    """Measure every group at every candidate ``num_cpus`` (module docstring)."""
+    from orchestrator.cluster.connect import connect_ray
+    from orchestrator.cluster.specs import participant_specs
+    from orchestrator.loop.adaptive import base_steps
+
+    started_ray = connect_ray(config)
+    firsts = {}
+    for spec, group in participant_specs(config, "calibrate"):
+        firsts.setdefault(group.name, (spec, group))
+    handles = {name: ray.remote(Participant).options(num_cpus=0, num_gpus=group.resources.num_gpus).remote(spec)
+               for name, (spec, group) in firsts.items()}
+    rows = []
+    try:
+        infos = dict(zip(handles, ray.get([h.describe.remote() for h in handles.values()]), strict=True))
+        for name, handle in handles.items():
+            group, info = firsts[name][1], infos[name]
+            params = ray.get(handle.initial_parameters.remote())
+            state = ray.put(GlobalState(0, np.asarray(params, np.float32), info["layout"]))
+            train = group.train
+            steps = max(2, base_steps(info["num_examples"], train.batch_size, train.local_epochs, train.local_steps))
+            _timed(handle, state, 1, 0)  # warm-up: first-call costs are not the allocation's
+            by_threads: dict[int, Measurement] = {}
+            for cpus in allocations[name]:
+                threads = _threads(cpus)
+                if threads not in by_threads:
+                    ray.get(handle.__ray_call__.remote(_set_threads, threads))
+                    small = min(_timed(handle, state, 1, r) for r in range(REPEATS))
+                    large = min(_timed(handle, state, steps, r) for r in range(REPEATS))
+                    fixed, per_sample = fit_cost(small, large)
+                    peak, gpu = ray.get(handle.__ray_call__.remote(_peaks))
+                    by_threads[threads] = Measurement(name, cpus, group.resources.num_gpus, False, per_sample,
+                                                      fixed, float(peak), float(gpu), small[1] * REPEATS + large[1] * REPEATS)
+                rows.append(replace(by_threads[threads], num_cpus=cpus))
+    finally:
+        for handle in handles.values():
+            ray.kill(handle, no_restart=True)
+        if started_ray:
+            ray.shutdown()
+    machine = {"hostname": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
+               "config": config.name}
+    return Calibration(machine, rows)
