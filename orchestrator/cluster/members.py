@@ -1,16 +1,6 @@
-"""The driver's view of one participant and of how its tasks end.
-
-The run loop decides *what* to do (which participant gets work, what an arrival means for
-the model); this module does it to the Ray actors and turns every way a task can end
-into either an update or a history event. Ray's outcomes are told apart by exception
-type, never by searching error text:
-
-- the participant's own exceptions (``SimulatedDropout``, ``Unavailable``,
-  ``PrivacyBudgetSpent``, ``DataError``) arrive as ``RayTaskError`` instances of them;
-- ``ActorUnavailableError``: Ray is restarting the actor (``max_restarts``), so back off;
-- any other ``RayActorError``: the actor died (crash, ``ray.kill``, lost node, OOM kill);
-- any other ``RayError``: the task failed.
-"""
+"""The driver's view of one participant (:class:`Member`), of a finished task
+(:class:`Arrival`), and the words a Ray error is reported in (:func:`error_message`);
+:mod:`orchestrator.cluster.participants` says how each outcome is told apart."""
 
 from __future__ import annotations
 
