@@ -60,10 +60,6 @@ def test_an_unmeasured_gpu_share_borrows_the_nearest_measured_share() -> None:
     assert cal.task_seconds("hospital", 1, 0.25, 100) == cal.task_seconds("hospital", 1, 0.5, 100)
 
 
-def test_memory_comes_from_the_nearest_measured_row() -> None:
-    cal = _calibration()
-    assert cal.nearest("hospital", num_cpus=3, num_gpus=0).peak_memory_bytes == 5e8
-    assert cal.nearest("hospital", num_cpus=2, num_gpus=0).peak_memory_bytes == 3e8
 
 
 def test_uncalibrated_group_or_regime_is_a_clear_error() -> None:

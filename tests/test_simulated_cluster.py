@@ -80,12 +80,6 @@ def test_never_more_than_a_node_holds_at_any_instant() -> None:
         assert sum(o.demand.get("GPU", 0.0) for o in live) <= 1 + 1e-9
 
 
-def test_resource_seconds_count_what_tasks_booked() -> None:
-    cluster = SimulatedCluster(Capacity.parse("1 x {CPU: 4, GPU: 1}"))
-    cluster.hold({"CPU": 1})
-    cluster.reserve({"CPU": 2, "GPU": 0.5}, 3.0)
-    cluster.reserve({"CPU": 1}, 2.0)
-    assert cluster.resource_seconds() == {"CPU": 8.0, "GPU": 1.5}
 
 
 def test_forgetting_finished_bookings_keeps_the_schedule() -> None:

@@ -128,11 +128,6 @@ class Calibration:
         w = (1 / num_cpus - 1 / hi.num_cpus) / (1 / lo.num_cpus - 1 / hi.num_cpus)
         return w * lo.seconds(samples) + (1 - w) * hi.seconds(samples)
 
-    def nearest(self, group: str, num_cpus: float, num_gpus: float, batched: bool = False) -> Measurement:
-        """The measured row closest in CPUs, for figures that do not interpolate (memory)."""
-        rows = self._family(group, num_gpus, batched)
-        return min(rows, key=lambda r: (abs(r.num_cpus - num_cpus), r.num_cpus))
-
     def _family(self, group: str, num_gpus: float, batched: bool) -> list[Measurement]:
         """The rows that can price ``group`` at this GPU share and batching, by CPUs.
 

@@ -73,7 +73,6 @@ class SimulatedCluster:
         self._times: list[list[float]] = [[0.0] for _ in capacity.nodes]
         self._usage: list[list[dict[str, float]]] = [[{}] for _ in capacity.nodes]
         self._booked: list[Reservation] = []
-        self._resource_seconds: dict[str, float] = {}
 
     def reserve(self, demand: Mapping[str, float], duration: float, earliest: float = 0.0,
                 label: str = "") -> Reservation:
@@ -99,9 +98,6 @@ class SimulatedCluster:
         start, index = best
         booked = Reservation(index, start, start + duration, need, label)
         self._book(booked)
-        if math.isfinite(duration):
-            for key, value in need.items():
-                self._resource_seconds[key] = self._resource_seconds.get(key, 0.0) + value * duration
         return booked
 
     def hold(self, demand: Mapping[str, float], label: str = "") -> Reservation:
@@ -111,11 +107,6 @@ class SimulatedCluster:
     def reservations(self) -> list[Reservation]:
         """Every booking still remembered, by start, node, booking order."""
         return sorted(self._booked, key=lambda r: (r.start, r.node))
-
-    def resource_seconds(self) -> dict[str, float]:
-        """Resource-seconds booked by tasks (CPU-seconds, GPU-seconds: the cost objective);
-        whole-run holds are not counted, their cost is the run's length times the hold."""
-        return dict(self._resource_seconds)
 
     def forget_before(self, now: float) -> None:
         """Drop what is over by ``now`` so bookings stay quick over a long run; later
