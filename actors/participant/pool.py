@@ -273,6 +273,18 @@ class PoolWorker:
                 self._served.pop(spec.name, None)
             private_state.discard(spec.state_dir)
 
+    def reset(self) -> bool:
+        """Forget every participant (a run ended; the driver may serve another run's with
+        this process). False when a task still runs after :data:`ABANDON_GRACE_S`: this
+        worker is not fit to serve another run."""
+        with self._ended:
+            if not self._ended.wait_for(lambda: not self._busy, ABANDON_GRACE_S):
+                return False
+            self._specs.clear()
+            self._served.clear()
+            self._cohorts.clear()
+        return True
+
     def cached(self) -> list[str]:
         """Names of the participants set up in this worker, least recently served first."""
         return list(self._served)

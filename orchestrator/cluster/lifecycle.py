@@ -19,6 +19,7 @@ from actors.spec.participant import ParticipantSpec
 from orchestrator.cluster.fits import PlacementError, check_placement
 from orchestrator.cluster.members import Member, RunError, error_message
 from orchestrator.cluster.placement import Placements
+from orchestrator.cluster.warm_workers import WARM, worker_key
 from orchestrator.config import Group, RunConfig
 from orchestrator.loop.clock import Clock
 from orchestrator.loop.schedules import Task
@@ -56,6 +57,7 @@ class Lifecycle:
         """The run's fitted preprocessing (``preprocess:``), or None."""
         self._hung: dict[str, str] = {}  # participant -> why wait() killed its task
         self._backed_off: dict[int, float] = {}  # actor -> when the driver last waited out its restart
+        self._worker_keys: dict[int, str | None] = {}  # pool worker -> its settings (warm_workers)
         self.client = config.strategy.build().client()
         """The strategy's client half, asked how much work a task plans (simulated clock)."""
 
@@ -112,7 +114,7 @@ class Lifecycle:
             self.placements = Placements(self.config.groups)
         except PlacementError as exc:
             raise RunError(str(exc)) from None
-        pools = {g.name: self._start_pool(g) for g in self.config.groups if g.hosting == "pool"}
+        pools = self._start_pools()
         for index, (spec, group) in enumerate(specs):
             if group.name in pools:  # a participant's tasks always go to the same worker
                 workers = pools[group.name]
@@ -134,16 +136,28 @@ class Lifecycle:
         if len(self.alive()) < self.config.schedule.min_participants:
             raise RunError("participants could not start:\n  " + "\n  ".join(one_line_per_cause(errors)))
 
-    def _start_pool(self, group: Group) -> list[Any]:
-        """The group's pool workers, each with the group's resources. Ray restarts a
-        worker that dies: its participants' private state is in their own directories."""
-        workers = []
-        served = -(-group.count // group.pool_size)  # participant i goes to worker i % pool_size
-        for i in range(group.pool_size):
-            options = self.placements.actor_options(group, i) | {"max_restarts": -1,
-                                                                  "max_concurrency": task_threads(served)}
-            workers.append(self.privacy.actor_class(PoolWorker).options(**options).remote(group.cache_size, group.cache_mb))
-        return workers
+    def _start_pools(self) -> dict[str, list[Any]]:
+        """Each pool group's workers, each with the group's resources: idle ones an earlier
+        run of this process left with the same settings (:mod:`~orchestrator.cluster.warm_workers`),
+        else new. Ray restarts a worker that dies: its participants' private state is in
+        their own directories."""
+        wanted = []  # (group, key, options) per worker
+        for group in (g for g in self.config.groups if g.hosting == "pool"):
+            served = -(-group.count // group.pool_size)  # participant i goes to worker i % pool_size
+            for i in range(group.pool_size):
+                options = self.placements.actor_options(group, i) | {"max_restarts": -1,
+                                                                      "max_concurrency": task_threads(served)}
+                key = worker_key(options, self.privacy.secure, group.cache_size, group.cache_mb)
+                wanted.append((group, key, options))
+        claimed = WARM.claim([key for _, key, _ in wanted])
+        pools: dict[str, list[Any]] = {}
+        for (group, key, options), handle in zip(wanted, claimed, strict=True):
+            if handle is None:
+                cls = self.privacy.actor_class(PoolWorker)
+                handle = cls.options(**options).remote(group.cache_size, group.cache_mb)
+            self._worker_keys[id(handle)] = key
+            pools.setdefault(group.name, []).append(handle)
+        return pools
 
     def _await_start(self, pending: dict[ray.ObjectRef, Member]) -> list[tuple[str, str]]:
         """Each participant's description, or why it could not start (a bad data path
@@ -169,12 +183,16 @@ class Lifecycle:
         return errors
 
     def release(self, discard_state: bool = False) -> None:
-        """Stop every actor; with ``discard_state`` (a run that cannot be resumed) each
+        """Stop every dedicated actor and keep the pool workers warm for a later run of
+        this process; with ``discard_state`` (a run that cannot be resumed) each
         participant first deletes its private state on its own node."""
         if discard_state:
             self._discard_state()
         for handle in {id(m.handle): m.handle for m in self.members.values()}.values():
-            ray.kill(handle, no_restart=True)
+            if id(handle) in self._worker_keys:
+                WARM.keep(self._worker_keys[id(handle)], handle)
+            else:
+                ray.kill(handle, no_restart=True)
         if self.placements is not None:
             self.placements.release()
 

@@ -34,6 +34,7 @@ from orchestrator.cluster.connect import connect_ray
 from orchestrator.cluster.members import Member, RunError
 from orchestrator.cluster.participants import Participants
 from orchestrator.cluster.specs import participant_specs
+from orchestrator.cluster.warm_workers import WARM
 from orchestrator.config import RunConfig
 from orchestrator.loop import checkpoint
 from orchestrator.loop.adaptive import AdaptiveLocalWork
@@ -345,7 +346,8 @@ class Orchestrator:
     def _release(self) -> None:
         self.participants.release(discard_state=self.config.checkpoint.every is None)
         self.members_info = {m.name: m.info for m in self.participants.members.values()}
-        if self._started_ray:
+        if self._started_ray:  # nothing to keep warm for: Ray goes with this run
+            WARM.release()
             ray.shutdown()
 
     members = property(lambda self: self.participants.members, doc="The participants, by name.")

@@ -1,0 +1,91 @@
+"""Pool workers kept warm between the runs of one driver process."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import ray
+from conftest import digits_config
+from test_pool import spec
+
+from actors.participant import pool
+from actors.participant.pool import NotRegistered, PoolWorker
+from orchestrator.cluster.warm_workers import WARM
+from orchestrator.config import load_config
+from orchestrator.loop.run import Orchestrator
+
+
+def _pooled(workers: int = 2, **train) -> dict:
+    raw = digits_config(stop={"max_aggregations": 3})
+    raw["groups"][0] |= {"hosting": "pool", "workers": workers}
+    raw["groups"][0]["train"] |= train
+    return raw
+
+
+def _run(raw: dict) -> tuple[np.ndarray, set[int]]:
+    orch = Orchestrator(load_config(raw))
+    orch.run()
+    return orch.params.copy(), {m.info["pid"] for m in orch.members.values()}
+
+
+def test_a_second_run_reuses_the_workers_and_gives_the_same_model(ray_session):
+    """Same settings: the same processes serve the second run, which forgot the first
+    run's participants (same parameters as a fresh start, bit for bit)."""
+    WARM.release()
+    first, first_pids = _run(_pooled())
+    assert WARM.count() == 2
+    second, second_pids = _run(_pooled())
+    assert second_pids == first_pids
+    np.testing.assert_array_equal(first, second)
+
+
+def test_workers_with_other_settings_are_killed_not_kept_holding_resources(ray_session):
+    WARM.release()
+    _, old_pids = _run(_pooled(workers=2))
+    old = list(WARM._idle)
+    _, new_pids = _run(_pooled(workers=1, lr=0.05) | {"groups": [_pooled(workers=1)["groups"][0]
+                                                                  | {"resources": {"num_cpus": 0.25}}]})
+    assert not new_pids & old_pids  # other resources: a new worker
+    for worker in old:  # the unclaimed idle workers are gone, their CPUs free
+        try:
+            ray.get(worker.handle.cached.remote(), timeout=30)
+        except ray.exceptions.RayActorError:
+            continue
+        raise AssertionError("an idle worker with other settings was left running")
+    assert WARM.count() == 1
+
+
+def test_a_worker_that_was_killed_while_idle_is_replaced(ray_session):
+    WARM.release()
+    _, old_pids = _run(_pooled(workers=1))
+    ray.kill(WARM._idle[0].handle, no_restart=True)
+    _, new_pids = _run(_pooled(workers=1))
+    assert len(new_pids) == 1 and not new_pids & old_pids
+
+
+def test_turned_off_every_run_starts_its_own_workers(ray_session):
+    WARM.release()
+    WARM.enabled = False
+    try:
+        _, first = _run(_pooled(workers=1))
+        assert WARM.count() == 0
+        _, second = _run(_pooled(workers=1))
+        assert not first & second
+    finally:
+        WARM.enabled = True
+
+
+def test_a_reset_worker_forgets_its_participants_and_a_busy_one_says_so(tmp_path, monkeypatch):
+    """In this process: after a reset a name is unknown again; with a task still running
+    the reset gives up after the grace period and reports the worker unfit."""
+    worker = PoolWorker()
+    s = spec(0, tmp_path, "fedavg")
+    worker.describe(s)
+    assert worker.cached() == ["site-0"]
+    assert worker.reset() is True
+    assert worker.cached() == []
+    with pytest.raises(NotRegistered):
+        worker.describe("site-0")
+    monkeypatch.setattr(pool, "ABANDON_GRACE_S", 0.05)
+    worker._busy.add("site-0")  # a task that never ends
+    assert worker.reset() is False
