@@ -19,8 +19,9 @@ from torch.nn import functional as F
 from actors.spec.training import DPSGD, TrainSpec
 from actors.training import batched
 from actors.training.batched import can_batch, train_batched
-from actors.training.loops import batches, make_optimizer, train_locally
+from actors.training.loops import batches, train_locally
 from actors.training.models import build_model
+from actors.training.optimizers import make_optimizer
 
 SIZES = (37, 50, 64, 23)
 SEEDS = (101, 202, 303, 404)

@@ -97,7 +97,7 @@ def test_submit_without_a_config_submits_the_demo_like_run(tmp_path, monkeypatch
 
 # -- a fast start: modules load only when the command or the config needs them ----------
 
-HEAVY = ("torch", "ray", "pandas", "sklearn", "scipy", "opacus", "cryptography")
+HEAVY = ("torch", "ray", "pandas", "sklearn", "scipy", "opacus", "cryptography", "torch._dynamo")
 
 
 def imported_after(code: str) -> set[str]:
@@ -137,7 +137,8 @@ def test_builtin_model_options_match_the_factories():
 
 def test_a_plain_digits_fedavg_participant_imports_only_torch():
     """No opacus (DP-SGD), cryptography (secure aggregation), pandas (file data) or
-    scikit-learn (digits is read from its bundled file) unless the config uses them."""
+    scikit-learn (digits is read from its bundled file) unless the config uses them, and
+    no torch._dynamo (the local optimizers are fedray's own: actors/training/optimizers.py)."""
     assert imported_after("import actors.participant.participant") == {"torch"}
     train_one_task = """
 from actors.participant.participant import Participant

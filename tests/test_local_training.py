@@ -76,3 +76,29 @@ def test_dropout_masks_follow_the_task_seed_not_the_process_history():
     before = torch.get_rng_state()
     np.testing.assert_array_equal(trained(7), first)
     assert torch.equal(torch.get_rng_state(), before)
+
+
+@pytest.mark.parametrize(("optimizer", "momentum", "weight_decay"), [
+    ("sgd", 0.0, 0.0), ("sgd", 0.9, 0.0), ("sgd", 0.9, 1e-3), ("adam", 0.0, 0.0), ("adam", 0.0, 1e-3)])
+def test_the_local_optimizers_train_to_the_same_bits_as_torch_optim(optimizer, momentum, weight_decay):
+    """fedray's SGD and Adam (no torch._dynamo import) against torch.optim's, 25 steps."""
+    import copy
+
+    from actors.training.optimizers import make_optimizer, torch_optimizer
+
+    spec = TrainSpec(optimizer=optimizer, lr=0.05, momentum=momentum, weight_decay=weight_decay)
+    torch.manual_seed(0)
+    ours = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    theirs = copy.deepcopy(ours)
+    ours[0].bias.requires_grad_(False)  # a frozen tensor stays out of both
+    theirs[0].bias.requires_grad_(False)
+    pairs = [(ours, make_optimizer(ours, spec)), (theirs, torch_optimizer(theirs, spec))]
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(25):
+        x, y = torch.randn(6, 8, generator=gen), torch.randint(0, 3, (6,), generator=gen)
+        for model, opt in pairs:
+            opt.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+    for a, b in zip(ours.parameters(), theirs.parameters(), strict=True):
+        assert torch.equal(a, b)

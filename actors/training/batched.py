@@ -25,16 +25,12 @@ from torch.nn import functional as F
 
 from actors.spec.training import TrainSpec
 from actors.training.loops import batches
+from actors.training.optimizers import ADAM_BETAS, ADAM_EPS
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 OPTIMIZER_FIELDS = ("optimizer", "lr", "momentum", "weight_decay", "batch_size")
 """The :class:`TrainSpec` fields the batched optimizer shares across participants."""
-
-ADAM_BETAS = (0.9, 0.999)
-ADAM_EPS = 1e-8
-"""``torch.optim.Adam``'s defaults, which :func:`actors.training.loops.make_optimizer` uses."""
-
 
 def _structure(model: nn.Module) -> tuple:
     """What must be equal for one model to stand in for another in ``functional_call``:

@@ -16,7 +16,8 @@ from torch.nn import functional as F
 from actors.data.load import apply_view, load_shared_dataset
 from actors.spec.data import DatasetSpec, View
 from actors.spec.training import TrainSpec
-from actors.training.loops import batches, make_optimizer
+from actors.training.loops import batches
+from actors.training.optimizers import LocalOptimizer, make_optimizer
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -60,7 +61,7 @@ def distill(
     temperature: float,
     epochs: int,
     seed: int,
-    optimizer: torch.optim.Optimizer | None = None,
+    optimizer: LocalOptimizer | None = None,
 ) -> float:
     """Fit ``model`` to the teacher's soft labels on the public set; returns the mean loss."""
     if epochs <= 0 or len(x_public) == 0:

@@ -43,7 +43,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from actors.spec.training import DPSGD, TrainSpec
-from actors.training.loops import make_optimizer
+from actors.training.optimizers import torch_optimizer
 from strategies.privacy import PrivacyAccountant
 
 
@@ -171,7 +171,7 @@ def train_dp_sgd(
     model.train()
     gsm = GradSampleModule(model, batch_first=True, loss_reduction="mean", strict=True)
     opt = DPOptimizer(
-        make_optimizer(model, spec), noise_multiplier=dp.noise_multiplier,
+        torch_optimizer(model, spec), noise_multiplier=dp.noise_multiplier,
         max_grad_norm=dp.max_grad_norm, expected_batch_size=spec.batch_size,
         loss_reduction="mean", generator=gen, secure_mode=True,
     )

@@ -12,14 +12,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from actors.spec.training import TaskSpec, TrainSpec
+from actors.training.optimizers import make_optimizer
 from actors.training.tasks import Loss, metrics
-
-
-def make_optimizer(model: nn.Module, spec: TrainSpec) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if spec.optimizer == "adam":
-        return torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay)
-    return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
 
 
 def precision(spec: TrainSpec, device: torch.device) -> torch.autocast:
