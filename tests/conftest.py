@@ -39,8 +39,12 @@ def ray_session(_ray_shutdown_at_end):
     yield _ensure_local_ray()
 
 
-def digits_config(**overrides) -> dict:
-    """A small, fast digits run as a plain mapping; tests override what they need."""
+def digits_config(hosting: str = "pool", **overrides) -> dict:
+    """A small, fast digits run as a plain mapping; tests override what they need.
+
+    Pooled by default: warm pool workers serve test after test
+    (``orchestrator/cluster/warm_workers.py``); tests of dedicated actors or of ``auto``
+    say so with ``hosting``."""
     config = {
         "name": "test",
         "seed": 0,
@@ -52,6 +56,7 @@ def digits_config(**overrides) -> dict:
                 "model": {"name": "mlp", "hidden": [32]},
                 "train": {"local_epochs": 1, "batch_size": 32, "lr": 0.1},
                 "resources": {"num_cpus": 0.5},
+                "hosting": hosting,
             }
         ],
         "stop": {"max_aggregations": 5},

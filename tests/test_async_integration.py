@@ -20,9 +20,10 @@ Each actor's *first* task can take far longer for real on a loaded machine (torc
 initialisation), so the assertions never rely on the first task's timing."""
 
 
-def two_groups(fast: dict | None = None, slow: dict | None = None, fast_count: int = 2) -> list:
+def two_groups(fast: dict | None = None, slow: dict | None = None, fast_count: int = 2,
+               hosting: str = "pool") -> list:
     """``fast_count`` ordinary participants plus one ``slow`` one, each with its own system."""
-    base = digits_config()["groups"][0]
+    base = digits_config(hosting)["groups"][0]
     return [
         {**base, "name": "fast", "count": fast_count,
          "system": {"simulated_seconds_per_sample": SPS, **(fast or {})}},
@@ -121,7 +122,7 @@ class KillStragglerMidTask:
 
 def test_killed_participant_is_a_failure_and_the_run_completes(ray_session):
     config = load_config(digits_config(
-        groups=two_groups(slow={"speed": 0.05}),
+        groups=two_groups(slow={"speed": 0.05}, hosting="dedicated"),  # the actor, not a worker
         schedule={"mode": "buffered", "buffer_size": 2},
         stop={"max_aggregations": 25, "max_wall_s": 600},
     ))

@@ -239,10 +239,16 @@ def test_heterogeneous_resources_example_is_valid_and_says_what_it_claims():
 
 
 def test_hosting_is_auto_unless_set_and_workers_mean_a_pool():
-    assert load_config(digits_config()).groups[0].hosting == "auto"
-    assert load_config(broken(lambda c: c["groups"][0].update(workers=2))).groups[0].hosting == "pool"
-    assert load_config(broken(lambda c: c["groups"][0].update(batched=True))).groups[0].hosting == "pool"
-    assert load_config(broken(lambda c: c["groups"][0].update(batched="auto"))).groups[0].hosting == "auto"
+    def unset(**group) -> str:
+        raw = digits_config()
+        del raw["groups"][0]["hosting"]
+        raw["groups"][0] |= group
+        return load_config(raw).groups[0].hosting
+
+    assert unset() == "auto"
+    assert unset(workers=2) == "pool"
+    assert unset(batched=True) == "pool"
+    assert unset(batched="auto") == "auto"
     message = error_of(broken(lambda c: c["groups"][0].update(hosting="pooled")))
     assert "groups[0].hosting: Input should be 'auto', 'dedicated' or 'pool'" in message
 

@@ -294,8 +294,8 @@ def test_silos_that_spent_their_budget_leave_the_run(ray_session):
 # -- config -----------------------------------------------------------------------------------
 
 
-def with_dp_sgd(dp: dict, **overrides) -> dict:
-    raw = digits_config(**overrides)
+def with_dp_sgd(dp: dict, hosting: str = "pool", **overrides) -> dict:
+    raw = digits_config(hosting, **overrides)
     raw["groups"][0]["train"] = {**raw["groups"][0]["train"], "dp_sgd": dp}
     return raw
 
@@ -348,7 +348,7 @@ def test_dp_sgd_run_records_epsilon_per_update_and_the_worst_in_the_summary(ray_
 def test_dp_sgd_participants_always_get_a_private_state_dir_so_restarts_keep_the_budget():
     from orchestrator.cluster.specs import participant_specs
 
-    raw = with_dp_sgd({"noise_multiplier": 1.0, "max_grad_norm": 1.0})
+    raw = with_dp_sgd({"noise_multiplier": 1.0, "max_grad_norm": 1.0}, hosting="dedicated")
     raw["groups"].append({**raw["groups"][0], "name": "plain", "count": 1,
                           "train": {k: v for k, v in raw["groups"][0]["train"].items() if k != "dp_sgd"}})
     dirs = {spec.group: spec.state_dir for spec, _ in participant_specs(load_config(raw), "run")}

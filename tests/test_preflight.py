@@ -23,7 +23,7 @@ CLUSTER = Capacity(cpus=16, gpus=1, memory=16 * GB, where="the Ray cluster")
 
 
 def config(*groups: dict, **top):
-    base = digits_config()["groups"][0]
+    base = digits_config(hosting="auto")["groups"][0]
     return load_config(digits_config(groups=[base | {"name": f"g{i}"} | g for i, g in enumerate(groups)], **top))
 
 
@@ -161,7 +161,7 @@ def test_a_local_run_that_cannot_fit_is_refused_before_ray_starts():
 def test_a_run_on_a_running_ray_records_its_hosting(ray_session):
     from orchestrator.loop.run import Orchestrator
 
-    orch = Orchestrator(load_config(digits_config(stop={"max_aggregations": 1})))
+    orch = Orchestrator(load_config(digits_config(hosting="auto", stop={"max_aggregations": 1})))
     history = orch.run()
     rows = history[history.event == "hosting"]
     assert len(rows) == 1

@@ -201,7 +201,7 @@ def test_simulated_trials_on_a_described_capacity_are_scored_in_calibrated_secon
 
     rows = [Measurement("site", cpus, 0.0, False, 0.0, fixed, 3e8, 0, 100) for cpus, fixed in ((1.0, 1.0), (2.0, 0.6))]
     Calibration({}, rows).save(tmp_path / "cal.json")
-    base = digits_config(name="simtune")
+    base = digits_config("auto", name="simtune")
     base["groups"][0]["count"] = 2
     config = simulated(load_config(base), str(tmp_path / "cal.json"), "1 x {CPU: 2}")
     search = _search(space={"groups.site.resources.num_cpus": {"grid": [1, 2]}},
