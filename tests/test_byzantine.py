@@ -25,7 +25,7 @@ TRAIN = {"local_epochs": 2, "batch_size": 16, "lr": 0.1}
 
 def _config(strategy: dict, attacked: bool) -> dict:
     honest = {"name": "honest", "count": 6, "model": {"name": "mlp", "hidden": [64]},
-              "train": TRAIN, "resources": {"num_cpus": 0.5}}
+              "train": TRAIN, "resources": {"num_cpus": 0.5}, "hosting": "pool"}
     byzantine = {**honest, "name": "byzantine", "count": 2}
     if attacked:
         byzantine["system"] = {"attack": {"kind": "sign_flip", "scale": 10}}

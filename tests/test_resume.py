@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -60,23 +61,7 @@ def test_sigkilled_sync_run_resumes_to_identical_parameters(ray_session, tmp_pat
 
     # the driver in its own process (and process group), killed without warning
     killed = tmp_path / "killed"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path.cwd()), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.tools.cli", "run", str(cfg_path), "--out", str(killed), "--quiet"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True, env=env,
-    )
-    deadline = time.monotonic() + HANG_GUARD_S
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            done = list_checkpoints(killed)
-            if done and _checkpoint_version(done[-1]) >= KILL_AFTER:
-                break
-            time.sleep(0.05)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    _kill_when(_driver(cfg_path, killed), lambda: _checkpointed(killed), poll_s=0.05)
     assert not (killed / "summary.json").exists(), "the run finished before it was killed"
     stopped_at = _checkpoint_version(list_checkpoints(killed)[-1])
     assert KILL_AFTER <= stopped_at < MAX_AGGREGATIONS
@@ -108,11 +93,30 @@ def _driver(cfg_path: Path, out: Path) -> subprocess.Popen:
     )
 
 
+def _kill_when(proc: subprocess.Popen, ready: Callable[[], bool], poll_s: float) -> None:
+    """SIGKILL the driver's whole process group once ``ready()`` holds (or the hang guard
+    runs out); it must not have exited by itself first."""
+    deadline = time.monotonic() + HANG_GUARD_S
+    try:
+        while time.monotonic() < deadline and proc.poll() is None and not ready():
+            time.sleep(poll_s)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+
+
+def _checkpointed(out: Path) -> bool:
+    """A checkpoint of aggregation >= KILL_AFTER exists."""
+    done = list_checkpoints(out)
+    return bool(done) and _checkpoint_version(done[-1]) >= KILL_AFTER
+
+
 def _mid_round(out: Path, private: Path) -> bool:
     """A checkpoint of aggregation >= KILL_AFTER exists, and a participant has since saved
     its private state after a task the checkpoint does not cover (its round is not over)."""
-    done = list_checkpoints(out)
-    if not done or _checkpoint_version(done[-1]) < KILL_AFTER:
+    if not _checkpointed(out):
         return False
     try:
         ckpt = read_latest(out)
@@ -137,16 +141,7 @@ def test_killed_mid_round_resume_rolls_client_state_back_bit_for_bit(ray_session
     cfg_path = tmp_path / "run.yaml"
     cfg_path.write_text(yaml.safe_dump(raw))
     killed = tmp_path / "killed"
-    proc = _driver(cfg_path, killed)
-    deadline = time.monotonic() + HANG_GUARD_S
-    try:
-        while time.monotonic() < deadline and proc.poll() is None and not _mid_round(killed, private):
-            time.sleep(0.02)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    _kill_when(_driver(cfg_path, killed), lambda: _mid_round(killed, private), poll_s=0.02)
     assert _mid_round(killed, private), "not killed mid-round"
     run_id = read_latest(killed).run_id
 
