@@ -41,6 +41,7 @@ def _two_speed_config(adaptive: bool) -> dict:
         "model": {"name": "mlp", "hidden": [16]},
         "train": {"local_steps": 8, "batch_size": 8, "lr": 0.1},
         "resources": {"num_cpus": 0.5},
+        "hosting": "pool",
     }
     # simulated time per sample (1.3 s for a full fast task, 5 s for a slow one) dwarfs the
     # real compute, so measured rates do not depend on how loaded the machine is

@@ -19,13 +19,17 @@ def _group(name: str, count: int, **extra) -> dict:
     return {"name": name, "count": count, **TINY, "resources": {"num_cpus": 0.5}, **extra}
 
 
+ROUNDS = 18
+
+
 def test_random_kills_every_three_aggregations_cost_little_and_count_nothing_twice(ray_session, tmp_path):
-    """30 aggregations; every 3 a random participant is killed mid-task and restarted."""
+    """18 aggregations; every 3 a random participant is killed mid-task and restarted."""
     group = _group("site", 4, resources={"num_cpus": 0.5, "max_restarts": -1},
                    system={"simulated_seconds_per_sample": 0.002})  # tasks last ~0.25 s
-    raw = digits_config(groups=[group], stop={"max_aggregations": 30},
-                        schedule={"max_failures": 30}, evaluation={"every": 30})
-    baseline = Orchestrator(load_config(raw)).run()
+    raw = digits_config(groups=[group], stop={"max_aggregations": ROUNDS},
+                        schedule={"max_failures": ROUNDS}, evaluation={"every": ROUNDS})
+    # the same run without kills, pooled (the same model as dedicated: tests/test_pool.py), on warm workers
+    baseline = Orchestrator(load_config({**raw, "groups": [{**group, "hosting": "pool"}]})).run()
 
     orch = Orchestrator(load_config(raw), out_dir=tmp_path)
     killed: list[tuple[int, str]] = []
@@ -36,7 +40,7 @@ def test_random_kills_every_three_aggregations_cost_little_and_count_nothing_twi
         nonlocal next_kill
         version = getattr(orch, "version", 0)
         busy = [m for m in getattr(orch, "members", {}).values() if m.busy and not m.lost]
-        if version >= next_kill and busy and version < 30:
+        if version >= next_kill and busy and version < ROUNDS:
             victim = rng.choice(busy)
             ray.kill(victim.handle, no_restart=False)
             killed.append((version, victim.name))
@@ -45,12 +49,12 @@ def test_random_kills_every_three_aggregations_cost_little_and_count_nothing_twi
 
     history = run_while(orch, chaos)
 
-    assert len(killed) >= 8
+    assert len(killed) >= 5
     # a task in flight on a killed actor fails ("failure", or "unavailable" while Ray restarts it)
     failures = history[history.event.isin(["failure", "unavailable"])]
     assert len(failures) >= 1 and set(failures.participant) <= {name for _, name in killed}
     assert (history.event == "participant_lost").sum() == 0  # restarted actors rejoined
-    assert (history.event == "aggregation").sum() == 30
+    assert (history.event == "aggregation").sum() == ROUNDS
     updates = history[history.event == "update"]
     assert updates.task_id.is_unique
     assert set(updates.task_id) <= set(history[history.event == "dispatch"].task_id)
@@ -63,9 +67,9 @@ def test_random_kills_every_three_aggregations_cost_little_and_count_nothing_twi
     aggregated = rows[rows.event == "aggregation"].num_examples.to_numpy()
     assert list(per_round.to_numpy()) == list(aggregated)
     # Accuracy only checks that no failure corrupted the model: how many rounds a restart
-    # misses depends on machine speed, and clean runs of this workload with 2, 3 or 4 of
-    # the 4 updates per round ended between 0.889 and 0.930 over seeds 0-2 (measured);
-    # a corrupted model lands far lower.
+    # misses depends on machine speed. Clean runs of this workload with 2, 3 or 4 of the 4
+    # updates per round ended within 0.036 of each other for each of seeds 0-2 (seed 0:
+    # 0.794-0.802; measured with clients_per_round); a corrupted model lands far lower.
     final = history[history.event == "evaluation"].accuracy.iloc[-1]
     clean = baseline[baseline.event == "evaluation"].accuracy.iloc[-1]
     assert final >= clean - 0.05, (final, clean)
@@ -79,7 +83,7 @@ HEALTHY = {"num_cpus": 0.5, "max_restarts": -1}
 def test_hung_participant_times_out_and_the_run_goes_on(ray_session):
     raw = digits_config(
         groups=[_group("ok", 2, resources=HEALTHY), _group("stuck", 1, system={"hang_prob": 1.0})],
-        schedule={"task_timeout_s": 8.0, "max_failures": 10}, stop={"max_aggregations": 3},
+        schedule={"task_timeout_s": 5.0, "max_failures": 10}, stop={"max_aggregations": 3},
     )
     orch = Orchestrator(load_config(raw))
     history = orch.run()
@@ -94,7 +98,7 @@ def test_hung_participant_times_out_and_the_run_goes_on(ray_session):
 def test_too_few_participants_end_the_run_cleanly_with_a_reason(ray_session, tmp_path):
     raw = digits_config(
         groups=[_group("ok", 2, resources=HEALTHY), _group("stuck", 1, system={"hang_prob": 1.0})],
-        schedule={"task_timeout_s": 8.0, "min_participants": 3, "max_failures": 10},
+        schedule={"task_timeout_s": 5.0, "min_participants": 3, "max_failures": 10},
         stop={"max_aggregations": 5},
     )
     orch = Orchestrator(load_config(raw), out_dir=tmp_path)

@@ -21,7 +21,7 @@ def _group(name: str, model: dict, view: str, count: int = 1, **extra) -> dict:
         "name": name, "count": count, "model": model,
         "data": {"source": "partition", "view": view},
         "train": {"local_epochs": 1, "batch_size": 32, "lr": 0.1},
-        "resources": {"num_cpus": 0.5}, **extra,
+        "resources": {"num_cpus": 0.5}, "hosting": "pool", **extra,
     }
 
 

@@ -70,7 +70,7 @@ def test_live_bar_on_a_terminal_shows_the_same_numbers():
 def test_cli_run_prints_progress_lines_and_quiet_silences_them(ray_session, tmp_path, capsys):
     config = digits_config(
         groups=[{"name": "site", "count": 2, "model": {"name": "mlp", "hidden": [16]},
-                 "resources": {"num_cpus": 0.5}}],
+                 "resources": {"num_cpus": 0.5}, "hosting": "pool"}],
         stop={"max_aggregations": 2},
     )
     path = tmp_path / "tiny.yaml"

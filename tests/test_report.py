@@ -33,7 +33,7 @@ def _group(name: str, count: int, **system) -> dict:
         "name": name, "count": count,
         "model": {"name": "mlp", "hidden": [16]},
         "train": {"local_epochs": 1, "batch_size": 32, "lr": 0.1},
-        "resources": {"num_cpus": 0.5},
+        "resources": {"num_cpus": 0.5}, "hosting": "pool",
         "system": {"simulated_seconds_per_sample": SECONDS_PER_SAMPLE, **system},
     }
 

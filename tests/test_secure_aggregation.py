@@ -197,7 +197,7 @@ def test_secure_fedbuff_waits_until_a_buffer_mixes_enough_participants(ray_sessi
     """One fast participant could fill a buffer of 2 alone; its sum would be its own
     update, so the driver keeps buffering until a second participant's update lands."""
     base = {"model": {"name": "mlp", "hidden": [16]}, "train": {"local_steps": 5, "lr": 0.1},
-            "resources": {"num_cpus": 0.5}}
+            "resources": {"num_cpus": 0.5}, "hosting": "pool"}
     groups = [{**base, "name": "fast", "count": 1},
               {**base, "name": "slow", "count": 2, "system": {"simulated_seconds_per_sample": 0.02}}]
     _, history = _secure_run(True, groups=groups, stop={"max_aggregations": 4},
@@ -213,7 +213,8 @@ def test_secure_fedbuff_waits_until_a_buffer_mixes_enough_participants(ray_sessi
 
 
 def test_secure_sync_round_of_one_is_aborted_not_decoded(ray_session):
-    base = {"model": {"name": "mlp", "hidden": [16]}, "train": {"local_steps": 2}, "resources": {"num_cpus": 0.5}}
+    base = {"model": {"name": "mlp", "hidden": [16]}, "train": {"local_steps": 2}, "resources": {"num_cpus": 0.5},
+            "hosting": "pool"}
     groups = [{**base, "name": "site", "count": 1},
               {**base, "name": "flaky", "count": 1, "system": {"dropout_prob": 1.0}}]
     orch, history = _secure_run(True, groups=groups, stop={"max_updates": 3})
