@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
 from conftest import digits_config
 
 from orchestrator.config import ConfigError, TuneSearch, load_config
-from orchestrator.tools.tune import (
-    BudgetSpent,
-    TrialClock,
-    concurrent_trials,
-    load_search,
-    run_search,
-    score,
-    trial_config,
-)
+from orchestrator.tools.cli import main
+from orchestrator.tools.trials import BudgetSpent, TrialClock, score
+from orchestrator.tools.tune import concurrent_trials, load_search, run_search, trial_config
 
 
 def _search(**overrides) -> TuneSearch:
@@ -213,3 +208,29 @@ def test_simulated_trials_on_a_described_capacity_are_scored_in_calibrated_secon
     rounds = table.time_to_target[1] / 1.0
     assert rounds == round(rounds) >= 1
     assert table.time_to_target[2] == pytest.approx(1.2 * rounds)
+
+    # --confirm: the best trial and the config as given (0.5 CPUs: priced as the nearest
+    # measured, 1 CPU) again on the wall clock, one at a time in this Ray session
+    from orchestrator.tools.confirm import BASELINE, confirm, confirm_lines
+
+    checked = confirm(config, search, table.reset_index(), 1, tmp_path / "out")
+    assert checked.trial_id.tolist() == [BASELINE, table.trial_id.iloc[0]]
+    assert checked.predicted_s.tolist() == pytest.approx([rounds, rounds])
+    assert (checked.measured_s > 0).all()  # the digits tasks really reach 0.5 within 4 aggregations
+    np.testing.assert_allclose(checked.error, checked.predicted_s / checked.measured_s - 1)
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "out" / "confirm.csv"), checked, check_dtype=False)
+    for run in ("as-given-simulated", "as-given", table.trial_id.iloc[0]):
+        events = pd.read_csv(tmp_path / "out" / "confirm" / run / "trial_events.csv")
+        assert (events.event == "dispatch").any()
+    assert "prediction error: at most" in "\n".join(confirm_lines(checked, search))
+
+
+def test_confirm_needs_a_simulated_search_on_this_machine(tmp_path, capsys):
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(digits_config()))
+    (tmp_path / "search.yaml").write_text(yaml.safe_dump({"space": {"groups.site.train.local_epochs": {"grid": [1]}}}))
+    args = ["tune", str(tmp_path / "run.yaml"), "--search", str(tmp_path / "search.yaml"), "--confirm", "1"]
+    assert main(args) == 2
+    assert "--confirm checks a simulated search against this machine's wall clock" in capsys.readouterr().err
+    (tmp_path / "cal.json").write_text("{}")
+    assert main([*args, "--calibration", str(tmp_path / "cal.json"), "--capacity", "4 x {CPU: 16}"]) == 2
+    assert "no --capacity" in capsys.readouterr().err

@@ -18,7 +18,6 @@ by its best value of the metric. The other objective is the metric reached withi
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import sys
@@ -33,7 +32,6 @@ from pydantic import ValidationError
 from orchestrator.cluster.capacity import Capacity
 from orchestrator.config import ConfigError, RunConfig, TuneSearch, load_config
 from orchestrator.config.errors import flatten_errors
-from orchestrator.records.history import headline
 from orchestrator.tools.trial_plan import (
     TrialPlan,
     grid_points,
@@ -41,6 +39,7 @@ from orchestrator.tools.trial_plan import (
     local_cpus,
     plan_trial,
 )
+from orchestrator.tools.trials import run_trial
 
 
 def load_search(path: str | Path) -> TuneSearch:
@@ -77,6 +76,18 @@ def set_path(raw: dict[str, Any], path: str, value: Any) -> None:
     if not isinstance(node, dict) or parts[-1] not in node:
         raise ConfigError(f"space.{path}: {parts[-1]!r} is not a setting there")
     node[parts[-1]] = value
+
+
+def get_path(raw: dict[str, Any], path: str) -> Any:
+    """The value at a dotted ``path`` of a valid config, addressed as :func:`set_path` does.
+
+    >>> get_path({"groups": [{"name": "site", "resources": {"num_cpus": 2}}]}, "groups.site.resources.num_cpus")
+    2
+    """
+    node: Any = raw
+    for part in path.split("."):
+        node = next(g for g in node if g.get("name") == part) if isinstance(node, list) else node[part]
+    return node
 
 
 def trial_config(base: RunConfig, search: TuneSearch, values: dict[str, Any]) -> RunConfig:
@@ -128,62 +139,6 @@ def _resources(plans: Any):
     return factory
 
 
-class BudgetSpent(Exception):
-    """Raised from the history listener to end a trial whose training budget is spent."""
-
-
-class TrialClock:
-    """Listens to a trial's history; ends it ``budget_s`` after its first dispatch.
-
-    Plugged in where a progress display would go, so the run loop itself is unchanged.
-    """
-
-    def __init__(self, budget_s: float) -> None:
-        self.budget_s = budget_s
-        self.rows: list[dict[str, Any]] = []
-        self.t0: float | None = None
-
-    def on_event(self, row: dict[str, Any]) -> None:
-        self.rows.append(dict(row))
-        if self.t0 is None and row["event"] == "dispatch":
-            self.t0 = row["time"]
-        if self.t0 is not None and row["time"] - self.t0 > self.budget_s:
-            raise BudgetSpent
-
-    def close(self) -> None:
-        pass
-
-
-def score(history: pd.DataFrame, search: TuneSearch) -> dict[str, Any]:
-    """Time to target and accuracy within budget, on the clock of the first dispatch.
-
-    Participant start-up (importing torch, loading data) is left out: it does not depend
-    on the allocation and, on a busy machine, would swamp the differences being measured.
-    """
-    dispatched = history[history.event == "dispatch"]
-    t0 = float(dispatched.time.min()) if len(dispatched) else float(history.time.max())
-    evals = history[history.event == "evaluation"].assign(t=lambda f: f.time - t0)
-    in_budget = evals[evals.t <= search.budget_s]
-    metric, higher = headline(history)
-    target = search.target if search.target is not None else (search.target_accuracy or 2.0)
-    values = in_budget[metric].dropna() if metric in in_budget else pd.Series(dtype=float)
-    if higher:
-        best = float(values.max()) if len(values) else 0.0
-        hit = in_budget[in_budget[metric] >= target] if len(values) else in_budget.iloc[:0]
-    else:  # an error metric (mse, mae, loss): lower is better
-        best = float(values.min()) if len(values) else float("inf")
-        hit = in_budget[in_budget[metric] <= target] if len(values) else in_budget.iloc[:0]
-    time_to_target = float(hit.t.iloc[0]) if len(hit) else None
-    if search.objective != "time_to_target":  # the metric at budget, maximised
-        objective = best if higher else -best
-    elif time_to_target is not None:
-        objective = time_to_target
-    else:  # never reached the target: after every trial that did, the better metric first
-        objective = search.budget_s * ((2.0 - best) if higher else (2.0 - 1.0 / (1.0 + best)))
-    return {"objective": objective, "reached": time_to_target is not None, "metric": metric,
-            "time_to_target": time_to_target, f"best_{metric}": best, "startup_seconds": t0}
-
-
 def concurrent_trials(config: RunConfig, search: TuneSearch) -> int | None:
     """One trial at a time under the wall clock (trials sharing a machine would slow each
     other's seconds to target); under the simulated clock as many as fit (None)."""
@@ -196,8 +151,6 @@ def run_search(config: RunConfig, search: TuneSearch, out: Path) -> pd.DataFrame
     """Run every trial; return the table sorted best first (also written under ``out``)."""
     import ray
     from ray import tune
-
-    from orchestrator.loop.run import Orchestrator
 
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -219,18 +172,8 @@ def run_search(config: RunConfig, search: TuneSearch, out: Path) -> pd.DataFrame
         plan = plans(values)
         if plan.pruned:  # ranked after every trial that ran
             return {"objective": math.inf if mode == "min" else -math.inf, "reached": False, "pruned": plan.pruned}
-        trial = plan.config
-        run_dir = out / "runs" / tune.get_context().get_trial_id()
-        clock = TrialClock(search.budget_s)
-        # reuses the trial's Ray connection; the clock ends it once the budget is spent
-        orchestrator = Orchestrator(trial, out_dir=run_dir, progress=clock)
-        with contextlib.suppress(BudgetSpent):
-            orchestrator.run()
-        history = pd.DataFrame(clock.rows)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        history.to_csv(run_dir / "trial_events.csv", index=False)
-        return {**score(history, search), "num_aggregations": int((history.event == "aggregation").sum()),
-                "wall_seconds": float(history.wall_time.max()), "run_dir": str(run_dir)}
+        # reuses the trial's Ray connection
+        return run_trial(plan.config, search, out / "runs" / tune.get_context().get_trial_id())
 
     try:
         cluster = Capacity.from_ray_nodes(ray.nodes())
@@ -265,7 +208,7 @@ def _write_results(results: Any, config: RunConfig, search: TuneSearch, out: Pat
         raise RuntimeError("every trial was pruned; first: " + table.pruned.iloc[0])
     table.to_csv(out / "trials.csv", index=False)
     table.to_parquet(out / "trials.parquet", index=False)
-    best = {p: _plain(table.iloc[0][p]) for p in search.space}
+    best = {p: plain(table.iloc[0][p]) for p in search.space}
     best_config = trial_config(config, search, best).model_dump(mode="json")
     best_config["stop"] = config.stop.model_dump(mode="json")  # back to the user's own stop rule
     best_config["ray"] = config.ray.model_dump(mode="json")
@@ -278,7 +221,7 @@ def _first_values(search: TuneSearch) -> list[dict[str, Any]]:
              for p, spec in search.space.items() for k, v in spec.items()}]
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """numpy scalars -> Python, so YAML stays readable."""
     return value.item() if hasattr(value, "item") else value
 
@@ -317,6 +260,9 @@ def add_parser(sub: Any) -> None:
                      "(fedray profile --calibration): sets clock: simulated")
     cmd.add_argument("--capacity", help="with --calibration: plan for this cluster, '4 nodes x {CPU: 16}' "
                      "or a YAML file (default: this machine); allocations it cannot hold are pruned")
+    cmd.add_argument("--confirm", type=int, default=0, metavar="K",
+                     help="with --calibration: re-run the K best trials and the config as given on this "
+                     "machine's wall clock, and print predicted against measured seconds to the target")
     cmd.set_defaults(func=command)
 
 
@@ -336,6 +282,11 @@ def simulated(config: RunConfig, calibration: str | None, capacity: str | None) 
 def command(args: Any) -> int:
     config = simulated(load_config(args.config), args.calibration, args.capacity)
     search = load_search(args.search)
+    if args.confirm < 0:
+        raise ConfigError(f"--confirm: the number of best trials to re-run, 0 or more; got {args.confirm}")
+    if args.confirm and (config.clock != "simulated" or config.capacity is not None):
+        raise ConfigError("--confirm checks a simulated search against this machine's wall clock: give "
+                          "--calibration (and no --capacity, which plans for another cluster)")
     out = Path(args.out) if args.out else Path("runs") / f"tune-{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     started = time.perf_counter()
     try:
@@ -351,5 +302,11 @@ def command(args: Any) -> int:
         for row in table[table.pruned.notna()].itertuples():
             print(f"pruned {row.trial_id}: {row.pruned}")
     print("\n" + margin_line(table, search))
-    print(f"\nwrote {out}/trials.csv, trials.parquet and best.yaml; run the best with: fedray run {out}/best.yaml")
+    written = "trials.csv, trials.parquet and best.yaml"
+    if args.confirm:
+        from orchestrator.tools.confirm import confirm, confirm_lines
+
+        print("\n".join(confirm_lines(confirm(config, search, table, args.confirm, out.resolve()), search)))
+        written = "trials.csv, trials.parquet, confirm.csv and best.yaml"
+    print(f"\nwrote {out}/{written}; run the best with: fedray run {out}/best.yaml")
     return 0
