@@ -21,6 +21,12 @@ def _ensure_local_ray():
     return ray
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``restarts_ray`` (multi-node ``Cluster`` modules) replace the session's
+    Ray; run last, no later test has to start Ray again or lose the warm pool workers."""
+    items.sort(key=lambda item: item.get_closest_marker("restarts_ray") is not None)
+
+
 @pytest.fixture(scope="session")
 def _ray_shutdown_at_end():
     yield

@@ -18,6 +18,8 @@ TINY = {"model": {"name": "mlp", "hidden": [16]}, "train": {"local_steps": 4, "l
         "system": {"simulated_seconds_per_sample": 0.002}}
 
 
+pytestmark = pytest.mark.restarts_ray  # run last: conftest.pytest_collection_modifyitems
+
 @pytest.fixture
 def two_node_cluster():
     if ray.is_initialized():

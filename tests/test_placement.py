@@ -18,6 +18,7 @@ from orchestrator.cluster.placement import Placements
 from orchestrator.config import load_config
 from orchestrator.loop.run import Orchestrator, RunError
 
+pytestmark = pytest.mark.restarts_ray  # run last: conftest.pytest_collection_modifyitems
 
 @pytest.fixture(scope="module")
 def three_sites():

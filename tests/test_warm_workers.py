@@ -37,6 +37,9 @@ def test_a_second_run_reuses_the_workers_and_gives_the_same_model(ray_session):
     second, second_pids = _run(_pooled())
     assert second_pids == first_pids
     np.testing.assert_array_equal(first, second)
+    fewer = _pooled()
+    fewer["groups"][0]["count"] = 2  # a task thread each instead of two: more threads serve it as well
+    assert _run(fewer)[1] == first_pids
 
 
 def test_workers_with_other_settings_are_killed_not_kept_holding_resources(ray_session):

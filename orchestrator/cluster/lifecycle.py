@@ -57,7 +57,7 @@ class Lifecycle:
         """The run's fitted preprocessing (``preprocess:``), or None."""
         self._hung: dict[str, str] = {}  # participant -> why wait() killed its task
         self._backed_off: dict[int, float] = {}  # actor -> when the driver last waited out its restart
-        self._worker_keys: dict[int, str | None] = {}  # pool worker -> its settings (warm_workers)
+        self._worker_keys: dict[int, tuple[str | None, int]] = {}  # pool worker -> its settings and threads (warm_workers)
         self.client = config.strategy.build().client()
         """The strategy's client half, asked how much work a task plans (simulated clock)."""
 
@@ -149,13 +149,13 @@ class Lifecycle:
                                                                       "max_concurrency": task_threads(served)}
                 key = worker_key(options, self.privacy.secure, group.cache_size, group.cache_mb)
                 wanted.append((group, key, options))
-        claimed = WARM.claim([key for _, key, _ in wanted])
+        claimed = WARM.claim([(key, options["max_concurrency"]) for _, key, options in wanted])
         pools: dict[str, list[Any]] = {}
         for (group, key, options), handle in zip(wanted, claimed, strict=True):
             if handle is None:
                 cls = self.privacy.actor_class(PoolWorker)
                 handle = cls.options(**options).remote(group.cache_size, group.cache_mb)
-            self._worker_keys[id(handle)] = key
+            self._worker_keys[id(handle)] = (key, options["max_concurrency"])
             pools.setdefault(group.name, []).append(handle)
         return pools
 
@@ -190,7 +190,8 @@ class Lifecycle:
             self._discard_state()
         for handle in {id(m.handle): m.handle for m in self.members.values()}.values():
             if id(handle) in self._worker_keys:
-                WARM.keep(self._worker_keys[id(handle)], handle)
+                key, threads = self._worker_keys[id(handle)]
+                WARM.keep(key, handle, threads)
             else:
                 ray.kill(handle, no_restart=True)
         if self.placements is not None:

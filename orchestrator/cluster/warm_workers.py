@@ -31,6 +31,7 @@ class _Idle:
     key: str
     handle: Any
     job: str
+    threads: int
 
 
 def _job() -> str:
@@ -42,12 +43,13 @@ def _job() -> str:
 
 def worker_key(options: dict[str, Any], *settings: Any) -> str | None:
     """What two workers must share to be interchangeable: their actor options and the
-    settings they were built with. None for a worker bound to a placement group (the
-    group goes with its run)."""
+    settings they were built with, except ``max_concurrency`` (a worker with more task
+    threads than a run needs serves it as well: :meth:`WarmWorkers.claim`). None for a
+    worker bound to a placement group (the group goes with its run)."""
     strategy = options.get("scheduling_strategy")
     if strategy is not None and not isinstance(strategy, str):
         return None
-    return repr((sorted(options.items()), settings))
+    return repr((sorted((k, v) for k, v in options.items() if k != "max_concurrency"), settings))
 
 
 class WarmWorkers:
@@ -59,15 +61,17 @@ class WarmWorkers:
         self.enabled = True
         """False: runs start their own workers and kill them at the end."""
 
-    def claim(self, keys: list[str | None]) -> list[Any | None]:
-        """For each key, an idle worker started with it, reset and alive, or None; the
-        idle workers left unclaimed are killed, so their resources are free for the run."""
+    def claim(self, wanted: list[tuple[str | None, int]]) -> list[Any | None]:
+        """For each (key, task threads), an idle worker started with that key and at least
+        that many threads (the fewest such), reset and alive, or None; the idle workers
+        left unclaimed are killed, so their resources are free for the run."""
         with self._lock:
-            idle, self._idle = self._idle, []
+            idle, self._idle = sorted(self._idle, key=lambda w: w.threads), []
         job = _job() if idle else ""
         claimed: list[Any | None] = []
-        for key in keys:
-            match = next((w for w in idle if w.key == key and w.job == job), None) if key else None
+        for key, threads in wanted:
+            fits = (w for w in idle if w.key == key and w.job == job and w.threads >= threads)
+            match = next(fits, None) if key else None
             if match is not None:
                 idle.remove(match)
             claimed.append(match.handle if match is not None and _ready(match) else None)
@@ -76,15 +80,15 @@ class WarmWorkers:
                 _kill(worker.handle)
         return claimed
 
-    def keep(self, key: str | None, handle: Any) -> None:
-        """Keep ``handle`` for a later run (it starts forgetting its participants now), or
-        kill it when it cannot be reused."""
+    def keep(self, key: str | None, handle: Any, threads: int) -> None:
+        """Keep ``handle`` (started with ``threads`` task threads) for a later run (it
+        starts forgetting its participants now), or kill it when it cannot be reused."""
         if key is None or not self.enabled:
             _kill(handle)
             return
         try:
             handle.reset.remote()  # frees the participants' memory now
-            worker = _Idle(key, handle, _job())
+            worker = _Idle(key, handle, _job(), threads)
         except Exception:  # noqa: BLE001 (Ray gone: nothing left to keep)
             return
         with self._lock:
