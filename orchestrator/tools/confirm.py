@@ -4,9 +4,9 @@ A simulated search ranks allocations by calibrated seconds to the target. Before
 the ranking a user wants to know how far it holds on the real machine, so this re-runs the
 ``K`` best trials that ran, and the config as given (the baseline), on this machine's wall
 clock, one at a time, each as ``fedray run`` would run it and scored exactly as a trial is
-(seconds from its first dispatch, :mod:`orchestrator.tools.trials`). The baseline's prediction comes from
-one more simulated run of it. ``confirm.csv`` holds predicted and measured seconds side by
-side with the error of each prediction.
+(seconds from its first dispatch, :mod:`orchestrator.tools.trials`). The baseline's
+prediction comes from one more simulated run of it. ``confirm.csv`` holds predicted and
+measured seconds side by side with the error of each prediction.
 """
 
 from __future__ import annotations
@@ -41,10 +41,10 @@ def confirm(simulated: RunConfig, search: TuneSearch, table: pd.DataFrame, k: in
     trials of ``table``; written to ``out/confirm.csv`` and returned."""
     wall = on_the_wall_clock(simulated)
     predicted = dict(zip(table.trial_id.astype(str), table.time_to_target, strict=True))
+    given = {p: get_path(wall.model_dump(mode="json"), p) for p in search.space}
     rows = []
     # each run as `fedray run` would run it: on the Ray this process is connected to, else
     # on a local Ray of its own, sized by its pre-flight (startup is not scored)
-    given = {p: get_path(wall.model_dump(mode="json"), p) for p in search.space}
     for trial_id, values in [(BASELINE, {}), *best_trials(table, search, k)]:
         name = "as-given" if trial_id == BASELINE else trial_id
         if trial_id == BASELINE:
@@ -78,4 +78,3 @@ def confirm_lines(frame: pd.DataFrame, search: TuneSearch) -> list[str]:
 
 def _seconds(value: Any) -> float:
     return math.nan if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
-
