@@ -60,6 +60,22 @@ def set_path(raw: dict[str, Any], path: str, value: Any) -> None:
     >>> set_path(raw, "groups.site.train.batch_size", 64); raw["groups"][0]["train"]
     {'batch_size': 64}
     """
+    node, key = _setting(raw, path)
+    node[key] = value
+
+
+def get_path(raw: dict[str, Any], path: str) -> Any:
+    """The value at a dotted ``path``, addressed as :func:`set_path` does.
+
+    >>> get_path({"groups": [{"name": "site", "resources": {"num_cpus": 2}}]}, "groups.site.resources.num_cpus")
+    2
+    """
+    node, key = _setting(raw, path)
+    return node[key]
+
+
+def _setting(raw: dict[str, Any], path: str) -> tuple[dict[str, Any], str]:
+    """The mapping that holds the setting at ``path``, and its key; errors name the path."""
     parts = path.split(".")
     node: Any = raw
     for i, part in enumerate(parts[:-1]):
@@ -75,19 +91,7 @@ def set_path(raw: dict[str, Any], path: str, value: Any) -> None:
             raise ConfigError(f"space.{path}: {'.'.join(parts[:i + 1])!r} is not in the run config")
     if not isinstance(node, dict) or parts[-1] not in node:
         raise ConfigError(f"space.{path}: {parts[-1]!r} is not a setting there")
-    node[parts[-1]] = value
-
-
-def get_path(raw: dict[str, Any], path: str) -> Any:
-    """The value at a dotted ``path`` of a valid config, addressed as :func:`set_path` does.
-
-    >>> get_path({"groups": [{"name": "site", "resources": {"num_cpus": 2}}]}, "groups.site.resources.num_cpus")
-    2
-    """
-    node: Any = raw
-    for part in path.split("."):
-        node = next(g for g in node if g.get("name") == part) if isinstance(node, list) else node[part]
-    return node
+    return node, parts[-1]
 
 
 def trial_config(base: RunConfig, search: TuneSearch, values: dict[str, Any]) -> RunConfig:
