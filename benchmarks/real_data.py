@@ -77,6 +77,7 @@ import numpy as np
 import pandas as pd
 import ray
 import yaml
+from pipe_table import pipe_table  # benchmarks/pipe_table.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -374,10 +375,7 @@ def markdown(frame: pd.DataFrame) -> str:
             return f"{value:.0f}" if abs(value) >= 100 else f"{value:.3f}"
         return str(value)
 
-    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + " --- |" * len(frame.columns)]
-    lines += ["| " + " | ".join(cell(c, v) for c, v in zip(frame.columns, row)) + " |"
-              for row in frame.itertuples(index=False)]
-    return "\n".join(lines)
+    return pipe_table(frame, cell)
 
 
 def main() -> None:

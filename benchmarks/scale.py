@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
+from pipe_table import pipe_table  # benchmarks/pipe_table.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -193,8 +194,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         frame = pd.DataFrame(rows(args.quick, Path(scratch)))
-    text = "\n".join(["| " + " | ".join(frame.columns) + " |", "|" + " --- |" * len(frame.columns)]
-                     + ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.astype(object).fillna("").itertuples(index=False)])
+    text = pipe_table(frame.astype(object).fillna(""))
     print(text)
     command = "python benchmarks/scale.py" + (" " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "")
     RESULTS.mkdir(exist_ok=True)

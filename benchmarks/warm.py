@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import ray
+from pipe_table import pipe_table  # benchmarks/pipe_table.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -82,10 +83,7 @@ def main() -> None:
         "median s": [statistics.median(v) for v in times.values()],
     })
     table["vs no reuse"] = table["median s"] / statistics.median(times["no reuse"])
-    lines = ["| " + " | ".join(table.columns) + " |", "|" + " --- |" * len(table.columns)]
-    lines += ["| " + " | ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in row) + " |"
-              for row in table.itertuples(index=False)]
-    text = "\n".join(lines)
+    text = pipe_table(table, lambda _, v: f"{v:.2f}" if isinstance(v, float) else str(v))
     text += f"\n\nfinal parameters identical across all {len(finals)} runs: {same}\n"
     print(text)
     out = ROOT / "benchmarks" / "results" / "warm.md"
