@@ -156,12 +156,15 @@ def run_search(config: RunConfig, search: TuneSearch, out: Path) -> pd.DataFrame
     import ray
     from ray import tune
 
+    from orchestrator.cluster.warm_workers import WARM
+
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     for values in _first_values(search):  # a typo in a path fails here, not in a trial
         trial_config(config, search, values)
 
     mode = "min" if search.objective == "time_to_target" else "max"
+    WARM.release()  # trials run in Tune's processes: this one's idle pool workers would hold their CPUs
     started_ray = not ray.is_initialized()
     hosting = hosting_capacity(config, search)
     if started_ray:
