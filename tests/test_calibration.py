@@ -88,6 +88,18 @@ def test_load_refuses_another_version_and_rows_missing_fields(tmp_path) -> None:
     path.write_text(json.dumps({"version": 1, "rows": []}))
     with pytest.raises(CalibrationError, match="missing machine"):
         Calibration.load(path)
+    with pytest.raises(CalibrationError, match=f"{tmp_path / 'nowhere.json'}: cannot read it .*fedray profile"):
+        Calibration.load(tmp_path / "nowhere.json")
+
+
+def test_a_run_config_naming_a_missing_calibration_is_refused_naming_the_field_and_file(tmp_path) -> None:
+    from conftest import digits_config
+
+    from orchestrator.config import ConfigError, load_config
+
+    missing = tmp_path / "nowhere.json"
+    with pytest.raises(ConfigError, match=f"calibration.*{missing}: cannot read it"):
+        load_config(digits_config(clock="simulated", calibration=str(missing)))
 
 
 def test_a_group_measured_twice_at_one_allocation_is_refused() -> None:

@@ -231,6 +231,8 @@ def test_confirm_needs_a_simulated_search_on_this_machine(tmp_path, capsys):
     args = ["tune", str(tmp_path / "run.yaml"), "--search", str(tmp_path / "search.yaml"), "--confirm", "1"]
     assert main(args) == 2
     assert "--confirm checks a simulated search against this machine's wall clock" in capsys.readouterr().err
-    (tmp_path / "cal.json").write_text("{}")
+    from orchestrator.cluster.calibration import Calibration, Measurement
+
+    Calibration({}, [Measurement("site", 1.0, 0.0, False, 0.0, 1.0, 3e8, 0, 100)]).save(tmp_path / "cal.json")
     assert main([*args, "--calibration", str(tmp_path / "cal.json"), "--capacity", "4 x {CPU: 16}"]) == 2
     assert "no --capacity" in capsys.readouterr().err

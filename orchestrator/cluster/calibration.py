@@ -96,6 +96,9 @@ class Calibration:
         """Read a file :meth:`save` wrote; refuse another version or a row lacking fields."""
         try:
             data = json.loads(Path(path).read_text())
+        except OSError as exc:
+            raise CalibrationError(f"{path}: cannot read it ({exc.strerror}); write one with "
+                                   "fedray profile CONFIG --allocations ... --calibration FILE") from exc
         except json.JSONDecodeError as exc:
             raise CalibrationError(f"{path}: not JSON ({exc})") from exc
         if not isinstance(data, dict):

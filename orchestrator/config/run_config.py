@@ -175,6 +175,13 @@ class RunConfig(Strict):
             from orchestrator.cluster.capacity import Capacity
 
             Capacity.from_spec(self.capacity)
+        if self.calibration is not None:  # likewise a missing or unreadable calibration, naming the file
+            from orchestrator.cluster.calibration import Calibration, CalibrationError
+
+            try:
+                Calibration.load(self.calibration)
+            except CalibrationError as exc:
+                raise ValueError(f"calibration: {exc}") from None
         for i, group in enumerate(self.groups):
             trace = group.system.trace
             if (group.system.simulated_seconds_per_sample is None and not (trace and trace.absolute)
