@@ -17,7 +17,9 @@ def _ensure_local_ray():
 
     if not ray.is_initialized():
         # address="local": a fresh instance, never a cluster some other test left running
-        ray.init(address="local", num_cpus=8, include_dashboard=False, logging_level="WARNING")
+        # (hospital_slot: a custom resource for test_files_and_resources)
+        ray.init(address="local", num_cpus=8, resources={"hospital_slot": 2}, include_dashboard=False,
+                 logging_level="WARNING")
     return ray
 
 

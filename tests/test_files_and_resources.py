@@ -8,9 +8,6 @@ reach the actor; a diverging participant's NaN update is rejected, never average
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -146,35 +143,15 @@ def test_a_diverging_participants_nan_update_is_rejected_not_averaged(ray_sessio
     assert json.loads((tmp_path / "summary.json").read_text())["num_rejected"] == 3
 
 
-CUSTOM_RESOURCE_RUN = textwrap.dedent("""
-    import json, sys
-    import ray
-    from orchestrator.config import load_config
-    from orchestrator.loop.run import Orchestrator
-
-    ray.init(address="local", num_cpus=3, resources={"hospital_slot": 2},
-             include_dashboard=False, logging_level="ERROR")
-    config = load_config(json.loads(sys.argv[1]))
-    orchestrator = Orchestrator(config)
-    orchestrator.run()
-    print("RESULT " + json.dumps({n: i["assigned_resources"] for n, i in orchestrator.members_info.items()}))
-    ray.shutdown()
-""")
-
-
-def test_custom_resources_and_memory_reach_the_actor(tmp_path):
-    """A Ray of its own (the session one has no custom resources), in a subprocess."""
+def test_custom_resources_and_memory_reach_the_actor(ray_session):
+    """The session's Ray has a custom resource for this (conftest)."""
     config = digits_config(stop={"max_aggregations": 1})
     config["groups"][0].update(count=1, resources={
         "num_cpus": 1, "memory": 64 * 1024**2, "resources": {"hospital_slot": 0.5},
     })
-    done = subprocess.run(
-        [sys.executable, "-c", CUSTOM_RESOURCE_RUN, json.dumps(config)],
-        capture_output=True, text=True, timeout=300, cwd=REPO,
-    )
-    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
-    assert done.returncode == 0 and lines, done.stderr[-3000:]
-    assigned = json.loads(lines[0].removeprefix("RESULT "))
+    orchestrator = Orchestrator(load_config(config))
+    orchestrator.run()
+    assigned = {n: i["assigned_resources"] for n, i in orchestrator.members_info.items()}
     assert set(assigned) == {"site-0"}
     for resources in assigned.values():
         assert resources["CPU"] == 1.0

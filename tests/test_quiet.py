@@ -15,9 +15,11 @@ from tests.site_loader import blobs
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_quiet_prints_only_where_the_results_are(tmp_path):
+def test_quiet_prints_only_where_the_results_are(ray_session, tmp_path):
+    """The run joins the session's Ray (``ray.address``), as on a cluster: starting one of
+    its own would only cost seconds here."""
     config = {
-        "name": "quiet", "groups": [{
+        "name": "quiet", "ray": {"address": ray_session.get_runtime_context().gcs_address}, "groups": [{
             "name": "site", "count": 6, "hosting": "pool", "workers": 1,
             "data": {"source": "python", "factory": "tests.site_loader:blobs_except_odd", "num_classes": 3},
             "model": {"name": "mlp", "hidden": [8]}, "train": {"batch_size": 16},

@@ -171,7 +171,10 @@ def test_secure_sync_run_matches_the_plain_run_even_with_a_dropout(ray_session, 
     groups = [{"name": "site", "count": 3, "model": {"name": "mlp", "hidden": [16]},
                "train": {"local_steps": 3, "lr": 0.1}, "resources": {"num_cpus": 0.5}, **hosting}]
     groups.append({**groups[0], "name": "flaky", "count": 1, "system": {"dropout_prob": 1.0}})
-    plain, _ = _secure_run(False, groups=groups)
+    # the plain reference is pooled whatever the hosting under test: pooled and dedicated
+    # hosting give the same model (test_pool), and a pool's warm workers start nothing
+    plain, _ = _secure_run(False, groups=[{k: v for k, v in g.items() if k not in ("workers", "cache_size")}
+                                          | {"hosting": "pool"} for g in groups])
     secure, history = _secure_run(True, groups=groups)
     assert (history.event == "dropout").sum() == 3
     assert (history.event == "aggregation").sum() == 3
@@ -198,9 +201,9 @@ def test_secure_fedbuff_waits_until_a_buffer_mixes_enough_participants(ray_sessi
     update, so the driver keeps buffering until a second participant's update lands."""
     base = {"model": {"name": "mlp", "hidden": [16]}, "train": {"local_steps": 5, "lr": 0.1},
             "resources": {"num_cpus": 0.5}, "hosting": "pool"}
-    groups = [{**base, "name": "fast", "count": 1},
+    groups = [{**base, "name": "fast", "count": 1, "system": {"simulated_seconds_per_sample": 0.0001}},
               {**base, "name": "slow", "count": 2, "system": {"simulated_seconds_per_sample": 0.02}}]
-    _, history = _secure_run(True, groups=groups, stop={"max_aggregations": 4},
+    _, history = _secure_run(True, groups=groups, stop={"max_aggregations": 4}, clock="simulated",
                              schedule={"mode": "buffered", "buffer_size": 2, "concurrency": 3})
     cohorts = _cohorts(history)
     assert (history.event == "aggregation").sum() == 4

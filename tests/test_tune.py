@@ -126,13 +126,21 @@ def test_two_trial_search_writes_a_sorted_table_and_a_runnable_best_config(ray_s
         assert (events.event == "evaluation").any()
 
 
-def test_trials_run_one_at_a_time_by_the_wall_clock_and_together_by_the_simulated_one():
-    wall = load_config(digits_config())
-    group = {**digits_config()["groups"][0], "system": {"simulated_seconds_per_sample": 0.01}}
-    simulated = load_config(digits_config(clock="simulated", groups=[group]))
-    assert concurrent_trials(wall, _search()) == 1  # a shared machine would skew seconds to target
-    assert concurrent_trials(simulated, _search()) is None  # as many as Tune's resources allow
-    assert concurrent_trials(simulated, _search(max_concurrent_trials=2)) == 2
+def test_wall_clock_trials_run_one_at_a_time_unless_the_search_says_otherwise():
+    assert concurrent_trials(_search()) == 1  # a shared machine would skew seconds to target
+    assert concurrent_trials(_search(max_concurrent_trials=2)) == 2
+
+
+def test_simulated_trials_of_any_allocation_compute_on_the_same_warm_workers():
+    """The allocation is priced, not held: what the processes of two trials ask Ray for is
+    the same, so the second trial takes the first one's workers."""
+    from orchestrator.tools.simulated_search import computing_only
+
+    base = load_config(_two_sizes())
+    search = _search(space={"groups.big.resources.num_cpus": {"grid": [1, 3]}})
+    one, three = (computing_only(trial_config(base, search, {"groups.big.resources.num_cpus": c})) for c in (1, 3))
+    assert one.model_dump() == three.model_dump()
+    assert {(g.hosting, g.resources.num_cpus) for g in one.groups} == {("pool", 1.0)}
 
 
 def _two_sizes(big_cpus: float = 3, hosting: str = "dedicated") -> dict:
@@ -190,7 +198,9 @@ def test_a_search_mixing_big_and_small_participants_runs_and_prunes_what_cannot_
 
 def test_simulated_trials_on_a_described_capacity_are_scored_in_calibrated_seconds(ray_session, tmp_path):
     """Two participants on a 2-CPU node: at 1 CPU each their 1 s tasks run side by side, at
-    2 CPUs each their 0.6 s tasks queue (1.2 s a round), so 1 CPU wins here, by 1.2x."""
+    2 CPUs each their 0.6 s tasks queue (1.2 s a round), so 1 CPU wins here, by 1.2x; 3
+    CPUs fit no node and never run. Asked only for the best, the search stops the 2-CPU
+    trial once its clock passes the 1-CPU trial's time to the target."""
     from orchestrator.cluster.calibration import Calibration, Measurement
     from orchestrator.tools.tune import simulated
 
@@ -199,15 +209,22 @@ def test_simulated_trials_on_a_described_capacity_are_scored_in_calibrated_secon
     base = digits_config("auto", name="simtune")
     base["groups"][0]["count"] = 2
     config = simulated(load_config(base), str(tmp_path / "cal.json"), "1 x {CPU: 2}")
-    search = _search(space={"groups.site.resources.num_cpus": {"grid": [1, 2]}},
+    search = _search(space={"groups.site.resources.num_cpus": {"grid": [1, 2, 3]}},
                      target_accuracy=0.5, budget_s=100, max_aggregations=4)
 
-    table = run_search(config, search, tmp_path / "out").set_index("groups.site.resources.num_cpus")
+    table = run_search(config, search, tmp_path / "out", keep=2).set_index("groups.site.resources.num_cpus")
 
-    assert table.index[0] == 1 and table.reached.all()
+    assert list(table.index) == [1, 2, 3] and table.reached.tolist() == [True, True, False]
     rounds = table.time_to_target[1] / 1.0
     assert rounds == round(rounds) >= 1
     assert table.time_to_target[2] == pytest.approx(1.2 * rounds)
+    assert "CPU=3" in table.pruned[3] and table.pruned[:2].isna().all() and table.stopped_early.isna().all()
+
+    cut = run_search(config, search, tmp_path / "cut").set_index("groups.site.resources.num_cpus")
+    assert cut.time_to_target[1] == table.time_to_target[1]  # the same simulation, to the bit
+    assert not cut.reached[2] and cut.stopped_early[2].startswith(f"at {rounds:.3g}s")
+    assert cut.num_aggregations[2] < table.num_aggregations[2]
+    table = table.iloc[:2]
 
     # --confirm: the best trial and the config as given (0.5 CPUs: priced as the nearest
     # measured, 1 CPU) again on the wall clock, one at a time in this Ray session

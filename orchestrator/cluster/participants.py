@@ -96,11 +96,15 @@ class Participants(Lifecycle):
             return self.costs.seconds(member.spec, member.group, samples, nbytes, self.clock.now())
         return simulated_duration(member.spec.system, member.spec.speed, samples, nbytes)
 
+    priced: TaskCosts | None = None
+    """Set by a caller whose tasks are priced at another allocation than its processes
+    hold (``fedray tune``'s simulated trials); else :attr:`costs` reads the config."""
+
     @cached_property
     def costs(self) -> TaskCosts | None:
         """The run's calibration and capacity (config ``calibration``/``capacity``), once
         pre-flight has settled the config; None without them."""
-        return TaskCosts.for_config(self.config)
+        return self.priced or TaskCosts.for_config(self.config)
 
     def task_seed(self, member: Member) -> int:
         return task_seed(self.config.seed, member.index, member.tasks)

@@ -31,11 +31,10 @@ class TuneSearch(Strict):
     max_aggregations: int = Field(100, ge=1, description="each trial's cap on aggregations")
     num_samples: int = Field(1, ge=1, description="repeats of the grid (or random draws)")
     max_concurrent_trials: int | None = Field(
-        None, ge=1, description="default: 1 under clock: wall, which keeps wall-clock timings clean; "
-        "under clock: simulated as many as the resources allow, since trials cannot bias each "
-        "other's simulated seconds")
-    driver_cpus: float = Field(0.5, ge=0, description="CPUs reserved for each trial's driver")
-    num_cpus: float | None = Field(None, gt=0, description="logical CPUs of a local Ray")
+        None, ge=1, description="wall-clock trials under Ray Tune; default 1, which keeps wall-clock "
+        "timings clean (simulated trials run one after another in the driver, on warm workers)")
+    driver_cpus: float = Field(0.5, ge=0, description="CPUs reserved for each wall-clock trial's driver")
+    num_cpus: float | None = Field(None, gt=0, description="logical CPUs of the local Ray wall-clock trials share")
 
     @model_validator(mode="after")
     def _well_formed(self) -> TuneSearch:

@@ -33,6 +33,7 @@ from orchestrator.cluster import preflight
 from orchestrator.cluster.connect import connect_ray
 from orchestrator.cluster.members import Member, RunError
 from orchestrator.cluster.participants import Participants
+from orchestrator.cluster.simulated_costs import TaskCosts
 from orchestrator.cluster.specs import participant_specs
 from orchestrator.cluster.warm_workers import WARM
 from orchestrator.config import RunConfig
@@ -62,7 +63,7 @@ class Orchestrator:
     """
 
     def __init__(self, config: RunConfig, out_dir: str | Path | None = None,
-                 progress: Progress | None = None, resume: bool = False) -> None:
+                 progress: Progress | None = None, resume: bool = False, costs: TaskCosts | None = None) -> None:
         self.config = config
         self.out_dir = Path(out_dir) if out_dir is not None else None
         # resume from the latest checkpoint in out_dir; run_id names private state
@@ -75,6 +76,7 @@ class Orchestrator:
         self.strategy = config.strategy.build()
         self.schedule = make_schedule(config.schedule, config.seed)
         self.participants = Participants(config, self.history, self.privacy, self.run_clock)
+        self.participants.priced = costs  # None: priced as the config says (Participants.priced)
         self.join_at = {g.name: g.join_at for g in config.groups}
         self.global_model: GlobalModel | None = None
         self.state: RunState | None = None

@@ -1,4 +1,4 @@
-"""A ``fedray tune`` trial as it will run: hosting, placement group, or why it cannot run.
+"""A wall-clock ``fedray tune`` trial as it will run: hosting, placement group, or why it cannot run.
 
 A trial's pre-flight and its placement group must agree: the hosting a trial's run decides
 (``hosting: auto`` -> dedicated or a pool) is decided here first, against the capacity a
@@ -21,10 +21,6 @@ from orchestrator.cluster import preflight
 from orchestrator.cluster.capacity import Capacity
 from orchestrator.config import ConfigError, RunConfig, TuneSearch
 
-SIMULATED_TRIALS_AT_ONCE = 4
-"""Simulated trials a search's local Ray makes room for at once (``max_concurrent_trials``
-overrides): more would only queue for the same few cores."""
-
 
 @dataclass(frozen=True)
 class TrialPlan:
@@ -42,8 +38,7 @@ class TrialPlan:
 def plan_trial(config: RunConfig, driver_cpus: float, hosting: preflight.Capacity, cluster: Capacity) -> TrialPlan:
     """Resolve the trial config's hosting as ``fedray run`` would on ``hosting`` (this
     machine, or the Ray cluster joined), then check its processes fit ``cluster`` (the Ray
-    the trials run on), or the config's described ``capacity`` for a simulated trial: its
-    real processes then only compute, on a local Ray with as many logical CPUs as asked."""
+    the trials run on)."""
     from orchestrator.cluster.placement import bundle
     from orchestrator.cluster.simulated_cluster import DoesNotFit, GroupDemand, check_fits, prune
 
@@ -56,11 +51,6 @@ def plan_trial(config: RunConfig, driver_cpus: float, hosting: preflight.Capacit
     for group in config.groups:
         for key, value in bundle(group).items():
             participants[key] = participants.get(key, 0.0) + value * preflight.processes(group)
-    if config.capacity is not None:  # simulated: tasks hold the capacity while they run, as TaskCosts books them
-        from orchestrator.cluster.simulated_costs import task_demand
-
-        reason = prune([GroupDemand(g.name, task_demand(g)) for g in config.groups], Capacity.from_spec(config.capacity))
-        return TrialPlan(config, [driver, participants or {"CPU": 0.01}], reason and f"capacity: {reason}")
     demands = [GroupDemand("driver", driver, 1)]
     demands += [GroupDemand(g.name, bundle(g), preflight.processes(g)) for g in config.groups if bundle(g)]
     reason = prune(demands, cluster)
@@ -73,16 +63,11 @@ def plan_trial(config: RunConfig, driver_cpus: float, hosting: preflight.Capacit
 
 
 def hosting_capacity(config: RunConfig, search: TuneSearch) -> preflight.Capacity:
-    """Where a trial's hosting is decided: a described ``capacity`` (simulated trials), the
-    Ray cluster joined, else this machine as a local ``fedray run`` would see it (``num_cpus``
-    of the search fixes its CPUs)."""
+    """Where a trial's hosting is decided: the Ray cluster joined, else this machine as a
+    local ``fedray run`` would see it (``num_cpus`` of the search fixes its CPUs)."""
     import ray
 
     machine = preflight.machine_capacity(config)
-    if config.capacity is not None:  # planning for a described cluster: its totals decide
-        total = Capacity.from_spec(config.capacity).total()
-        return replace(machine, cpus=total.get("CPU", 0.0), gpus=total.get("GPU", 0.0),
-                       where="the described capacity", cpus_fixed=True)
     if ray.is_initialized():
         return preflight.ray_capacity()
     if not machine.gpus and any(path.endswith("num_gpus") for path in search.space):
@@ -102,18 +87,13 @@ def grid_points(search: TuneSearch) -> list[dict[str, object]]:
 
 def local_cpus(trials: Iterable[RunConfig], search: TuneSearch, hosting: preflight.Capacity) -> float:
     """Logical CPUs of the local Ray a search starts: the machine's cores (4 at least), or
-    more when a trial's processes ask for more, as ``fedray run`` would give that run; for
-    trials on a described capacity, room for several such trials at once."""
+    more when a trial's processes ask for more, as ``fedray run`` would give that run."""
     if search.num_cpus is not None:
         return search.num_cpus
-    wanted, simulated = [0.0], False
+    wanted = [0.0]
     for trial in trials:
-        simulated = simulated or trial.capacity is not None
         with contextlib.suppress(ConfigError):  # refused hosting: pruned later, with the reason
             resolved = preflight.plan(trial, hosting).config
             wanted.append(search.driver_cpus + sum(g.resources.num_cpus * preflight.processes(g)
                                                    for g in resolved.groups))
-    if simulated:  # their processes only compute: the CPUs are logical, the time simulated
-        at_once = search.max_concurrent_trials or min(len(wanted) - 1, SIMULATED_TRIALS_AT_ONCE)
-        wanted = [w * max(1, at_once) for w in wanted]
     return float(max(os.cpu_count() or 1, 4, math.ceil(max(wanted))))

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from orchestrator.config import RunConfig, TuneSearch
 from orchestrator.records.history import headline
+
+if TYPE_CHECKING:
+    from orchestrator.cluster.simulated_costs import TaskCosts
 
 
 class BudgetSpent(Exception):
@@ -30,12 +33,14 @@ class TrialClock:
         self.budget_s = budget_s
         self.rows: list[dict[str, Any]] = []
         self.t0: float | None = None
+        self.spent = False
 
     def on_event(self, row: dict[str, Any]) -> None:
         self.rows.append(dict(row))
         if self.t0 is None and row["event"] == "dispatch":
             self.t0 = row["time"]
         if self.t0 is not None and row["time"] - self.t0 > self.budget_s:
+            self.spent = True
             raise BudgetSpent
 
     def close(self) -> None:
@@ -72,17 +77,26 @@ def score(history: pd.DataFrame, search: TuneSearch) -> dict[str, Any]:
             "time_to_target": time_to_target, f"best_{metric}": best, "startup_seconds": t0}
 
 
-def run_trial(config: RunConfig, search: TuneSearch, run_dir: Path) -> dict[str, Any]:
+def run_trial(config: RunConfig, search: TuneSearch, run_dir: Path, costs: TaskCosts | None = None,
+              stop_after: float | None = None) -> dict[str, Any]:
     """Run ``config`` (on the Ray this process is connected to) until its target, its stop
     rule or ``search.budget_s`` after its first dispatch; its score, with the events
-    written to ``run_dir/trial_events.csv``."""
+    written to ``run_dir/trial_events.csv``.
+
+    ``costs`` prices its tasks at another allocation than its processes hold (a simulated
+    search's trials); ``stop_after`` ends it sooner, once it can no longer beat a time to
+    the target that another trial reached (its row then says ``stopped_early``)."""
     from orchestrator.loop.run import Orchestrator
 
-    clock = TrialClock(search.budget_s)
+    budget = search.budget_s if stop_after is None else min(search.budget_s, stop_after)
+    clock = TrialClock(budget)
     with contextlib.suppress(BudgetSpent):
-        Orchestrator(config, out_dir=run_dir, progress=clock).run()
+        Orchestrator(config, out_dir=run_dir, progress=clock, costs=costs).run()
     history = pd.DataFrame(clock.rows)
     run_dir.mkdir(parents=True, exist_ok=True)
     history.to_csv(run_dir / "trial_events.csv", index=False)
-    return {**score(history, search), "num_aggregations": int((history.event == "aggregation").sum()),
-            "wall_seconds": float(history.wall_time.max()), "run_dir": str(run_dir)}
+    result = {**score(history, search), "num_aggregations": int((history.event == "aggregation").sum()),
+              "wall_seconds": float(history.wall_time.max()), "run_dir": str(run_dir)}
+    if budget < search.budget_s and not result["reached"] and clock.spent:
+        result["stopped_early"] = f"at {budget:.3g}s, where another trial had already reached the target"
+    return result

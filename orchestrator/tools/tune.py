@@ -1,16 +1,17 @@
-"""``fedray tune CONFIG --search SEARCH.yaml``: Ray Tune over resource allocations.
+"""``fedray tune CONFIG --search SEARCH.yaml``: a search over resource allocations.
 
 Each trial is a full fedray run of CONFIG with the trial's values written into it (per
 group ``num_cpus``/``num_gpus``, ``local_epochs``, ``batch_size``, schedule
-``concurrency``/``buffer_size``, any dotted path). Ray Tune reserves each trial a
-placement group sized for its participants (``tune.with_resources`` with a
-``PlacementGroupFactory``: one bundle for the trial's driver, one per participant); Tune
-makes the trial's actors inherit that group, so the participants run inside it.
+``concurrency``/``buffer_size``, any dotted path). On the wall clock, Ray Tune runs the
+trials and reserves each a placement group sized for its participants
+(``tune.with_resources`` with a ``PlacementGroupFactory``: one bundle for the trial's
+driver, one for its participants); Tune makes the trial's actors inherit that group, so
+the participants run inside it. Under ``clock: simulated`` the allocation is priced, not
+held, and the trials run in this process (:mod:`orchestrator.tools.simulated_search`).
 
 The objective is seconds to the target of the run's ``task.metric`` (``target_accuracy``,
 or ``target`` for any metric: r2, mse, macro_f1, ...) by the run's clock: wall seconds, or
-simulated seconds under ``clock: simulated``, where trials run concurrently without
-biasing each other. A trial that never gets there is ranked after every one that does,
+simulated seconds. A trial that never gets there is ranked after every one that does,
 by its best value of the metric. The other objective is the metric reached within
 ``budget_s``. Results: ``trials.csv``/``trials.parquet`` sorted best first, and
 ``best.yaml``, the winning run config, ready for ``fedray run``.
@@ -122,7 +123,7 @@ def search_target(base: RunConfig, search: TuneSearch) -> tuple[str, float]:
     return metric, float(search.target_accuracy or 0.0)
 
 
-def _space(search: TuneSearch) -> dict[str, Any]:
+def search_space(search: TuneSearch) -> dict[str, Any]:
     from ray import tune
 
     make = {"grid": tune.grid_search, "choice": tune.choice,
@@ -143,27 +144,50 @@ def _resources(plans: Any):
     return factory
 
 
-def concurrent_trials(config: RunConfig, search: TuneSearch) -> int | None:
-    """One trial at a time under the wall clock (trials sharing a machine would slow each
-    other's seconds to target); under the simulated clock as many as fit (None)."""
-    if search.max_concurrent_trials is not None:
-        return search.max_concurrent_trials
-    return None if config.clock == "simulated" else 1
+def concurrent_trials(search: TuneSearch) -> int:
+    """Wall-clock trials one at a time unless the search says otherwise: trials sharing a
+    machine would slow each other's seconds to the target."""
+    return search.max_concurrent_trials or 1
 
 
-def run_search(config: RunConfig, search: TuneSearch, out: Path) -> pd.DataFrame:
-    """Run every trial; return the table sorted best first (also written under ``out``)."""
+def run_search(config: RunConfig, search: TuneSearch, out: Path, keep: int = 1) -> pd.DataFrame:
+    """Run every trial; return the table sorted best first (also written under ``out``).
+
+    Simulated trials run in this process, one after another on warm pool workers
+    (:mod:`orchestrator.tools.simulated_search`; ``keep``: how many of the best must be
+    exact, the rest stop once they cannot beat them); wall-clock trials run under Ray Tune,
+    each in its own placement group."""
     import ray
-    from ray import tune
 
+    from orchestrator.cluster.connect import connect_ray
     from orchestrator.cluster.warm_workers import WARM
+    from orchestrator.tools.simulated_search import computing_only, run_simulated_search
 
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     for values in _first_values(search):  # a typo in a path fails here, not in a trial
         trial_config(config, search, values)
-
     mode = "min" if search.objective == "time_to_target" else "max"
+    if config.clock == "simulated":
+        started_ray = connect_ray(computing_only(trial_config(config, search, _first_values(search)[0])))
+        try:
+            table = run_simulated_search(config, search, out, keep)
+        finally:
+            if started_ray:
+                WARM.release()
+                ray.shutdown()
+    else:
+        table = _tune_search(config, search, out, mode)
+    return _write_results(table, config, search, out, ascending=mode == "min")
+
+
+def _tune_search(config: RunConfig, search: TuneSearch, out: Path, mode: str) -> pd.DataFrame:
+    """Wall-clock trials under Ray Tune, one at a time; one row per trial."""
+    import ray
+    from ray import tune
+
+    from orchestrator.cluster.warm_workers import WARM
+
     WARM.release()  # trials run in Tune's processes: this one's idle pool workers would hold their CPUs
     started_ray = not ray.is_initialized()
     hosting = hosting_capacity(config, search)
@@ -186,29 +210,28 @@ def run_search(config: RunConfig, search: TuneSearch, out: Path) -> pd.DataFrame
         cluster = Capacity.from_ray_nodes(ray.nodes())
         tuner = tune.Tuner(
             tune.with_resources(trainable, _resources(plans)),
-            param_space=_space(search),
+            param_space=search_space(search),
             tune_config=tune.TuneConfig(metric="objective", mode=mode, num_samples=search.num_samples,
-                                        max_concurrent_trials=concurrent_trials(config, search)),
+                                        max_concurrent_trials=concurrent_trials(search)),
             run_config=tune.RunConfig(name="search", storage_path=str(out / "tune"), verbose=0),
         )
         results = tuner.fit()
     finally:
         if started_ray:
             ray.shutdown()
-    return _write_results(results, config, search, out, ascending=mode == "min")
-
-
-def _write_results(results: Any, config: RunConfig, search: TuneSearch, out: Path, ascending: bool) -> pd.DataFrame:
-    """``trials.csv``/``.parquet`` sorted best first, and ``best.yaml``."""
-    errors = [r.error for r in results if r.error is not None]
     table = results.get_dataframe()
     if table.empty or "objective" not in table:
+        errors = [r.error for r in results if r.error is not None]
         raise RuntimeError(f"no trial finished; first error: {errors[0] if errors else 'unknown'}")
-    params = [f"config/{p}" for p in search.space]
-    table = table.rename(columns={p: p.removeprefix("config/") for p in params})
+    return table.rename(columns={f"config/{p}": p for p in search.space})
+
+
+def _write_results(table: pd.DataFrame, config: RunConfig, search: TuneSearch, out: Path,
+                   ascending: bool) -> pd.DataFrame:
+    """``trials.csv``/``.parquet`` sorted best first, and ``best.yaml``."""
     keep = ["trial_id", *search.space, "objective", "reached", "time_to_target", "metric",
             *(c for c in table if c.startswith("best_")), "num_aggregations", "startup_seconds",
-            "wall_seconds", "run_dir", "pruned"]
+            "wall_seconds", "run_dir", "pruned", "stopped_early"]
     table = table[[c for c in keep if c in table]].sort_values("objective", ascending=ascending)
     table = table.reset_index(drop=True)
     if "pruned" in table and table.pruned.notna().all():
@@ -297,17 +320,20 @@ def command(args: Any) -> int:
     out = Path(args.out) if args.out else Path("runs") / f"tune-{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     started = time.perf_counter()
     try:
-        table = run_search(config, search, out)
+        table = run_search(config, search, out, keep=max(1, args.confirm))
     except RuntimeError as exc:
         print(f"fedray: {exc}", file=sys.stderr)
         return 1
     pd.set_option("display.width", 200)
-    shown = table.drop(columns=["run_dir", "pruned"], errors="ignore")
+    shown = table.drop(columns=["run_dir", "pruned", "stopped_early"], errors="ignore")
     print(f"\n{len(table)} trials in {time.perf_counter() - started:.0f}s, sorted by {search.objective}:")
     print(shown.to_string(index=False, float_format=lambda v: f"{v:.3f}" if not math.isnan(v) else "-"))
     if "pruned" in table:
         for row in table[table.pruned.notna()].itertuples():
             print(f"pruned {row.trial_id}: {row.pruned}")
+    if "stopped_early" in table:
+        for row in table[table.stopped_early.notna()].itertuples():
+            print(f"stopped {row.trial_id} {row.stopped_early}")
     print("\n" + margin_line(table, search))
     written = "trials.csv, trials.parquet and best.yaml"
     if args.confirm:

@@ -1,0 +1,77 @@
+"""Simulated searches, run trial after trial in this process on one Ray session.
+
+Under ``clock: simulated`` a trial's seconds to the target are priced by the calibration
+at the trial's allocation on the planned capacity (:mod:`orchestrator.cluster.simulated_costs`);
+they do not depend on where, when or beside what the trial's real computation runs. So
+there is nothing for a Tune trial's own process and placement group to isolate, and much
+to lose: each would start a process that imports torch, and its own pool workers. Here
+every trial runs in this driver, its participants on pool workers of one shape (the
+allocation is priced, not held), which stay warm from trial to trial
+(:mod:`orchestrator.cluster.warm_workers`): a trial starts in a fraction of a second.
+
+Sampling is Tune's (``generate_variants``: grid, choice and the random domains, seeded by
+the run's seed). A trial whose simulated clock passes the ``keep``-th best time to the
+target found so far is stopped there: it can no longer be among the ``keep`` best, and its
+row says where it stopped.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from orchestrator.cluster.simulated_costs import TaskCosts
+from orchestrator.config import ConfigError, RunConfig, TuneSearch, load_config
+from orchestrator.tools.trials import run_trial
+
+
+def variants(search: TuneSearch, seed: int) -> list[dict[str, Any]]:
+    """Every trial's values: the grid's combinations, each ``num_samples`` times with the
+    random domains drawn afresh, as Ray Tune would sample them."""
+    import numpy as np
+    from ray.tune.search.variant_generator import generate_variants
+
+    from orchestrator.tools.tune import search_space
+
+    rng = np.random.RandomState(seed)
+    return [values for _ in range(search.num_samples)
+            for _, values in generate_variants(search_space(search), random_state=rng)]
+
+
+def computing_only(config: RunConfig) -> RunConfig:
+    """``config`` as its real processes run it in a simulated trial: every group pooled on
+    one-CPU workers with its GPU share and nothing else reserved, so that trials of any
+    allocation reuse the same warm workers. The allocation itself is priced, not held."""
+    raw = config.model_dump(mode="json")
+    for group in raw["groups"]:
+        group |= {"hosting": "pool", "workers": None, "placement": "default"}
+        group["resources"] |= {"num_cpus": 1.0, "memory": None, "resources": {}}
+    return load_config(raw)
+
+
+def run_simulated_search(config: RunConfig, search: TuneSearch, out: Path, keep: int = 1) -> pd.DataFrame:
+    """Every trial of ``search`` on ``config`` (``clock: simulated``), one after another on
+    the Ray this process is connected to; one row per trial, unsorted. An allocation the
+    capacity cannot hold is pruned before it runs, with the constraint that binds."""
+    from orchestrator.tools.tune import trial_config
+
+    rows: list[dict[str, Any]] = []
+    reached: list[float] = []
+    for number, values in enumerate(variants(search, config.seed)):
+        trial_id = f"trial_{number:03d}"
+        trial = trial_config(config, search, values)
+        try:
+            costs = TaskCosts.for_config(trial)
+        except ConfigError as exc:  # ranked after every trial that ran
+            rows.append({"trial_id": trial_id, **values, "reached": False, "pruned": str(exc), "stopped_early": None,
+                         "objective": math.inf if search.objective == "time_to_target" else -math.inf})
+            continue
+        bound = sorted(reached)[keep - 1] if search.objective == "time_to_target" and len(reached) >= keep else None
+        result = run_trial(computing_only(trial), search, out / "runs" / trial_id, costs=costs, stop_after=bound)
+        if result["reached"]:
+            reached.append(result["time_to_target"])
+        rows.append({"trial_id": trial_id, **values, "pruned": None, "stopped_early": None, **result})
+    return pd.DataFrame(rows)
