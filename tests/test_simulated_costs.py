@@ -46,3 +46,13 @@ def test_an_allocation_the_capacity_cannot_hold_is_refused_with_the_constraint(t
         load_config({**_config(tmp_path, None), "clock": "wall"})
     with pytest.raises(ConfigError, match="capacity"):
         load_config(_config(tmp_path, "four nodes"))
+
+
+def test_tasks_below_one_cpu_still_keep_a_core_busy_each(tmp_path):
+    """Ray would run eight 0.25-CPU tasks on 2 cores at once, each thread at a quarter of
+    its calibrated speed; booked as a whole core each they take as long, two at a time."""
+    config = load_config(_config(tmp_path, "1 x {CPU: 2}", count=3, num_cpus=0.25))
+    costs = TaskCosts.for_config(config)
+    spec = type("Spec", (), {"speed": 1.0, "system": config.groups[0].system, "name": "site-0"})()
+    assert [costs.seconds(spec, "site", 100, 0, now=0.0) for _ in range(3)] == [2.0, 2.0, 4.0]  # 2 s at 1 CPU
+    assert costs.reserved["CPU"] == pytest.approx(3 * 0.25 * 2.0)  # what Ray reserves: the logical share

@@ -31,6 +31,14 @@ def test_trial_config_writes_values_by_group_name_and_sets_the_stop_rule():
     assert config.stop.max_aggregations == 7
 
 
+def test_a_searched_schedule_mode_drops_the_other_modes_settings():
+    base = load_config(digits_config(schedule={"mode": "sync", "deadline_s": 2.0, "max_failures": 5}))
+    search = _search(space={"schedule.mode": {"grid": ["sync", "buffered"]}})
+    buffered = trial_config(base, search, {"schedule.mode": "buffered"}).schedule
+    assert buffered.mode == "buffered" and buffered.max_failures == 5 and not hasattr(buffered, "deadline_s")
+    assert trial_config(base, search, {"schedule.mode": "sync"}).schedule.deadline_s == 2.0
+
+
 @pytest.mark.parametrize("path, named", [
     ("groups.clinic.train.local_epochs", "no group named 'clinic'"),
     ("groups.site.train.local_epoch", "'local_epoch' is not a setting"),
@@ -105,8 +113,10 @@ def test_trial_clock_ends_a_trial_once_its_budget_is_spent():
 
 
 def test_two_trial_search_writes_a_sorted_table_and_a_runnable_best_config(ray_session, tmp_path):
-    base = digits_config(name="tunetest")
-    base["groups"][0]["count"] = 2
+    """Simulated (no calibration: ``system.simulated_seconds_per_sample``), so in process;
+    the table and ``best.yaml`` are written the same way for Tune's wall-clock trials."""
+    base = digits_config(name="tunetest", clock="simulated")
+    base["groups"][0] |= {"count": 2, "system": {"simulated_seconds_per_sample": 0.001}}
     config = load_config(base)
     search = _search(space={"groups.site.train.local_steps": {"grid": [1, 8]}},
                      target_accuracy=0.6, budget_s=20, max_aggregations=15)
@@ -219,6 +229,8 @@ def test_simulated_trials_on_a_described_capacity_are_scored_in_calibrated_secon
     assert rounds == round(rounds) >= 1
     assert table.time_to_target[2] == pytest.approx(1.2 * rounds)
     assert "CPU=3" in table.pruned[3] and table.pruned[:2].isna().all() and table.stopped_early.isna().all()
+    # the cost: 1 CPU x 1 s against 2 CPUs x 0.6 s a task, the same tasks either way
+    assert table.cpu_seconds[2] == pytest.approx(1.2 * table.cpu_seconds[1]) and table.cpu_seconds[1] >= 2 * rounds
 
     cut = run_search(config, search, tmp_path / "cut").set_index("groups.site.resources.num_cpus")
     assert cut.time_to_target[1] == table.time_to_target[1]  # the same simulation, to the bit

@@ -12,7 +12,8 @@ allocation is priced, not held), which stay warm from trial to trial
 Sampling is Tune's (``generate_variants``: grid, choice and the random domains, seeded by
 the run's seed). A trial whose simulated clock passes the ``keep``-th best time to the
 target found so far is stopped there: it can no longer be among the ``keep`` best, and its
-row says where it stopped.
+row says where it stopped. Each row also gives the CPU- and GPU-seconds its tasks reserved
+at their allocation; trials that tie on time rank the cheaper first.
 """
 
 from __future__ import annotations
@@ -73,5 +74,7 @@ def run_simulated_search(config: RunConfig, search: TuneSearch, out: Path, keep:
         result = run_trial(computing_only(trial), search, out / "runs" / trial_id, costs=costs, stop_after=bound)
         if result["reached"]:
             reached.append(result["time_to_target"])
-        rows.append({"trial_id": trial_id, **values, "pruned": None, "stopped_early": None, **result})
+        reserved = costs.reserved if costs is not None else {}  # (None: priced by system.* alone)
+        rows.append({"trial_id": trial_id, **values, "pruned": None, "stopped_early": None, **result,
+                     "cpu_seconds": reserved.get("CPU"), "gpu_seconds": reserved.get("GPU")})
     return pd.DataFrame(rows)

@@ -33,6 +33,7 @@ from pydantic import ValidationError
 from orchestrator.cluster.capacity import Capacity
 from orchestrator.config import ConfigError, RunConfig, TuneSearch, load_config
 from orchestrator.config.errors import flatten_errors
+from orchestrator.config.schedule import SCHEDULE_MODES
 from orchestrator.tools.trial_plan import (
     TrialPlan,
     grid_points,
@@ -100,6 +101,9 @@ def trial_config(base: RunConfig, search: TuneSearch, values: dict[str, Any]) ->
     raw = copy.deepcopy(base.model_dump(mode="json"))
     for path, value in values.items():
         set_path(raw, path, value)
+    if "schedule.mode" in values and values["schedule.mode"] in SCHEDULE_MODES:  # the base mode's own
+        allowed = SCHEDULE_MODES[values["schedule.mode"]].model_fields  # settings do not carry over
+        raw["schedule"] = {k: v for k, v in raw["schedule"].items() if k in allowed}
     metric, target = search_target(base, search)
     raw["stop"] = {"max_aggregations": search.max_aggregations, "max_updates": None,
                    "max_wall_s": search.budget_s + search.startup_s, "target_accuracy": None, "target": None}
@@ -231,8 +235,9 @@ def _write_results(table: pd.DataFrame, config: RunConfig, search: TuneSearch, o
     """``trials.csv``/``.parquet`` sorted best first, and ``best.yaml``."""
     keep = ["trial_id", *search.space, "objective", "reached", "time_to_target", "metric",
             *(c for c in table if c.startswith("best_")), "num_aggregations", "startup_seconds",
-            "wall_seconds", "run_dir", "pruned", "stopped_early"]
-    table = table[[c for c in keep if c in table]].sort_values("objective", ascending=ascending)
+            "cpu_seconds", "gpu_seconds", "wall_seconds", "run_dir", "pruned", "stopped_early"]
+    order = ["objective", *(["cpu_seconds", "gpu_seconds"] if "cpu_seconds" in table else [])]  # ties: cheaper first
+    table = table[[c for c in keep if c in table]].sort_values(order, ascending=[ascending, True, True][:len(order)])
     table = table.reset_index(drop=True)
     if "pruned" in table and table.pruned.notna().all():
         raise RuntimeError("every trial was pruned; first: " + table.pruned.iloc[0])
