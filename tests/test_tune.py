@@ -231,6 +231,7 @@ def test_simulated_trials_on_a_described_capacity_are_scored_in_calibrated_secon
     assert "CPU=3" in table.pruned[3] and table.pruned[:2].isna().all() and table.stopped_early.isna().all()
     # the cost: 1 CPU x 1 s against 2 CPUs x 0.6 s a task, the same tasks either way
     assert table.cpu_seconds[2] == pytest.approx(1.2 * table.cpu_seconds[1]) and table.cpu_seconds[1] >= 2 * rounds
+    assert table.pareto.tolist() == [True, False, False]  # 1 CPU: sooner and cheaper; 3: never ran
 
     cut = run_search(config, search, tmp_path / "cut").set_index("groups.site.resources.num_cpus")
     assert cut.time_to_target[1] == table.time_to_target[1]  # the same simulation, to the bit
@@ -252,6 +253,9 @@ def test_simulated_trials_on_a_described_capacity_are_scored_in_calibrated_secon
         events = pd.read_csv(tmp_path / "out" / "confirm" / run / "trial_events.csv")
         assert (events.event == "dispatch").any()
     assert "prediction error: at most" in "\n".join(confirm_lines(checked, search))
+    from orchestrator.records.plots import plot_tuning
+
+    assert plot_tuning(table.reset_index(), tmp_path / "tune.png", checked).stat().st_size > 0
 
 
 def test_confirm_needs_a_simulated_search_on_this_machine(tmp_path, capsys):

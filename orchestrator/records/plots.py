@@ -197,6 +197,32 @@ def plot_trials(trials: pd.DataFrame, path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def plot_tuning(trials: pd.DataFrame, path: Path, confirmed: pd.DataFrame | None = None) -> Path:
+    """A simulated search's trials as seconds to the target against reserved CPU-seconds,
+    its Pareto front joined up (``trials.pareto``) and, after ``--confirm``, each
+    re-measured trial's wall-clock seconds beside its prediction."""
+    reached = trials[trials.reached.fillna(False).astype(bool)]
+    front = reached[reached.pareto.astype(bool)].sort_values("cpu_seconds")
+    fig = Figure(figsize=(6, 4.5))
+    ax = fig.add_subplot()
+    ax.scatter(reached.cpu_seconds, reached.time_to_target, color="#1f77b4", label="predicted (trial)")
+    ax.plot(front.cpu_seconds, front.time_to_target, "o-", color="#d62728", label="Pareto front")
+    if confirmed is not None:
+        cost = dict(zip(trials.trial_id.astype(str), trials.cpu_seconds, strict=True))
+        measured = confirmed[confirmed.trial_id.astype(str).isin(cost)]
+        x = [cost[str(t)] for t in measured.trial_id]
+        ax.scatter(x, measured.measured_s, marker="x", color="#2ca02c", label="measured (wall clock)")
+    for row in front.itertuples():
+        ax.annotate(str(row.trial_id), (row.cpu_seconds, row.time_to_target), fontsize=7,
+                    xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel("reserved CPU-seconds")
+    ax.set_ylabel("seconds to the target")
+    ax.set_title("trials: time against cost")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
 def on_clock(run: RunResult, wall: bool = False) -> tuple[pd.DataFrame | None, str]:
     """The run's history with ``time`` on the clock to plot, and that clock's name: the
     run's own (``clock:`` in its config), or wall seconds when ``wall`` is asked for."""

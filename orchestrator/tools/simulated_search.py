@@ -77,4 +77,27 @@ def run_simulated_search(config: RunConfig, search: TuneSearch, out: Path, keep:
         reserved = costs.reserved if costs is not None else {}  # (None: priced by system.* alone)
         rows.append({"trial_id": trial_id, **values, "pruned": None, "stopped_early": None, **result,
                      "cpu_seconds": reserved.get("CPU"), "gpu_seconds": reserved.get("GPU")})
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    if table.get("cpu_seconds") is not None and table.cpu_seconds.notna().any():
+        table["pareto"] = pareto_front(table)
+    return table
+
+
+def pareto_front(table: pd.DataFrame) -> pd.Series:
+    """Whether each trial is on the front of seconds to the target against reserved
+    CPU-seconds: it reached the target and no other trial that did was as fast and as
+    cheap, and strictly better in one. A trial stopped early never reached it, so a slow but
+    cheap allocation may be missing from the front.
+
+    >>> t = pd.DataFrame({"reached": [True, True, True, False], "time_to_target": [1.0, 2.0, 2.0, None],
+    ...                   "cpu_seconds": [3.0, 1.0, 2.0, 0.5]})
+    >>> pareto_front(t).tolist()
+    [True, True, False, False]
+    """
+    reached = table[table.reached.fillna(False).astype(bool)]
+    time, cost = reached.time_to_target.to_numpy(float), reached.cpu_seconds.to_numpy(float)
+    dominated = [bool(((time <= t) & (cost <= c) & ((time < t) | (cost < c))).any()) for t, c in zip(time, cost)]
+    front = pd.Series(False, index=table.index)
+    front[reached.index] = [not d for d in dominated]
+    return front
+

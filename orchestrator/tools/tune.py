@@ -235,7 +235,7 @@ def _write_results(table: pd.DataFrame, config: RunConfig, search: TuneSearch, o
     """``trials.csv``/``.parquet`` sorted best first, and ``best.yaml``."""
     keep = ["trial_id", *search.space, "objective", "reached", "time_to_target", "metric",
             *(c for c in table if c.startswith("best_")), "num_aggregations", "startup_seconds",
-            "cpu_seconds", "gpu_seconds", "wall_seconds", "run_dir", "pruned", "stopped_early"]
+            "cpu_seconds", "gpu_seconds", "pareto", "wall_seconds", "run_dir", "pruned", "stopped_early"]
     order = ["objective", *(["cpu_seconds", "gpu_seconds"] if "cpu_seconds" in table else [])]  # ties: cheaper first
     table = table[[c for c in keep if c in table]].sort_values(order, ascending=[ascending, True, True][:len(order)])
     table = table.reset_index(drop=True)
@@ -340,11 +340,17 @@ def command(args: Any) -> int:
         for row in table[table.stopped_early.notna()].itertuples():
             print(f"stopped {row.trial_id} {row.stopped_early}")
     print("\n" + margin_line(table, search))
-    written = "trials.csv, trials.parquet and best.yaml"
+    written, confirmed = "trials.csv, trials.parquet and best.yaml", None
     if args.confirm:
         from orchestrator.tools.confirm import confirm, confirm_lines
 
-        print("\n".join(confirm_lines(confirm(config, search, table, args.confirm, out.resolve()), search)))
+        confirmed = confirm(config, search, table, args.confirm, out.resolve())
+        print("\n".join(confirm_lines(confirmed, search)))
         written = "trials.csv, trials.parquet, confirm.csv and best.yaml"
+    if "pareto" in table:  # a simulated search: time against cost
+        from orchestrator.records.plots import plot_tuning
+
+        plot_tuning(table, out / "tune.png", confirmed)
+        written = written.replace(" and best.yaml", ", tune.png and best.yaml")
     print(f"\nwrote {out}/{written}; run the best with: fedray run {out}/best.yaml")
     return 0
