@@ -40,18 +40,20 @@ def _group(name: str, count: int, **system) -> dict:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, _ray_shutdown_at_end):
-    """Two real runs (buffered with a straggler, sync), written to run directories."""
+    """Two real runs (buffered with a straggler, sync), written to run directories, under
+    the simulated clock: the records a report reads are the same, without the sleeping."""
     _ensure_local_ray()  # what ray_session does; a module-scoped fixture cannot take it
     root = tmp_path_factory.mktemp("runs")
     buffered = load_config(digits_config(
-        name="buffered",
+        name="buffered", clock="simulated",  # the same records, with nobody sleeping out the straggler
         groups=[_group("fast", 2), _group("flaky", 1, dropout_prob=0.4), _group("slow", 1, speed=SLOW_SPEED)],
         schedule={"mode": "buffered", "buffer_size": 2},
         stop={"max_aggregations": 6},
         logging={"tensorboard": str(root / "tb")},
     ))
     Orchestrator(buffered, out_dir=root / "buffered").run()
-    sync = load_config(digits_config(name="sync", groups=[_group("site", 2)], stop={"max_aggregations": 2}))
+    sync = load_config(digits_config(name="sync", clock="simulated", groups=[_group("site", 2)],
+                                     stop={"max_aggregations": 2}))
     Orchestrator(sync, out_dir=root / "sync").run()
     return {"buffered": root / "buffered", "sync": root / "sync", "tb": root / "tb"}
 
