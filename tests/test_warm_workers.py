@@ -42,20 +42,36 @@ def test_a_second_run_reuses_the_workers_and_gives_the_same_model(ray_session):
     assert _run(fewer)[1] == first_pids
 
 
-def test_workers_with_other_settings_are_killed_not_kept_holding_resources(ray_session):
+def _alive(workers: list) -> list[bool]:
+    out = []
+    for worker in workers:
+        try:
+            ray.get(worker.handle.cached.remote(), timeout=30)
+            out.append(True)
+        except ray.exceptions.RayActorError:
+            out.append(False)
+    return out
+
+
+def test_workers_with_other_settings_stay_idle_while_there_is_room_and_go_when_a_run_needs_it(ray_session):
+    """A session alternating between two settings keeps both sets warm; a run that needs
+    the CPUs idle workers hold gets them: those workers are killed before it starts."""
     WARM.release()
     _, old_pids = _run(_pooled(workers=2))
     old = list(WARM._idle)
-    _, new_pids = _run(_pooled(workers=1, lr=0.05) | {"groups": [_pooled(workers=1)["groups"][0]
-                                                                  | {"resources": {"num_cpus": 0.25}}]})
-    assert not new_pids & old_pids  # other resources: a new worker
-    for worker in old:  # the unclaimed idle workers are gone, their CPUs free
-        try:
-            ray.get(worker.handle.cached.remote(), timeout=30)
-        except ray.exceptions.RayActorError:
-            continue
-        raise AssertionError("an idle worker with other settings was left running")
+    small = _pooled(workers=1) | {"groups": [_pooled(workers=1)["groups"][0] | {"resources": {"num_cpus": 0.25}}]}
+    _, small_pids = _run(small)
+    assert not small_pids & old_pids  # other resources: a new worker ...
+    assert _alive(old) == [True, True] and WARM.count() == 3  # ... beside the idle ones, kept
+    assert _run(_pooled(workers=2))[1] == old_pids  # back to the first settings: the same processes
+
+    everything = ray.cluster_resources()["CPU"] - 0.5  # more than is free beside the idle workers
+    big = _pooled(workers=1) | {"groups": [_pooled(workers=1)["groups"][0] | {"resources": {"num_cpus": everything}}]}
+    idle = list(WARM._idle)
+    _run(big)
+    assert _alive(idle) == [False] * len(idle)  # killed to make room, not left holding CPUs
     assert WARM.count() == 1
+    WARM.release()  # (it holds nearly every CPU)
 
 
 def test_a_worker_that_was_killed_while_idle_is_replaced(ray_session):

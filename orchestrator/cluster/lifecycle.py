@@ -19,7 +19,7 @@ from actors.spec.participant import ParticipantSpec
 from orchestrator.cluster.fits import PlacementError, check_placement
 from orchestrator.cluster.members import Member, RunError, error_message
 from orchestrator.cluster.placement import Placements
-from orchestrator.cluster.warm_workers import WARM, worker_key
+from orchestrator.cluster.warm_workers import WARM, add, demand, worker_key
 from orchestrator.config import Group, RunConfig
 from orchestrator.loop.clock import Clock
 from orchestrator.loop.schedules import Task
@@ -57,7 +57,7 @@ class Lifecycle:
         """The run's fitted preprocessing (``preprocess:``), or None."""
         self._hung: dict[str, str] = {}  # participant -> why wait() killed its task
         self._backed_off: dict[int, float] = {}  # actor -> when the driver last waited out its restart
-        self._worker_keys: dict[int, tuple[str | None, int]] = {}  # pool worker -> its settings and threads (warm_workers)
+        self._worker_keys: dict[int, tuple[str | None, int, dict[str, float]]] = {}  # pool worker -> its settings (warm_workers)
         self.client = config.strategy.build().client()
         """The strategy's client half, asked how much work a task plans (simulated clock)."""
 
@@ -149,15 +149,27 @@ class Lifecycle:
                                                                       "max_concurrency": task_threads(served)}
                 key = worker_key(options, self.privacy.secure, group.cache_size, group.cache_mb)
                 wanted.append((group, key, options))
-        claimed = WARM.claim([(key, options["max_concurrency"]) for _, key, options in wanted])
+        claimed = WARM.claim([(key, options["max_concurrency"], demand(options)) for _, key, options in wanted],
+                             self._dedicated_demand())
         pools: dict[str, list[Any]] = {}
         for (group, key, options), handle in zip(wanted, claimed, strict=True):
             if handle is None:
                 cls = self.privacy.actor_class(PoolWorker)
                 handle = cls.options(**options).remote(group.cache_size, group.cache_mb)
-            self._worker_keys[id(handle)] = (key, options["max_concurrency"])
+            self._worker_keys[id(handle)] = (key, options["max_concurrency"], demand(options))
             pools.setdefault(group.name, []).append(handle)
         return pools
+
+    def _dedicated_demand(self) -> dict[str, float] | None:
+        """What the run's dedicated actors ask Ray for; None when a placement group holds them."""
+        total: dict[str, float] = {}
+        for group in (g for g in self.config.groups if g.hosting != "pool"):
+            for i in range(group.count):
+                options = self.placements.actor_options(group, i)
+                if not isinstance(options.get("scheduling_strategy", "DEFAULT"), str):
+                    return None
+                total = add(total, demand(options))
+        return total
 
     def _await_start(self, pending: dict[ray.ObjectRef, Member]) -> list[tuple[str, str]]:
         """Each participant's description, or why it could not start (a bad data path
@@ -190,8 +202,7 @@ class Lifecycle:
             self._discard_state()
         for handle in {id(m.handle): m.handle for m in self.members.values()}.values():
             if id(handle) in self._worker_keys:
-                key, threads = self._worker_keys[id(handle)]
-                WARM.keep(key, handle, threads)
+                WARM.keep(handle, *self._worker_keys[id(handle)])
             else:
                 ray.kill(handle, no_restart=True)
         if self.placements is not None:

@@ -8,9 +8,12 @@ of its run a worker forgets every participant it served (:meth:`PoolWorker.reset
 <actors.participant.pool.PoolWorker.reset>`); one that cannot (a task still running, the
 process gone) is not used again.
 
-Idle workers hold their Ray resources until the next run claims them, or the driver
-exits, or ``WARM.release()`` is called; a run kills the idle workers it does not claim
-before it starts its own actors, so they never take a run's resources.
+Idle workers hold their Ray resources until a run claims them, or the driver exits, or
+``WARM.release()`` is called. A run that does not claim them keeps them idle only when,
+on a one-node Ray, everything it starts fits in what the cluster has free beside them;
+otherwise it kills them before it starts its own actors, so they never take a run's
+resources. So a notebook or a test session that alternates between two settings keeps
+both sets warm, and at most ``MAX_IDLE`` idle workers are kept in all.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import ray
 
 RESET_TIMEOUT_S = 10.0
 """How long a claim waits for an idle worker's reset before starting a new one instead."""
+MAX_IDLE = 16
+"""Idle workers kept at most (the oldest go first): each holds a process with torch in it."""
 
 
 @dataclass
@@ -32,6 +37,7 @@ class _Idle:
     handle: Any
     job: str
     threads: int
+    resources: dict[str, float]
 
 
 def _job() -> str:
@@ -58,46 +64,72 @@ class WarmWorkers:
     def __init__(self) -> None:
         self._idle: list[_Idle] = []
         self._lock = threading.Lock()
+        self._latest = 0
+        """Workers kept since the last claim: the latest run's, never dropped for older ones."""
         self.enabled = True
         """False: runs start their own workers and kill them at the end."""
 
-    def claim(self, wanted: list[tuple[str | None, int]]) -> list[Any | None]:
-        """For each (key, task threads), an idle worker started with that key and at least
-        that many threads (the fewest such), reset and alive, or None; the idle workers
-        left unclaimed are killed, so their resources are free for the run."""
+    def claim(self, wanted: list[tuple[str | None, int, dict[str, float]]],
+              also: dict[str, float] | None) -> list[Any | None]:
+        """For each (key, task threads, resources), an idle worker started with that key
+        and at least that many threads (the fewest such), reset and alive, or None. The
+        idle workers left unclaimed stay idle when the resources of the workers still to
+        start, and ``also`` (the run's other actors; None: not known, e.g. placement
+        groups), fit in what Ray has free on its one node; else they are killed, so their
+        resources are free for the run."""
         with self._lock:
-            idle, self._idle = sorted(self._idle, key=lambda w: w.threads), []
+            idle, self._idle, self._latest = self._idle, [], 0  # oldest first
         job = _job() if idle else ""
         claimed: list[Any | None] = []
-        for key, threads in wanted:
-            fits = (w for w in idle if w.key == key and w.job == job and w.threads >= threads)
+        needed = dict(also or {})
+        placed = also is not None and all(key for key, _, _ in wanted)
+        for key, threads, resources in wanted:
+            fits = (w for w in sorted(idle, key=lambda w: w.threads)
+                    if w.key == key and w.job == job and w.threads >= threads)
             match = next(fits, None) if key else None
             if match is not None:
                 idle.remove(match)
             claimed.append(match.handle if match is not None and _ready(match) else None)
-        for worker in idle:
-            if worker.job == job:
+            if claimed[-1] is None:
+                needed = add(needed, resources)
+        idle = [w for w in idle if w.job == job]
+        if idle and placed and _room_for(needed):
+            with self._lock:
+                self._idle = idle + self._idle
+        else:
+            for worker in idle:
                 _kill(worker.handle)
         return claimed
 
-    def keep(self, key: str | None, handle: Any, threads: int) -> None:
-        """Keep ``handle`` (started with ``threads`` task threads) for a later run (it
-        starts forgetting its participants now), or kill it when it cannot be reused."""
+    def keep(self, handle: Any, key: str | None, threads: int, resources: dict[str, float]) -> None:
+        """Keep ``handle`` (started with ``threads`` task threads, holding ``resources``)
+        for a later run (it starts forgetting its participants now), or kill it when it
+        cannot be reused. Idle workers of earlier runs go, oldest first, while more than
+        ``MAX_IDLE`` are kept or they all hold more than half the cluster's CPUs: the rest
+        stays free for the driver's own actors and tasks."""
         if key is None or not self.enabled:
             _kill(handle)
             return
         try:
             handle.reset.remote()  # frees the participants' memory now
-            worker = _Idle(key, handle, _job(), threads)
+            worker = _Idle(key, handle, _job(), threads, resources)
+            half = ray.cluster_resources().get("CPU", 0.0) / 2
         except Exception:  # noqa: BLE001 (Ray gone: nothing left to keep)
             return
         with self._lock:
             self._idle.append(worker)
+            self._latest += 1
+            oldest = []
+            while len(self._idle) > self._latest and (len(self._idle) > MAX_IDLE or
+                                                      sum(w.resources.get("CPU", 0.0) for w in self._idle) > half):
+                oldest.append(self._idle.pop(0))
+        for extra in oldest:
+            _kill(extra.handle)
 
     def release(self) -> None:
         """Kill every idle worker (a driver that leaves Ray running frees their resources)."""
         with self._lock:
-            idle, self._idle = self._idle, []
+            idle, self._idle, self._latest = self._idle, [], 0
         for worker in idle:
             _kill(worker.handle)
 
@@ -105,6 +137,30 @@ class WarmWorkers:
         """Idle workers kept now."""
         with self._lock:
             return len(self._idle)
+
+
+def demand(options: dict[str, Any]) -> dict[str, float]:
+    """The resources an actor's options ask Ray for."""
+    asked = {"CPU": options.get("num_cpus"), "GPU": options.get("num_gpus"), "memory": options.get("memory"),
+             **(options.get("resources") or {})}
+    return {k: float(v) for k, v in asked.items() if v}
+
+
+def add(total: dict[str, float], more: dict[str, float]) -> dict[str, float]:
+    """Two resource requests together."""
+    return {k: total.get(k, 0.0) + more.get(k, 0.0) for k in total.keys() | more.keys()}
+
+
+def _room_for(needed: dict[str, float]) -> bool:
+    """Whether ``needed`` fits in what Ray has free now (idle workers hold theirs), on a
+    one-node Ray (on several, free totals say nothing of any one node)."""
+    try:
+        if len([n for n in ray.nodes() if n.get("Alive")]) != 1:
+            return False
+        free = ray.available_resources()
+    except Exception:  # noqa: BLE001 (Ray gone: nothing to keep them for)
+        return False
+    return all(free.get(k, 0.0) + 1e-9 >= v for k, v in needed.items() if v)
 
 
 def _ready(worker: _Idle) -> bool:
