@@ -84,7 +84,7 @@ def test_hung_participant_times_out_and_the_run_goes_on(ray_session):
     raw = digits_config(
         groups=[_group("ok", 2, resources=HEALTHY, hosting="pool"),  # warm workers (test_pool: hung pooled tasks)
                 _group("stuck", 1, system={"hang_prob": 1.0}, hosting="dedicated")],
-        schedule={"task_timeout_s": 5.0, "max_failures": 10}, stop={"max_aggregations": 3},
+        schedule={"task_timeout_s": 3.0, "max_failures": 10}, stop={"max_aggregations": 3},
     )
     orch = Orchestrator(load_config(raw))
     history = orch.run()
@@ -100,7 +100,7 @@ def test_too_few_participants_end_the_run_cleanly_with_a_reason(ray_session, tmp
     raw = digits_config(
         groups=[_group("ok", 2, resources=HEALTHY, hosting="pool"),  # warm workers (test_pool: hung pooled tasks)
                 _group("stuck", 1, system={"hang_prob": 1.0}, hosting="dedicated")],
-        schedule={"task_timeout_s": 5.0, "min_participants": 3, "max_failures": 10},
+        schedule={"task_timeout_s": 3.0, "min_participants": 3, "max_failures": 10},
         stop={"max_aggregations": 5},
     )
     orch = Orchestrator(load_config(raw), out_dir=tmp_path)

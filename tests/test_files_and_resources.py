@@ -93,6 +93,7 @@ def test_missing_csv_is_named_and_the_run_goes_on_without_it(ray_session, tmp_pa
     test_csv = write_digits_tables(tmp_path, ["hospital_0", "clinic_0"])  # no clinic_1
     raw = file_config(tmp_path, test_csv, clinics=2, stop={"max_aggregations": 2})
     raw["groups"][1] |= hosting  # a pooled clinic is started in one call with its neighbour
+    raw["groups"][0] |= {"hosting": "pool"}  # the hospital only trains beside them: on a warm worker
     config = load_config(raw)
     history = Orchestrator(config).run()
 
@@ -108,9 +109,9 @@ def test_missing_csv_is_named_and_the_run_goes_on_without_it(ray_session, tmp_pa
 
 def test_too_few_participants_left_raises_a_run_error_naming_the_file(ray_session, tmp_path):
     test_csv = write_digits_tables(tmp_path, ["hospital_0"])  # clinic_0, clinic_1 missing
-    config = load_config(file_config(
-        tmp_path, test_csv, clinics=2, schedule={"min_participants": 2}, stop={"max_aggregations": 2},
-    ))
+    raw = file_config(tmp_path, test_csv, clinics=2, schedule={"min_participants": 2}, stop={"max_aggregations": 2})
+    raw["groups"][0] |= {"hosting": "pool"}  # the clinics (auto) are the ones that fail
+    config = load_config(raw)
     with pytest.raises(RunError) as info:
         Orchestrator(config).run()
     message = str(info.value)
