@@ -59,7 +59,7 @@ def worker_key(options: dict[str, Any], *settings: Any) -> str | None:
 
 
 class WarmWorkers:
-    """Idle pool workers by key; thread-safe (``fedray tune`` runs trials side by side)."""
+    """Idle pool workers by key; thread-safe."""
 
     def __init__(self) -> None:
         self._idle: list[_Idle] = []

@@ -7,7 +7,7 @@ there is nothing for a Tune trial's own process and placement group to isolate, 
 to lose: each would start a process that imports torch, and its own pool workers. Here
 every trial runs in this driver, its participants on pool workers of one shape (the
 allocation is priced, not held), which stay warm from trial to trial
-(:mod:`orchestrator.cluster.warm_workers`): a trial starts in a fraction of a second.
+(:mod:`orchestrator.cluster.warm_workers`): after the first, a trial starts no process.
 
 Sampling is Tune's (``generate_variants``: grid, choice and the random domains, seeded by
 the run's seed). A trial whose simulated clock passes the ``keep``-th best time to the
