@@ -279,7 +279,7 @@ def margin_line(table: pd.DataFrame, search: TuneSearch) -> str:
 
     line = f"best trial {best.trial_id}: {text(best)}; worst {worst.trial_id}: {text(worst)}"
     if bool(best.reached) and bool(worst.reached):
-        line += (f"; the best is {worst.time_to_target - best.time_to_target:.1f}s "
+        line += (f"; the best is {worst.time_to_target - best.time_to_target:.3g}s "
                  f"({worst.time_to_target / best.time_to_target:.2f}x) faster")
     return line
 
