@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import Counter
 from collections.abc import Callable
 
 import pytest
@@ -24,9 +25,16 @@ def _ensure_local_ray():
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked ``restarts_ray`` (multi-node ``Cluster`` modules) replace the session's
-    Ray; run last, no later test has to start Ray again or lose the warm pool workers."""
-    items.sort(key=lambda item: item.get_closest_marker("restarts_ray") is not None)
+    """The order xdist hands modules out in (``--no-loadscope-reorder`` keeps it): modules
+    that run on Ray first, those with the most such tests first, then the quick in-process
+    modules, which fill the end so that both workers finish together. Tests marked
+    ``restarts_ray`` (multi-node ``Cluster`` modules) replace the session's Ray: last, so
+    no later test has to start Ray again or lose the warm pool workers."""
+    uses_ray = {"ray_session", "_ray_shutdown_at_end", "ray_head"}
+    on_ray = Counter(item.nodeid.split("::")[0] for item in items
+                     if uses_ray & set(getattr(item, "fixturenames", ())))
+    items.sort(key=lambda item: (item.get_closest_marker("restarts_ray") is not None,
+                                 -on_ray[item.nodeid.split("::")[0]]))
 
 
 @pytest.fixture(scope="session")
