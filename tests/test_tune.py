@@ -222,7 +222,8 @@ def test_simulated_trials_on_a_described_capacity_are_scored_in_calibrated_secon
     search = _search(space={"groups.site.resources.num_cpus": {"grid": [1, 2, 3]}},
                      target_accuracy=0.5, budget_s=100, max_aggregations=4)
 
-    table = run_search(config, search, tmp_path / "out", keep=2).set_index("groups.site.resources.num_cpus")
+    every = search.model_copy(update={"early_stop": False})  # every trial to its end, as keep=2 would
+    table = run_search(config, every, tmp_path / "out").set_index("groups.site.resources.num_cpus")
 
     assert list(table.index) == [1, 2, 3] and table.reached.tolist() == [True, True, False]
     rounds = table.time_to_target[1] / 1.0
@@ -237,6 +238,8 @@ def test_simulated_trials_on_a_described_capacity_are_scored_in_calibrated_secon
     assert cut.time_to_target[1] == table.time_to_target[1]  # the same simulation, to the bit
     assert not cut.reached[2] and cut.stopped_early[2].startswith(f"at {rounds:.3g}s")
     assert cut.num_aggregations[2] < table.num_aggregations[2]
+    kept = run_search(config, search, tmp_path / "kept", keep=2).set_index("groups.site.resources.num_cpus")
+    assert kept.stopped_early.isna().all() and kept.time_to_target[2] == table.time_to_target[2]  # 2 best exact
     table = table.iloc[:2]
 
     # --confirm: the best trial and the config as given (0.5 CPUs: priced as the nearest

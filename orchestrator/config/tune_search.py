@@ -33,6 +33,8 @@ class TuneSearch(Strict):
     max_concurrent_trials: int | None = Field(
         None, ge=1, description="wall-clock trials under Ray Tune; default 1, which keeps wall-clock "
         "timings clean (simulated trials run one after another in the driver, on warm workers)")
+    early_stop: bool = Field(True, description="simulated trials: stop one once it cannot be among the best "
+                             "(false: every trial runs to its end, for a complete time-against-cost front)")
     driver_cpus: float = Field(0.5, ge=0, description="CPUs reserved for each wall-clock trial's driver")
     num_cpus: float | None = Field(None, gt=0, description="logical CPUs of the local Ray wall-clock trials share")
 

@@ -11,8 +11,8 @@ allocation is priced, not held), which stay warm from trial to trial
 
 Sampling is Tune's (``generate_variants``: grid, choice and the random domains, seeded by
 the run's seed). A trial whose simulated clock passes the ``keep``-th best time to the
-target found so far is stopped there: it can no longer be among the ``keep`` best, and its
-row says where it stopped. Each row also gives the CPU- and GPU-seconds its tasks reserved
+target found so far is stopped there (unless the search says ``early_stop: false``): it
+can no longer be among the ``keep`` best, and its row says where it stopped. Each row also gives the CPU- and GPU-seconds its tasks reserved
 at their allocation; trials that tie on time rank the cheaper first.
 """
 
@@ -70,7 +70,8 @@ def run_simulated_search(config: RunConfig, search: TuneSearch, out: Path, keep:
             rows.append({"trial_id": trial_id, **values, "reached": False, "pruned": str(exc), "stopped_early": None,
                          "objective": math.inf if search.objective == "time_to_target" else -math.inf})
             continue
-        bound = sorted(reached)[keep - 1] if search.objective == "time_to_target" and len(reached) >= keep else None
+        stops = search.early_stop and search.objective == "time_to_target" and len(reached) >= keep
+        bound = sorted(reached)[keep - 1] if stops else None
         result = run_trial(computing_only(trial), search, out / "runs" / trial_id, costs=costs, stop_after=bound)
         if result["reached"]:
             reached.append(result["time_to_target"])
@@ -87,7 +88,7 @@ def pareto_front(table: pd.DataFrame) -> pd.Series:
     """Whether each trial is on the front of seconds to the target against reserved
     CPU-seconds: it reached the target and no other trial that did was as fast and as
     cheap, and strictly better in one. A trial stopped early never reached it, so a slow but
-    cheap allocation may be missing from the front.
+    cheap allocation may be missing from the front unless the search has ``early_stop: false``.
 
     >>> t = pd.DataFrame({"reached": [True, True, True, False], "time_to_target": [1.0, 2.0, 2.0, None],
     ...                   "cpu_seconds": [3.0, 1.0, 2.0, 0.5]})
