@@ -16,10 +16,10 @@ from actors.participant.pool import PoolWorker, task_threads
 from actors.participant.private_state import PrivateStateError, Rollback
 from actors.spec.data import FileData, FittedTransform
 from actors.spec.participant import ParticipantSpec
-from orchestrator.cluster.fits import PlacementError, check_placement
+from orchestrator.cluster.fits import PlacementError, bundle, check_placement
 from orchestrator.cluster.members import Member, RunError, error_message
 from orchestrator.cluster.placement import Placements
-from orchestrator.cluster.warm_workers import WARM, add, demand, worker_key
+from orchestrator.cluster.warm_workers import WARM, add, worker_key
 from orchestrator.config import Group, RunConfig
 from orchestrator.loop.clock import Clock
 from orchestrator.loop.schedules import Task
@@ -149,14 +149,14 @@ class Lifecycle:
                                                                       "max_concurrency": task_threads(served)}
                 key = worker_key(options, self.privacy.secure, group.cache_size, group.cache_mb)
                 wanted.append((group, key, options))
-        claimed = WARM.claim([(key, options["max_concurrency"], demand(options)) for _, key, options in wanted],
+        claimed = WARM.claim([(key, options["max_concurrency"], bundle(group)) for group, key, options in wanted],
                              self._dedicated_demand())
         pools: dict[str, list[Any]] = {}
         for (group, key, options), handle in zip(wanted, claimed, strict=True):
             if handle is None:
                 cls = self.privacy.actor_class(PoolWorker)
                 handle = cls.options(**options).remote(group.cache_size, group.cache_mb)
-            self._worker_keys[id(handle)] = (key, options["max_concurrency"], demand(options))
+            self._worker_keys[id(handle)] = (key, options["max_concurrency"], bundle(group))
             pools.setdefault(group.name, []).append(handle)
         return pools
 
@@ -164,11 +164,9 @@ class Lifecycle:
         """What the run's dedicated actors ask Ray for; None when a placement group holds them."""
         total: dict[str, float] = {}
         for group in (g for g in self.config.groups if g.hosting != "pool"):
-            for i in range(group.count):
-                options = self.placements.actor_options(group, i)
-                if not isinstance(options.get("scheduling_strategy", "DEFAULT"), str):
-                    return None
-                total = add(total, demand(options))
+            if group.name in self.placements.groups:
+                return None
+            total = add(total, {k: v * group.count for k, v in bundle(group).items()})
         return total
 
     def _await_start(self, pending: dict[ray.ObjectRef, Member]) -> list[tuple[str, str]]:

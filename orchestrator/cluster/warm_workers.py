@@ -139,13 +139,6 @@ class WarmWorkers:
             return len(self._idle)
 
 
-def demand(options: dict[str, Any]) -> dict[str, float]:
-    """The resources an actor's options ask Ray for."""
-    asked = {"CPU": options.get("num_cpus"), "GPU": options.get("num_gpus"), "memory": options.get("memory"),
-             **(options.get("resources") or {})}
-    return {k: float(v) for k, v in asked.items() if v}
-
-
 def add(total: dict[str, float], more: dict[str, float]) -> dict[str, float]:
     """Two resource requests together."""
     return {k: total.get(k, 0.0) + more.get(k, 0.0) for k in total.keys() | more.keys()}

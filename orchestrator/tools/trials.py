@@ -1,7 +1,8 @@
 """One trial of a search, run and scored: seconds to the target from the first dispatch.
 
-Shared by ``fedray tune`` (each Tune trial) and ``--confirm`` (the same configs again on
-the wall clock), so a prediction and its measurement are scored the same way.
+Shared by ``fedray tune`` (each trial, under Ray Tune or simulated in the driver) and
+``--confirm`` (the same configs again on the wall clock), so a prediction and its
+measurement are scored the same way.
 """
 
 from __future__ import annotations
