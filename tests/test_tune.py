@@ -31,6 +31,14 @@ def test_trial_config_writes_values_by_group_name_and_sets_the_stop_rule():
     assert config.stop.max_aggregations == 7
 
 
+def test_a_bad_value_anywhere_in_the_grid_fails_before_any_trial_runs(tmp_path):
+    search = _search(space={"groups.site.train.local_epochs": {"grid": [1, 2]},
+                            "schedule.mode": {"grid": ["sync", "fast"]}})
+    with pytest.raises(ConfigError, match=r"schedule.mode: .*got 'fast'"):
+        run_search(load_config(digits_config()), search, tmp_path)
+    assert not (tmp_path / "runs").exists()
+
+
 def test_a_searched_schedule_mode_drops_the_other_modes_settings():
     base = load_config(digits_config(schedule={"mode": "sync", "deadline_s": 2.0, "max_failures": 5}))
     search = _search(space={"schedule.mode": {"grid": ["sync", "buffered"]}})

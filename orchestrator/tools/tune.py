@@ -169,11 +169,11 @@ def run_search(config: RunConfig, search: TuneSearch, out: Path, keep: int = 1) 
 
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    for values in _first_values(search):  # a typo in a path fails here, not in a trial
-        trial_config(config, search, values)
+    # a typo in a path, or a bad value anywhere in a grid, fails here rather than mid-search
+    checked = [trial_config(config, search, values) for values in _values_to_check(search)]
     mode = "min" if search.objective == "time_to_target" else "max"
     if config.clock == "simulated":
-        started_ray = connect_ray(computing_only(trial_config(config, search, _first_values(search)[0])))
+        started_ray = connect_ray(computing_only(checked[0]))
         try:
             table = run_simulated_search(config, search, out, keep)
         finally:
@@ -251,9 +251,14 @@ def _write_results(table: pd.DataFrame, config: RunConfig, search: TuneSearch, o
     return table
 
 
-def _first_values(search: TuneSearch) -> list[dict[str, Any]]:
-    return [{p: (v[0] if k in ("grid", "choice") else (v[0] + v[1]) / 2 if k != "randint" else v[0])
-             for p, spec in search.space.items() for k, v in spec.items()}]
+def _values_to_check(search: TuneSearch) -> list[dict[str, Any]]:
+    """A first point (the first grid/choice value, a range's middle), then every other
+    grid/choice value of each path in turn, the rest as in the first point."""
+    first = {p: (v[0] if k in ("grid", "choice") else (v[0] + v[1]) / 2 if k != "randint" else v[0])
+             for p, spec in search.space.items() for k, v in spec.items()}
+    others = [first | {p: value} for p, spec in search.space.items() for k, v in spec.items()
+              if k in ("grid", "choice") for value in v[1:]]
+    return [first, *others]
 
 
 def plain(value: Any) -> Any:
