@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from orchestrator.cluster.calibration import Calibration, CalibrationError, Measurement
+from orchestrator.cluster.calibration import Calibration, CalibrationError, Measurement, Overheads
 
 
 def _row(group: str = "hospital", cpus: float = 1.0, spp: float = 0.4, fixed: float = 1.0,
@@ -27,9 +27,9 @@ def test_save_then_load_gives_the_same_rows_and_machine(tmp_path) -> None:
     cal = _calibration()
     cal.save(path)
     data = json.loads(path.read_text())
-    assert data["version"] == 1 and data["machine"] == {"hostname": "lab", "cpus": 2}
+    assert data["version"] == 2 and data["machine"] == {"hostname": "lab", "cpus": 2}
     again = Calibration.load(path)
-    assert again.rows == cal.rows and again.machine == cal.machine
+    assert again.rows == cal.rows and again.machine == cal.machine and again.overheads == cal.overheads
     assert again.groups() == ["clinic", "hospital"]
 
 
@@ -76,8 +76,8 @@ def test_load_refuses_another_version_and_rows_missing_fields(tmp_path) -> None:
     path = tmp_path / "calibration.json"
     _calibration().save(path)
     data = json.loads(path.read_text())
-    path.write_text(json.dumps({**data, "version": 2}))
-    with pytest.raises(CalibrationError, match="version 2 is not one this fedray reads"):
+    path.write_text(json.dumps({**data, "version": 3}))
+    with pytest.raises(CalibrationError, match="version 3 is not one this fedray reads"):
         Calibration.load(path)
     del data["rows"][1]["fixed_seconds"], data["rows"][1]["peak_memory_bytes"]
     data["rows"][1]["speed"] = 1
@@ -90,6 +90,21 @@ def test_load_refuses_another_version_and_rows_missing_fields(tmp_path) -> None:
         Calibration.load(path)
     with pytest.raises(CalibrationError, match=f"{tmp_path / 'nowhere.json'}: cannot read it .*fedray profile"):
         Calibration.load(tmp_path / "nowhere.json")
+
+
+def test_overheads_round_trip_and_a_version_1_file_reads_as_none(tmp_path) -> None:
+    path = tmp_path / "calibration.json"
+    cal = Calibration({}, _calibration().rows, Overheads(0.01, 0.007, 0.004, 4))
+    cal.save(path)
+    assert Calibration.load(path).overheads == Overheads(0.01, 0.007, 0.004, 4)
+    data = json.loads(path.read_text())
+    path.write_text(json.dumps({"version": 1, "machine": {}, "rows": data["rows"]}))  # written before overheads
+    assert Calibration.load(path).overheads == Overheads()
+    path.write_text(json.dumps({**data, "overheads": {"task_seconds": 0.01, "per_round": 1}}))
+    with pytest.raises(CalibrationError, match="overheads: unknown per_round"):
+        Calibration.load(path)
+    with pytest.raises(CalibrationError, match="overheads must be >= 0"):
+        Calibration({}, [], Overheads(task_seconds=-0.1))
 
 
 def test_a_run_config_naming_a_missing_calibration_is_refused_naming_the_field_and_file(tmp_path) -> None:

@@ -8,8 +8,13 @@ thousands of simulated trials cost one short measurement.
 The file is JSON::
 
     {
-      "version": 1,
+      "version": 2,
       "machine": {"hostname": "...", "cpus": 2, "gpus": 0, ...},   # where it was measured
+      "overheads": {                    # what a run costs beside training (0 when absent)
+        "task_seconds": 0.010,          # CPU-seconds each task costs beyond its training
+        "aggregation_seconds": 0.009,   # the driver's own seconds per aggregation
+        "evaluation_seconds": 0.004,    # and per evaluation of the global model
+        "rounds_measured": 4},
       "rows": [
         {"group": "hospital",           # the config's group name
          "num_cpus": 2.0,               # torch threads / Ray CPUs of the measured task
@@ -23,12 +28,19 @@ The file is JSON::
       ]
     }
 
-``machine`` is free-form (a record for the reader); every row field is required. A task
+``machine`` is free-form (a record for the reader); every row field is required; a version
+1 file (no ``overheads``) is read with every overhead 0. A task
 of ``samples`` samples costs ``fixed_seconds + seconds_per_sample * samples``; between
 measured CPU counts both terms follow ``a + b / num_cpus`` through the two neighbours (the
 Amdahl shape: a serial part plus a part split over the CPUs), and outside the measured
 range they are those of the nearest measured count, so a plan never counts on a speed-up
 nobody saw.
+
+The overheads are what a row cannot see: a row times training inside one process, while
+a run also ships each task through Ray, checks and records its update on the driver, and
+stops between rounds to aggregate, evaluate and broadcast. On the 2-core machine where
+this was written, a task cost 10 ms beyond its training and the driver 10-15 ms a round,
+next to rounds of 80-110 ms: left out, predictions fell 30-40% short of the wall clock.
 
 >>> rows = [Measurement("a", c, 0.0, False, s, 0.0, 0, 0, 100) for c, s in ((1, 0.4), (4, 0.1))]
 >>> Calibration({}, rows).task_seconds("a", num_cpus=2, num_gpus=0, samples=10)
@@ -42,7 +54,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-VERSION = 1
+VERSION = 2
+READABLE = (1, 2)
 
 
 class CalibrationError(ValueError):
@@ -70,10 +83,24 @@ class Measurement:
 _FIELDS = [f.name for f in fields(Measurement)]
 
 
+@dataclass(frozen=True)
+class Overheads:
+    """What a run costs beside local training, measured on a short real run (module docstring)."""
+
+    task_seconds: float = 0.0
+    aggregation_seconds: float = 0.0
+    evaluation_seconds: float = 0.0
+    rounds_measured: int = 0
+
+
+_OVERHEADS = [f.name for f in fields(Overheads)]
+
+
 class Calibration:
     """The measured rows, and the cost of a task at any allocation derived from them."""
 
-    def __init__(self, machine: dict[str, Any], rows: list[Measurement]) -> None:
+    def __init__(self, machine: dict[str, Any], rows: list[Measurement],
+                 overheads: Overheads | None = None) -> None:
         seen: set[tuple[str, float, float, bool]] = set()
         for row in rows:
             key = (row.group, row.num_cpus, row.num_gpus, row.batched)
@@ -84,11 +111,15 @@ class Calibration:
             if row.num_cpus <= 0 or min(row.num_gpus, row.seconds_per_sample, row.fixed_seconds) < 0:
                 raise CalibrationError(f"group {row.group!r}: num_cpus must be > 0 and num_gpus, "
                                        f"seconds_per_sample, fixed_seconds >= 0; got {row}")
+        self.overheads = overheads or Overheads()
+        if min(self.overheads.task_seconds, self.overheads.aggregation_seconds, self.overheads.evaluation_seconds) < 0:
+            raise CalibrationError(f"overheads must be >= 0 seconds; got {self.overheads}")
         self.machine = dict(machine)
         self.rows = sorted(rows, key=lambda r: (r.group, r.num_gpus, r.batched, r.num_cpus))
 
     def save(self, path: str | Path) -> None:
-        data = {"version": VERSION, "machine": self.machine, "rows": [asdict(r) for r in self.rows]}
+        data = {"version": VERSION, "machine": self.machine, "overheads": asdict(self.overheads),
+                "rows": [asdict(r) for r in self.rows]}
         Path(path).write_text(json.dumps(data, indent=1) + "\n")
 
     @classmethod
@@ -106,10 +137,11 @@ class Calibration:
         missing = [k for k in ("version", "machine", "rows") if k not in data]
         if missing:
             raise CalibrationError(f"{path}: missing {', '.join(missing)}")
-        if data["version"] != VERSION:
+        if data["version"] not in READABLE:
             raise CalibrationError(f"{path}: version {data['version']!r} is not one this fedray "
-                                   f"reads (version {VERSION}); re-run fedray profile")
-        return cls(data["machine"], [_row(r, f"{path}: row {i}") for i, r in enumerate(data["rows"])])
+                                   f"reads (versions {', '.join(map(str, READABLE))}); re-run fedray profile")
+        overheads = _overheads(data.get("overheads", {}), f"{path}: overheads")
+        return cls(data["machine"], [_row(r, f"{path}: row {i}") for i, r in enumerate(data["rows"])], overheads)
 
     def groups(self) -> list[str]:
         return sorted({r.group for r in self.rows})
@@ -165,6 +197,18 @@ def _row(data: Any, where: str) -> Measurement:
             group=str(data["group"]), batched=_bool(data["batched"]),
             samples_measured=int(data["samples_measured"]),
             **{k: float(data[k]) for k in _FIELDS if k not in ("group", "batched", "samples_measured")})
+    except (TypeError, ValueError) as exc:
+        raise CalibrationError(f"{where}: {exc}") from exc
+
+
+def _overheads(data: Any, where: str) -> Overheads:
+    if not isinstance(data, dict):
+        raise CalibrationError(f"{where}: expected an object, got {data!r}")
+    unknown = sorted(set(data) - set(_OVERHEADS))
+    if unknown:
+        raise CalibrationError(f"{where}: unknown {', '.join(unknown)} (known: {', '.join(_OVERHEADS)})")
+    try:
+        return Overheads(**{k: int(v) if k == "rounds_measured" else float(v) for k, v in data.items()})
     except (TypeError, ValueError) as exc:
         raise CalibrationError(f"{where}: {exc}") from exc
 

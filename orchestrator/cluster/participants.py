@@ -96,6 +96,14 @@ class Participants(Lifecycle):
             return self.costs.seconds(member.spec, member.group, samples, nbytes, self.clock.now())
         return simulated_duration(member.spec.system, member.spec.speed, samples, nbytes)
 
+    def driver_busy(self, step: str) -> None:
+        """Under the simulated clock with a calibration, the driver's calibrated seconds for
+        ``step`` (aggregation, evaluation) pass before it goes on; the wall clock spends them
+        by itself."""
+        costs = self.costs if self.clock.simulated else None
+        if costs is not None:
+            self.clock.sleep(costs.driver_seconds(step))
+
     priced: TaskCosts | None = None
     """Set by a caller whose tasks are priced at another allocation than its processes
     hold (``fedray tune``'s simulated trials); else :attr:`costs` reads the config."""

@@ -3,7 +3,10 @@
 Under ``clock: simulated`` with ``calibration:``, a task's compute lasts its group's
 measured cost at the group's allocation (``fixed + per sample x samples`` at its
 ``num_cpus``/``num_gpus``, :mod:`orchestrator.cluster.calibration`), divided by the
-participant's ``speed``; without one, ``system.simulated_seconds_per_sample`` as before.
+participant's ``speed``, plus the calibration's per-task overhead (Ray's round trip, the
+driver's checks); without one, ``system.simulated_seconds_per_sample`` as before. The
+driver's own seconds per aggregation and per evaluation (:meth:`TaskCosts.driver_seconds`)
+move the simulated clock on between rounds.
 With a capacity (``capacity:``, else this machine when there is a calibration) the
 compute holds the group's CPUs and GPU share on a node of a :class:`SimulatedCluster`,
 so it starts only when they are free: two 2-CPU tasks on a 2-CPU node run one after the
@@ -79,7 +82,8 @@ class TaskCosts:
         """How long a task dispatched at ``now`` lasts, waiting for its resources included."""
         res = self.groups[group].resources
         if self.calibration is not None:
-            compute = self.calibration.task_seconds(group, res.num_cpus, res.num_gpus, samples) / spec.speed
+            compute = (self.calibration.task_seconds(group, res.num_cpus, res.num_gpus, samples) / spec.speed
+                       + self.calibration.overheads.task_seconds)
         else:
             compute = samples * (spec.system.simulated_seconds_per_sample or 0.0) / spec.speed
         end = now + compute
@@ -90,3 +94,11 @@ class TaskCosts:
             end = self.cluster.reserve(task_demand(self.groups[group]), compute, earliest=now, label=spec.name).end
         return end - now + transfer_seconds(spec.system, nbytes)
 
+
+    def driver_seconds(self, step: str) -> float:
+        """The driver's seconds for one ``aggregation`` or ``evaluation``, as calibrated (0
+        without a calibration): it dispatches nothing meanwhile."""
+        if self.calibration is None:
+            return 0.0
+        overheads = self.calibration.overheads
+        return {"aggregation": overheads.aggregation_seconds, "evaluation": overheads.evaluation_seconds}[step]

@@ -241,8 +241,7 @@ class Orchestrator:
             return self.privacy.check(update)
         problem = rejection_reason(update, self.global_model.expected_layout(member.name),
                                    self.strategy.update_extras)
-        clip = self.config.updates.clip_norm
-        if problem is None and clip is not None:
+        if problem is None and (clip := self.config.updates.clip_norm) is not None:
             clip_to_norm(update, clip)
         return problem
 
@@ -286,6 +285,7 @@ class Orchestrator:
         state = self.state
         state.params, state.version = params, state.version + 1
         self._broadcast()
+        self.participants.driver_busy("aggregation")
         stalenesses = [u.staleness for u in batch]
         self.history.record(
             "aggregation", version=state.version, num_examples=sum(u.num_examples for u in batch),
@@ -303,6 +303,7 @@ class Orchestrator:
 
     def _evaluate(self) -> None:
         metrics = self.global_model.evaluate(self.state.params)  # per family, global_state.py
+        self.participants.driver_busy("evaluation")
         self.state.evaluated(metrics, self.config.target, self.clock())
         self.history.record("evaluation", version=self.state.version, metric=self.config.task.metric_name,
                             in_flight=len(self.participants.in_flight), **metrics)
@@ -336,9 +337,8 @@ class Orchestrator:
     def _wait_timeout(self, now: float) -> float | None:
         """Until the next moment something must happen even if nothing arrives."""
         max_wall_s = None if self.run_clock.simulated else self.config.stop.max_wall_s
-        moments = [self.schedule.deadline(), max_wall_s,
-                   *self.participants.deadlines(), *self.participants.next_return(now)]
-        moments = [t for t in moments if t is not None]
+        moments = [t for t in (self.schedule.deadline(), max_wall_s, *self.participants.deadlines(),
+                                *self.participants.next_return(now)) if t is not None]
         return max(0.0, min(moments) - now) if moments else None
 
     def clock(self) -> float:

@@ -7,27 +7,39 @@ as a run would set them (``max(1, int(num_cpus))``) and it trains tasks of two s
 local step, and the group's own local work. The two sizes separate the fixed cost of a
 task (set-up, optimizer, evaluation of the update) from the cost per sample. Groups are
 measured one after another so they do not slow each other; candidates that give the same
-thread count share one measurement. The result is :class:`Calibration` (JSON, documented in
-``orchestrator/cluster/calibration.py``).
+thread count share one measurement.
+
+Then a short real run (:func:`measure_overheads`) prices what the rows cannot see: the
+config, every group on one-CPU pool workers as a simulated search runs it, for
+:data:`PROBE_AGGREGATIONS` sync rounds on the wall clock. Its rounds give the driver's
+seconds per aggregation and per evaluation directly, and the per-task overhead as the CPU
+time a round took beyond the training its rows price. The result is :class:`Calibration`
+(JSON, documented in ``orchestrator/cluster/calibration.py``).
 """
 
 from __future__ import annotations
 
 import os
 import platform
+import statistics
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import ray
 
 from actors.participant.participant import Participant
-from orchestrator.cluster.calibration import Calibration, Measurement
-from orchestrator.config import ConfigError, RunConfig
+from orchestrator.cluster.calibration import Calibration, Measurement, Overheads
+from orchestrator.config import ConfigError, RunConfig, TuneSearch, load_config
 from strategies.types import GlobalState, Instructions
 
 REPEATS = 2
 """Tasks per size and thread count; the fastest counts (the others met a busy core)."""
+
+PROBE_AGGREGATIONS = 6
+"""Rounds of the overhead probe; the first (warm-up) and the last (no next dispatch) are
+not counted, so four are."""
 
 
 def parse_allocations(texts: list[str], config: RunConfig) -> dict[str, list[float]]:
@@ -47,6 +59,18 @@ def parse_allocations(texts: list[str], config: RunConfig) -> dict[str, list[flo
             raise ConfigError(f"--allocations {text}: give CPU counts > 0")
         for name in [group] if group else names:
             out[name] |= cpus
+    return {name: sorted(cpus) for name, cpus in out.items()}
+
+
+def allocations_searched(config: RunConfig, search: TuneSearch) -> dict[str, list[float]]:
+    """The ``num_cpus`` a search tries for each group (grid and choice values, a range's
+    ends: the calibration interpolates between), each group's own always included."""
+    out = {g.name: {g.resources.num_cpus} for g in config.groups}
+    for path, spec in search.space.items():
+        parts = path.split(".")
+        if len(parts) == 4 and parts[0] == "groups" and parts[2:] == ["resources", "num_cpus"] and parts[1] in out:
+            for kind, values in spec.items():
+                out[parts[1]] |= {float(v) for v in (values if kind in ("grid", "choice") else values[:2])}
     return {name: sorted(cpus) for name, cpus in out.items()}
 
 
@@ -99,6 +123,7 @@ def calibrate(config: RunConfig, allocations: dict[str, list[float]]) -> Calibra
     handles = {name: ray.remote(Participant).options(num_cpus=0, num_gpus=group.resources.num_gpus).remote(spec)
                for name, (spec, group) in firsts.items()}
     rows = []
+    cores = float(config.ray.num_cpus or os.cpu_count() or 1)  # what TaskCosts plans this machine with
     try:
         infos = dict(zip(handles, ray.get([h.describe.remote() for h in handles.values()]), strict=True))
         for name, handle in handles.items():
@@ -123,8 +148,80 @@ def calibrate(config: RunConfig, allocations: dict[str, list[float]]) -> Calibra
     finally:
         for handle in handles.values():
             ray.kill(handle, no_restart=True)
-        if started_ray:
-            ray.shutdown()
+        try:
+            overheads = measure_overheads(config, Calibration({}, rows), cores)
+        finally:
+            if started_ray:
+                ray.shutdown()
     machine = {"hostname": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
                "config": config.name}
-    return Calibration(machine, rows)
+    return Calibration(machine, rows, overheads)
+
+
+def probe_config(config: RunConfig) -> RunConfig:
+    """``config`` as the overhead probe runs it: as a simulated search's trials run (every
+    group pooled on one-CPU workers, as many as pre-flight gives a run), in sync rounds of
+    the config's size, on the wall clock, with no simulated system (nobody sleeps),
+    evaluated every round. (One worker a group would start fewer processes, but on a
+    2-core machine it measured a third of the overhead that real runs' four workers met.)"""
+    from orchestrator.tools.simulated_search import computing_only
+
+    schedule = config.schedule
+    per_round = getattr(schedule, "clients_per_round", None) or getattr(schedule, "concurrency", None)
+    raw = computing_only(config).model_dump(mode="json")
+    raw |= {"clock": "wall", "calibration": None, "capacity": None,
+            "schedule": {"mode": "sync", "clients_per_round": per_round},
+            "stop": {"max_aggregations": PROBE_AGGREGATIONS}}
+    raw["evaluation"]["every"] = 1
+    for group in raw["groups"]:
+        group.pop("system", None)
+    return load_config(raw)
+
+
+def measure_overheads(config: RunConfig, calibration: Calibration, cores: float) -> Overheads:
+    """Run :func:`probe_config` on the Ray this process is connected to and read its
+    rounds (module docstring); ``cores``: the CPUs its processes share."""
+    from orchestrator.loop.run import Orchestrator
+
+    probe = Orchestrator(probe_config(config))
+    history = probe.run()
+    groups = {g.name: g for g in probe.config.groups}
+
+    def trained(update: pd.Series) -> float:  # what the rows price: its training, alone
+        gpus = groups[update.group].resources.num_gpus
+        return calibration.task_seconds(update.group, 1.0, gpus, float(update.samples))
+
+    process = {name: info.get("pid") for name, info in probe.members_info.items()}
+    return overheads_of(history, trained, cores, process)
+
+
+def overheads_of(history: pd.DataFrame, trained: Any, cores: float, process: dict[str, Any]) -> Overheads:
+    """The overheads in a wall-clock history of sync rounds: per round (the first and last
+    skipped), the driver's seconds from the round's last update to the next dispatch, split
+    at the evaluation; and per task, the CPU-seconds the round took beyond
+    ``trained(update)`` summed over its updates. A round's CPU-seconds are each process's
+    time from the dispatch to its last update when there are no more processes (``process``:
+    participant -> process) than ``cores``, else the cores' time to the round's last update."""
+    events = {kind: history[history.event == kind] for kind in ("dispatch", "update", "aggregation", "evaluation")}
+    dispatched = events["dispatch"].groupby("base_version").time.min()
+    own_core = len(set(process.values())) <= cores
+    per_task, aggregation, evaluation = [], [], []
+    for version in dispatched.index[1:-1]:
+        updates = events["update"][events["update"].base_version == version]
+        after = version + 1
+        agg = events["aggregation"][events["aggregation"].version == after].time
+        ev = events["evaluation"][events["evaluation"].version == after].time
+        if updates.empty or agg.empty or ev.empty or after not in dispatched.index:
+            continue
+        start, last = float(dispatched[version]), float(updates.time.max())
+        if own_core:
+            busy = sum(t - start for t in updates.groupby(updates.participant.map(process)).time.max())
+        else:
+            busy = cores * (last - start)
+        per_task.append(max(0.0, (busy - sum(trained(u) for _, u in updates.iterrows())) / len(updates)))
+        evaluation.append(float(ev.iloc[0] - agg.iloc[0]))
+        aggregation.append(float(agg.iloc[0]) - last + float(dispatched[after] - ev.iloc[0]))
+    if not per_task:
+        raise RuntimeError("the overhead probe finished no complete round; see its history")
+    return Overheads(statistics.median(per_task), max(0.0, statistics.median(aggregation)),
+                     max(0.0, statistics.median(evaluation)), len(per_task))

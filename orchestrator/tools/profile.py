@@ -141,15 +141,18 @@ def add_parser(sub: Any) -> None:
     cmd.set_defaults(func=command)
 
 
-def write_calibration(config: RunConfig, allocations: list[str], path: str) -> int:
-    """``--calibration PATH``: measure, print the table, write the file."""
-    from orchestrator.tools.calibrate import calibrate, parse_allocations
+def write_calibration(config: RunConfig, allocations: dict[str, list[float]], path: str) -> int:
+    """Measure each group at its ``allocations`` (num_cpus), print the table, write ``path``."""
+    from orchestrator.tools.calibrate import calibrate
 
     started = time.perf_counter()
-    calibration = calibrate(config, parse_allocations(allocations, config))
+    calibration = calibrate(config, allocations)
     calibration.save(path)
     table = pd.DataFrame([r.__dict__ for r in calibration.rows])
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    o = calibration.overheads
+    print(f"overheads: {o.task_seconds * 1e3:.1f} ms a task beyond training, {o.aggregation_seconds * 1e3:.1f} ms "
+          f"an aggregation, {o.evaluation_seconds * 1e3:.1f} ms an evaluation ({o.rounds_measured} rounds)")
     print(f"\nwrote {path} ({len(table)} rows, {time.perf_counter() - started:.0f}s); use it with "
           "clock: simulated and calibration: " + path)
     return 0
@@ -160,7 +163,9 @@ def command(args: Any) -> int:
     if args.address:
         config = config.model_copy(update={"ray": config.ray.model_copy(update={"address": args.address})})
     if args.calibration:
-        return write_calibration(config, args.allocations, args.calibration)
+        from orchestrator.tools.calibrate import parse_allocations
+
+        return write_calibration(config, parse_allocations(args.allocations, config), args.calibration)
     started = time.perf_counter()
     try:
         measured = measure(config, tasks=max(1, args.tasks))

@@ -94,11 +94,13 @@ def pareto_front(table: pd.DataFrame) -> pd.Series:
     ...                   "cpu_seconds": [3.0, 1.0, 2.0, 0.5]})
     >>> pareto_front(t).tolist()
     [True, True, False, False]
+    >>> pareto_front(t.assign(reached=False)).tolist()  # none reached: no front (it used to raise)
+    [False, False, False, False]
     """
     reached = table[table.reached.fillna(False).astype(bool)]
     time, cost = reached.time_to_target.to_numpy(float), reached.cpu_seconds.to_numpy(float)
     dominated = [bool(((time <= t) & (cost <= c) & ((time < t) | (cost < c))).any()) for t, c in zip(time, cost)]
     front = pd.Series(False, index=table.index)
-    front[reached.index] = [not d for d in dominated]
+    front.loc[reached.index] = pd.Series([not d for d in dominated], index=reached.index, dtype=bool)
     return front
 

@@ -19,10 +19,12 @@ by its best value of the metric. The other objective is the metric reached withi
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -297,13 +299,42 @@ def add_parser(sub: Any) -> None:
     cmd.add_argument("--search", required=True, help="YAML search space and objective")
     cmd.add_argument("--out", help="results directory (default: runs/tune-NAME-TIMESTAMP)")
     cmd.add_argument("--calibration", help="score trials in simulated seconds priced by this file "
-                     "(fedray profile --calibration): sets clock: simulated")
+                     "(fedray profile --calibration): sets clock: simulated. A file that does not "
+                     "exist yet is written first, each group measured at the num_cpus the search tries")
     cmd.add_argument("--capacity", help="with --calibration: plan for this cluster, '4 nodes x {CPU: 16}' "
                      "or a YAML file (default: this machine); allocations it cannot hold are pruned")
     cmd.add_argument("--confirm", type=int, default=0, metavar="K",
                      help="with --calibration: re-run the K best trials and the config as given on this "
                      "machine's wall clock, and print predicted against measured seconds to the target")
     cmd.set_defaults(func=command)
+
+
+@contextlib.contextmanager
+def _calibrated_first(config: RunConfig, search: TuneSearch, path: str | None) -> Iterator[None]:
+    """When ``--calibration`` names no file yet: measure it first (``fedray profile
+    --calibration``, at the CPUs the search tries), on a Ray session the search then runs
+    on, so its overhead probe's pool workers serve the first trial warm; the session ends
+    with the search (a confirmation's wall-clock runs start their own, as ``fedray run``)."""
+    if path is None or Path(path).exists():
+        yield
+        return
+    import ray
+
+    from orchestrator.cluster.connect import connect_ray
+    from orchestrator.cluster.warm_workers import WARM
+    from orchestrator.tools.calibrate import allocations_searched
+    from orchestrator.tools.profile import write_calibration
+    from orchestrator.tools.simulated_search import computing_only
+
+    started_ray = connect_ray(computing_only(config))
+    try:
+        print(f"fedray: {path} does not exist yet: calibrating first")
+        write_calibration(config, allocations_searched(config, search), path)
+        yield
+    finally:
+        if started_ray:
+            WARM.release()
+            ray.shutdown()
 
 
 def simulated(config: RunConfig, calibration: str | None, capacity: str | None) -> RunConfig:
@@ -320,20 +351,22 @@ def simulated(config: RunConfig, calibration: str | None, capacity: str | None) 
 
 
 def command(args: Any) -> int:
-    config = simulated(load_config(args.config), args.calibration, args.capacity)
     search = load_search(args.search)
     if args.confirm < 0:
         raise ConfigError(f"--confirm: the number of best trials to re-run, 0 or more; got {args.confirm}")
-    if args.confirm and (config.clock != "simulated" or config.capacity is not None):
-        raise ConfigError("--confirm checks a simulated search against this machine's wall clock: give "
-                          "--calibration (and no --capacity, which plans for another cluster)")
-    out = Path(args.out) if args.out else Path("runs") / f"tune-{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    started = time.perf_counter()
-    try:
-        table = run_search(config, search, out, keep=max(1, args.confirm))
-    except RuntimeError as exc:
-        print(f"fedray: {exc}", file=sys.stderr)
-        return 1
+    given = load_config(args.config)
+    with _calibrated_first(given, search, args.calibration):
+        config = simulated(given, args.calibration, args.capacity)
+        if args.confirm and (config.clock != "simulated" or config.capacity is not None):
+            raise ConfigError("--confirm checks a simulated search against this machine's wall clock: give "
+                              "--calibration (and no --capacity, which plans for another cluster)")
+        out = Path(args.out) if args.out else Path("runs") / f"tune-{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        started = time.perf_counter()
+        try:
+            table = run_search(config, search, out, keep=max(1, args.confirm))
+        except RuntimeError as exc:
+            print(f"fedray: {exc}", file=sys.stderr)
+            return 1
     pd.set_option("display.width", 200)
     shown = table.drop(columns=["run_dir", "pruned", "stopped_early"], errors="ignore")
     print(f"\n{len(table)} trials in {time.perf_counter() - started:.0f}s, sorted by {search.objective}:")
