@@ -11,7 +11,14 @@ from conftest import digits_config
 from orchestrator.config import ConfigError, TuneSearch, load_config
 from orchestrator.tools.cli import main
 from orchestrator.tools.trials import BudgetSpent, TrialClock, score
-from orchestrator.tools.tune import concurrent_trials, load_search, run_search, trial_config
+from orchestrator.tools.tune import (
+    check_search,
+    concurrent_trials,
+    load_search,
+    margin_line,
+    run_search,
+    trial_config,
+)
 
 
 def _search(**overrides) -> TuneSearch:
@@ -280,3 +287,49 @@ def test_confirm_needs_a_simulated_search_on_this_machine(tmp_path, capsys):
     Calibration({}, [Measurement("site", 1.0, 0.0, False, 0.0, 1.0, 3e8, 0, 100)]).save(tmp_path / "cal.json")
     assert main([*args, "--calibration", str(tmp_path / "cal.json"), "--capacity", "4 x {CPU: 16}"]) == 2
     assert "no --capacity" in capsys.readouterr().err
+
+
+def test_a_simulated_search_over_hosting_is_refused_before_any_trial(tmp_path):
+    """Simulated trials all run on one-CPU pool workers and price only tasks, so a search
+    over hosting or workers would give every trial the same score: refused, naming why."""
+    from orchestrator.cluster.calibration import Calibration, Measurement
+    from orchestrator.tools.tune import simulated
+
+    Calibration({}, [Measurement("site", 1.0, 0.0, False, 0.0, 1.0, 3e8, 0, 100)]).save(tmp_path / "cal.json")
+    config = simulated(load_config(digits_config()), str(tmp_path / "cal.json"), None)
+    for path, values in (("groups.site.hosting", ["pool", "dedicated"]), ("groups.site.workers", [1, 2])):
+        with pytest.raises(ConfigError, match=rf"search path {path}: simulated trials price tasks"):
+            run_search(config, _search(space={path: {"grid": values}}), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    # on the wall clock the same search is a real question, and passes the check
+    assert len(check_search(load_config(digits_config()), _search(space={"groups.site.workers": {"grid": [1, 2]}}))) == 2
+
+
+def test_cost_to_target_picks_the_cheaper_allocation_where_time_picks_the_faster(ray_session, tmp_path):
+    """On a 4-CPU node two 2-CPU tasks (0.6 s each) run side by side and beat two 1-CPU
+    tasks (1 s) on time, but reserve 1.2 CPU-seconds each against 1: the cost objective
+    picks 1 CPU, and stops the 2-CPU trial once it has spent more than that trial paid."""
+    from orchestrator.cluster.calibration import Calibration, Measurement
+    from orchestrator.tools.tune import simulated
+
+    rows = [Measurement("site", cpus, 0.0, False, 0.0, fixed, 3e8, 0, 100) for cpus, fixed in ((1.0, 1.0), (2.0, 0.6))]
+    Calibration({}, rows).save(tmp_path / "cal.json")
+    base = digits_config("auto", name="costtune")
+    base["groups"][0]["count"] = 2
+    config = simulated(load_config(base), str(tmp_path / "cal.json"), "1 x {CPU: 4}")
+    space = {"groups.site.resources.num_cpus": {"grid": [1, 2]}}
+
+    fast = run_search(config, _search(space=space, target_accuracy=0.5, budget_s=100, max_aggregations=4),
+                      tmp_path / "time")
+    assert fast["groups.site.resources.num_cpus"].tolist() == [2, 1]
+    rounds = fast.time_to_target.iloc[0] / 0.6
+    assert rounds == pytest.approx(round(rounds)) and fast.reached.all()
+
+    cheap = run_search(config, _search(space=space, objective="cost_to_target", target_accuracy=0.5, budget_s=100,
+                                       max_aggregations=4), tmp_path / "cost")
+    assert cheap["groups.site.resources.num_cpus"].tolist() == [1, 2]
+    assert cheap.objective.iloc[0] == pytest.approx(2 * round(rounds) * 1.0)  # 2 tasks a round, 1 CPU x 1 s each
+    assert not cheap.reached.iloc[1] and cheap.stopped_early.iloc[1].startswith("once it cost more")
+    assert "CPU-seconds" in margin_line(cheap, _search(space=space, objective="cost_to_target"))
+    with pytest.raises(ConfigError, match="cost_to_target.*give --calibration"):
+        check_search(load_config(base), _search(space=space, objective="cost_to_target"))

@@ -20,12 +20,15 @@ class TuneSearch(Strict):
     space: dict[str, dict[Literal["grid", "choice", "uniform", "loguniform", "randint"], list[Any]]] = Field(
         ..., min_length=1
     )
-    objective: Literal["time_to_target", "accuracy_at_budget", "metric_at_budget"] = Field(
-        "time_to_target", description="time_to_target: seconds to the target; metric_at_budget "
-        "(accuracy_at_budget is its classification name): the task's metric within budget_s")
-    target_accuracy: float | None = Field(0.85, gt=0, le=1, description="for time_to_target")
-    target: float | None = Field(None, description="for time_to_target: a target for the run's "
+    objective: Literal["time_to_target", "cost_to_target", "accuracy_at_budget", "metric_at_budget"] = Field(
+        "time_to_target", description="time_to_target: seconds to the target; cost_to_target (simulated "
+        "searches): CPU-seconds its tasks reserve until the target, plus gpu_price x GPU-seconds; "
+        "metric_at_budget (accuracy_at_budget is its classification name): the task's metric within budget_s")
+    target_accuracy: float | None = Field(0.85, gt=0, le=1, description="for a *_to_target objective")
+    target: float | None = Field(None, description="for a *_to_target objective: a target for the run's "
                                  "task.metric (r2, mse, macro_f1, ...) instead of target_accuracy")
+    gpu_price: float = Field(1.0, ge=0, description="cost_to_target: what a GPU-second costs in CPU-seconds "
+                             "(the ratio of your cluster's prices for a GPU and a core)")
     budget_s: float = Field(60.0, gt=0, description="training seconds per trial, from its first dispatch")
     startup_s: float = Field(300.0, ge=0, description="hang guard: wall time a trial may spend starting up")
     max_aggregations: int = Field(100, ge=1, description="each trial's cap on aggregations")
@@ -48,6 +51,11 @@ class TuneSearch(Strict):
                 raise ValueError(f"space.{path}: {kind} needs [low, high]")
             if not values:
                 raise ValueError(f"space.{path}: {kind} needs at least one value")
-        if self.objective == "time_to_target" and self.target_accuracy is None:
-            raise ValueError("objective time_to_target needs target_accuracy")
+        if self.to_target and self.target_accuracy is None and self.target is None:
+            raise ValueError(f"objective {self.objective} needs target_accuracy or target")
         return self
+
+    @property
+    def to_target(self) -> bool:
+        """Scored by what reaching the target took (seconds or cost), lower first."""
+        return self.objective in ("time_to_target", "cost_to_target")

@@ -19,10 +19,14 @@ time a round took beyond the training its rows price. The result is :class:`Cali
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import statistics
+import time
+from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -225,3 +229,42 @@ def overheads_of(history: pd.DataFrame, trained: Any, cores: float, process: dic
         raise RuntimeError("the overhead probe finished no complete round; see its history")
     return Overheads(statistics.median(per_task), max(0.0, statistics.median(aggregation)),
                      max(0.0, statistics.median(evaluation)), len(per_task))
+
+
+def write_calibration(config: RunConfig, allocations: dict[str, list[float]], path: str) -> int:
+    """Measure each group at its ``allocations`` (num_cpus), print the table, write ``path``."""
+    started = time.perf_counter()
+    calibration = calibrate(config, allocations)
+    calibration.save(path)
+    table = pd.DataFrame([r.__dict__ for r in calibration.rows])
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    o = calibration.overheads
+    print(f"overheads: {o.task_seconds * 1e3:.1f} ms a task beyond training, {o.aggregation_seconds * 1e3:.1f} ms "
+          f"an aggregation, {o.evaluation_seconds * 1e3:.1f} ms an evaluation ({o.rounds_measured} rounds)")
+    print(f"\nwrote {path} ({len(table)} rows, {time.perf_counter() - started:.0f}s); use it with "
+          "clock: simulated and calibration: " + path)
+    return 0
+
+
+@contextlib.contextmanager
+def calibrated_first(config: RunConfig, search: TuneSearch, path: str | None) -> Iterator[None]:
+    """When ``--calibration`` names no file yet: measure it first (``fedray profile
+    --calibration``, at the CPUs the search tries), on a Ray session the search then runs
+    on, so its overhead probe's pool workers serve the first trial warm; the session ends
+    with the search (a confirmation's wall-clock runs start their own, as ``fedray run``)."""
+    if path is None or Path(path).exists():
+        yield
+        return
+    from orchestrator.cluster.connect import connect_ray
+    from orchestrator.cluster.warm_workers import WARM
+    from orchestrator.tools.simulated_search import computing_only
+
+    started_ray = connect_ray(computing_only(config))
+    try:
+        print(f"fedray: {path} does not exist yet: calibrating first")
+        write_calibration(config, allocations_searched(config, search), path)
+        yield
+    finally:
+        if started_ray:
+            WARM.release()
+            ray.shutdown()

@@ -141,29 +141,12 @@ def add_parser(sub: Any) -> None:
     cmd.set_defaults(func=command)
 
 
-def write_calibration(config: RunConfig, allocations: dict[str, list[float]], path: str) -> int:
-    """Measure each group at its ``allocations`` (num_cpus), print the table, write ``path``."""
-    from orchestrator.tools.calibrate import calibrate
-
-    started = time.perf_counter()
-    calibration = calibrate(config, allocations)
-    calibration.save(path)
-    table = pd.DataFrame([r.__dict__ for r in calibration.rows])
-    print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
-    o = calibration.overheads
-    print(f"overheads: {o.task_seconds * 1e3:.1f} ms a task beyond training, {o.aggregation_seconds * 1e3:.1f} ms "
-          f"an aggregation, {o.evaluation_seconds * 1e3:.1f} ms an evaluation ({o.rounds_measured} rounds)")
-    print(f"\nwrote {path} ({len(table)} rows, {time.perf_counter() - started:.0f}s); use it with "
-          "clock: simulated and calibration: " + path)
-    return 0
-
-
 def command(args: Any) -> int:
     config = load_config(args.config)
     if args.address:
         config = config.model_copy(update={"ray": config.ray.model_copy(update={"address": args.address})})
     if args.calibration:
-        from orchestrator.tools.calibrate import parse_allocations
+        from orchestrator.tools.calibrate import parse_allocations, write_calibration
 
         return write_calibration(config, parse_allocations(args.allocations, config), args.calibration)
     started = time.perf_counter()

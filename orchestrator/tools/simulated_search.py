@@ -53,6 +53,22 @@ def computing_only(config: RunConfig) -> RunConfig:
     return load_config(raw)
 
 
+NOT_PRICED = ("hosting", "workers", "placement", "resources.memory", "resources.resources")
+"""Group settings :func:`computing_only` replaces: the simulated clock prices tasks, not the
+processes that run them, so trials differing only in these would score the same."""
+
+
+def check_priced(search: TuneSearch) -> None:
+    """Refuse, before any trial, a simulated search over settings no simulated trial prices."""
+    for path in search.space:
+        parts = path.split(".")
+        if parts[0] == "groups" and ".".join(parts[2:]) in NOT_PRICED:
+            raise ConfigError(
+                f"search path {path}: simulated trials price tasks, not the processes that run them "
+                f"(every trial runs on one-CPU pool workers), so {', '.join(NOT_PRICED)} would score the "
+                "same in every trial; search them on the wall clock (without --calibration)")
+
+
 def run_simulated_search(config: RunConfig, search: TuneSearch, out: Path, keep: int = 1) -> pd.DataFrame:
     """Every trial of ``search`` on ``config`` (``clock: simulated``), one after another on
     the Ray this process is connected to; one row per trial, unsorted. An allocation the
@@ -60,7 +76,8 @@ def run_simulated_search(config: RunConfig, search: TuneSearch, out: Path, keep:
     from orchestrator.tools.tune import trial_config
 
     rows: list[dict[str, Any]] = []
-    reached: list[float] = []
+    reached: list[float] = []  # each finished trial's time or cost to the target, as the objective asks
+    by_cost = search.objective == "cost_to_target"
     for number, values in enumerate(variants(search, config.seed)):
         trial_id = f"trial_{number:03d}"
         trial = trial_config(config, search, values)
@@ -68,13 +85,18 @@ def run_simulated_search(config: RunConfig, search: TuneSearch, out: Path, keep:
             costs = TaskCosts.for_config(trial)
         except ConfigError as exc:  # ranked after every trial that ran
             rows.append({"trial_id": trial_id, **values, "reached": False, "pruned": str(exc), "stopped_early": None,
-                         "objective": math.inf if search.objective == "time_to_target" else -math.inf})
+                         "objective": math.inf if search.to_target else -math.inf})
             continue
-        stops = search.early_stop and search.objective == "time_to_target" and len(reached) >= keep
+        stops = search.early_stop and search.to_target and len(reached) >= keep
         bound = sorted(reached)[keep - 1] if stops else None
-        result = run_trial(computing_only(trial), search, out / "runs" / trial_id, costs=costs, stop_after=bound)
+        price = (lambda c=costs: spent(c, search)) if by_cost and costs is not None else None
+        over = (lambda p=price, b=bound: p() > b) if price is not None and bound is not None else None
+        result = run_trial(computing_only(trial), search, out / "runs" / trial_id, costs=costs,
+                           stop_after=None if by_cost else bound, over_cost=over)
+        if price is not None:  # what it paid to reach the target; never reached: after all that did
+            result["objective"] = price() if result["reached"] else math.inf
         if result["reached"]:
-            reached.append(result["time_to_target"])
+            reached.append(result["objective"] if by_cost else result["time_to_target"])
         reserved = costs.reserved if costs is not None else {}  # (None: priced by system.* alone)
         rows.append({"trial_id": trial_id, **values, "pruned": None, "stopped_early": None, **result,
                      "cpu_seconds": reserved.get("CPU"), "gpu_seconds": reserved.get("GPU")})
@@ -82,6 +104,12 @@ def run_simulated_search(config: RunConfig, search: TuneSearch, out: Path, keep:
     if table.get("cpu_seconds") is not None and table.cpu_seconds.notna().any():
         table["pareto"] = pareto_front(table)
     return table
+
+
+def spent(costs: TaskCosts, search: TuneSearch) -> float:
+    """A trial's cost so far (``cost_to_target``): the CPU-seconds its tasks reserved plus
+    ``gpu_price`` times their GPU-seconds."""
+    return costs.reserved["CPU"] + search.gpu_price * costs.reserved["GPU"]
 
 
 def pareto_front(table: pd.DataFrame) -> pd.Series:

@@ -8,6 +8,7 @@ measurement are scored the same way.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,13 +26,15 @@ class BudgetSpent(Exception):
 
 
 class TrialClock:
-    """Listens to a trial's history; ends it ``budget_s`` after its first dispatch.
+    """Listens to a trial's history; ends it ``budget_s`` after its first dispatch, or
+    once ``over_cost()`` says it has spent more than it may.
 
     Plugged in where a progress display would go, so the run loop itself is unchanged.
     """
 
-    def __init__(self, budget_s: float) -> None:
+    def __init__(self, budget_s: float, over_cost: Callable[[], bool] | None = None) -> None:
         self.budget_s = budget_s
+        self.over_cost = over_cost
         self.rows: list[dict[str, Any]] = []
         self.t0: float | None = None
         self.spent = False
@@ -40,7 +43,8 @@ class TrialClock:
         self.rows.append(dict(row))
         if self.t0 is None and row["event"] == "dispatch":
             self.t0 = row["time"]
-        if self.t0 is not None and row["time"] - self.t0 > self.budget_s:
+        if self.t0 is not None and row["time"] - self.t0 > self.budget_s or (
+                self.over_cost is not None and self.over_cost()):
             self.spent = True
             raise BudgetSpent
 
@@ -68,7 +72,7 @@ def score(history: pd.DataFrame, search: TuneSearch) -> dict[str, Any]:
         best = float(values.min()) if len(values) else float("inf")
         hit = in_budget[in_budget[metric] <= target] if len(values) else in_budget.iloc[:0]
     time_to_target = float(hit.t.iloc[0]) if len(hit) else None
-    if search.objective != "time_to_target":  # the metric at budget, maximised
+    if not search.to_target:  # the metric at budget, maximised
         objective = best if higher else -best
     elif time_to_target is not None:
         objective = time_to_target
@@ -79,18 +83,19 @@ def score(history: pd.DataFrame, search: TuneSearch) -> dict[str, Any]:
 
 
 def run_trial(config: RunConfig, search: TuneSearch, run_dir: Path, costs: TaskCosts | None = None,
-              stop_after: float | None = None) -> dict[str, Any]:
+              stop_after: float | None = None, over_cost: Callable[[], bool] | None = None) -> dict[str, Any]:
     """Run ``config`` (on the Ray this process is connected to) until its target, its stop
     rule or ``search.budget_s`` after its first dispatch; its score, with the events
     written to ``run_dir/trial_events.csv``.
 
     ``costs`` prices its tasks at another allocation than its processes hold (a simulated
     search's trials); ``stop_after`` ends it sooner, once it can no longer beat a time to
-    the target that another trial reached (its row then says ``stopped_early``)."""
+    the target that another trial reached (its row then says ``stopped_early``), and
+    ``over_cost`` once it has spent more than another trial paid for the target."""
     from orchestrator.loop.run import Orchestrator
 
     budget = search.budget_s if stop_after is None else min(search.budget_s, stop_after)
-    clock = TrialClock(budget)
+    clock = TrialClock(budget, over_cost)
     with contextlib.suppress(BudgetSpent):
         Orchestrator(config, out_dir=run_dir, progress=clock, costs=costs).run()
     history = pd.DataFrame(clock.rows)
@@ -100,4 +105,6 @@ def run_trial(config: RunConfig, search: TuneSearch, run_dir: Path, costs: TaskC
               "wall_seconds": float(history.wall_time.max()), "run_dir": str(run_dir)}
     if budget < search.budget_s and not result["reached"] and clock.spent:
         result["stopped_early"] = f"at {budget:.3g}s, where another trial had already reached the target"
+    elif over_cost is not None and not result["reached"] and clock.spent:
+        result["stopped_early"] = "once it cost more than another trial paid to reach the target"
     return result

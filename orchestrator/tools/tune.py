@@ -19,12 +19,10 @@ by its best value of the metric. The other objective is the metric reached withi
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +107,7 @@ def trial_config(base: RunConfig, search: TuneSearch, values: dict[str, Any]) ->
     metric, target = search_target(base, search)
     raw["stop"] = {"max_aggregations": search.max_aggregations, "max_updates": None,
                    "max_wall_s": search.budget_s + search.startup_s, "target_accuracy": None, "target": None}
-    if search.objective == "time_to_target":
+    if search.to_target:
         raw["stop"]["target_accuracy" if metric == "accuracy" and search.target is None else "target"] = target
     raw["ray"] = {"address": None, "num_cpus": None, "num_gpus": None}
     for group in raw["groups"]:
@@ -123,7 +121,7 @@ def search_target(base: RunConfig, search: TuneSearch) -> tuple[str, float]:
     metric = base.task.metric_name
     if search.target is not None:
         return metric, search.target
-    if metric != "accuracy" and search.objective == "time_to_target":
+    if metric != "accuracy" and search.to_target:
         raise ConfigError(f"tune: the run's task.metric is {metric!r}: give the search a target for it "
                           "(target_accuracy applies to accuracy)")
     return metric, float(search.target_accuracy or 0.0)
@@ -150,6 +148,20 @@ def _resources(plans: Any):
     return factory
 
 
+def check_search(config: RunConfig, search: TuneSearch, simulated: bool | None = None) -> list[RunConfig]:
+    """A typo in a path, a bad value anywhere in a grid, or (``simulated``, default: the
+    config's clock) a setting simulated trials do not price fails here, before any trial:
+    a trial config per value checked."""
+    from orchestrator.tools.simulated_search import check_priced
+
+    if config.clock == "simulated" if simulated is None else simulated:
+        check_priced(search)
+    elif search.objective == "cost_to_target":
+        raise ConfigError("objective cost_to_target: trials are costed by the CPU- and GPU-seconds their "
+                          "tasks reserve in simulated time; give --calibration")
+    return [trial_config(config, search, values) for values in _values_to_check(search)]
+
+
 def concurrent_trials(search: TuneSearch) -> int:
     """Wall-clock trials one at a time unless the search says otherwise: trials sharing a
     machine would slow each other's seconds to the target."""
@@ -169,11 +181,10 @@ def run_search(config: RunConfig, search: TuneSearch, out: Path, keep: int = 1) 
     from orchestrator.cluster.warm_workers import WARM
     from orchestrator.tools.simulated_search import computing_only, run_simulated_search
 
+    checked = check_search(config, search)
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    # a typo in a path, or a bad value anywhere in a grid, fails here rather than mid-search
-    checked = [trial_config(config, search, values) for values in _values_to_check(search)]
-    mode = "min" if search.objective == "time_to_target" else "max"
+    mode = "min" if search.to_target else "max"
     if config.clock == "simulated":
         started_ray = connect_ray(computing_only(checked[0]))
         try:
@@ -273,19 +284,24 @@ def margin_line(table: pd.DataFrame, search: TuneSearch) -> str:
     ran = table[table.pruned.isna()] if "pruned" in table else table
     best, worst = ran.iloc[0], ran.iloc[-1]
     metric = str(best.get("metric", "accuracy"))
-    if search.objective != "time_to_target":
+    if not search.to_target:
         return (f"best trial {best.trial_id}: {metric} {abs(best.objective):.3f} within {search.budget_s:g}s; "
                 f"worst {worst.trial_id}: {abs(worst.objective):.3f} "
                 f"(better by {best.objective - worst.objective:.3f})")
     target = search.target if search.target is not None else search.target_accuracy
 
+    by_cost = search.objective == "cost_to_target"
+
     def text(row: pd.Series) -> str:
         if bool(row.reached):
-            return f"{row.time_to_target:.1f}s to {metric} {target}"
+            paid = f" for {row.objective:.3g} CPU-seconds" if by_cost else ""
+            return f"{row.time_to_target:.1f}s to {metric} {target}{paid}"
         return f"did not reach {target} in {search.budget_s:g}s (best {row[f'best_{metric}']:.3f})"
 
     line = f"best trial {best.trial_id}: {text(best)}; worst {worst.trial_id}: {text(worst)}"
-    if bool(best.reached) and bool(worst.reached):
+    if by_cost and bool(best.reached) and bool(worst.reached):
+        line += f"; the best is {worst.objective / best.objective:.2f}x cheaper"
+    elif bool(best.reached) and bool(worst.reached):
         line += (f"; the best is {worst.time_to_target - best.time_to_target:.3g}s "
                  f"({worst.time_to_target / best.time_to_target:.2f}x) faster")
     return line
@@ -309,34 +325,6 @@ def add_parser(sub: Any) -> None:
     cmd.set_defaults(func=command)
 
 
-@contextlib.contextmanager
-def _calibrated_first(config: RunConfig, search: TuneSearch, path: str | None) -> Iterator[None]:
-    """When ``--calibration`` names no file yet: measure it first (``fedray profile
-    --calibration``, at the CPUs the search tries), on a Ray session the search then runs
-    on, so its overhead probe's pool workers serve the first trial warm; the session ends
-    with the search (a confirmation's wall-clock runs start their own, as ``fedray run``)."""
-    if path is None or Path(path).exists():
-        yield
-        return
-    import ray
-
-    from orchestrator.cluster.connect import connect_ray
-    from orchestrator.cluster.warm_workers import WARM
-    from orchestrator.tools.calibrate import allocations_searched
-    from orchestrator.tools.profile import write_calibration
-    from orchestrator.tools.simulated_search import computing_only
-
-    started_ray = connect_ray(computing_only(config))
-    try:
-        print(f"fedray: {path} does not exist yet: calibrating first")
-        write_calibration(config, allocations_searched(config, search), path)
-        yield
-    finally:
-        if started_ray:
-            WARM.release()
-            ray.shutdown()
-
-
 def simulated(config: RunConfig, calibration: str | None, capacity: str | None) -> RunConfig:
     """The base config priced by a calibration on a capacity (``--calibration``/``--capacity``),
     its files as absolute paths: Tune runs each trial in its own directory."""
@@ -355,7 +343,10 @@ def command(args: Any) -> int:
     if args.confirm < 0:
         raise ConfigError(f"--confirm: the number of best trials to re-run, 0 or more; got {args.confirm}")
     given = load_config(args.config)
-    with _calibrated_first(given, search, args.calibration):
+    check_search(given, search, simulated=args.calibration is not None or given.clock == "simulated")
+    from orchestrator.tools.calibrate import calibrated_first
+
+    with calibrated_first(given, search, args.calibration):
         config = simulated(given, args.calibration, args.capacity)
         if args.confirm and (config.clock != "simulated" or config.capacity is not None):
             raise ConfigError("--confirm checks a simulated search against this machine's wall clock: give "
