@@ -77,7 +77,7 @@ def ray_head():
     address = f"http://127.0.0.1:{dashboard}"
     try:
         _wait_for_jobs_api(address, token, head)
-        yield {"address": address, "token": token, "env": env}
+        yield {"address": address, "token": token, "env": env, "gcs": f"127.0.0.1:{gcs}"}
     finally:
         _kill_tree_of(temp_dir, head.pid)
         head.wait(timeout=30)
@@ -135,3 +135,26 @@ def test_submit_with_a_wrong_token_is_refused_with_a_clear_error(ray_head, tmp_p
     assert done.returncode == 1
     assert ray_head["address"] in done.stderr
     assert "Authentication" in done.stderr or "401" in done.stderr or "403" in done.stderr
+
+
+def test_a_second_run_joining_the_cluster_takes_over_the_first_runs_pool_workers(ray_head, tmp_path):
+    """``fedray run --address`` leaves its pool workers on the cluster; the next run of the
+    same code serves its participants with those same processes (no start-up), and
+    ``fedray release`` ends them while Ray stays up."""
+    config = digits_config(name="warmtest", stop={"max_aggregations": 2})
+    config["groups"][0] |= {"count": 2, "hosting": "pool", "workers": 1}
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    pids = []
+    for run in ("first", "second"):
+        done = _fedray(["run", str(path), "--address", ray_head["gcs"], "--quiet", "--out", str(tmp_path / run)],
+                       env=ray_head["env"])
+        assert done.returncode == 0, done.stdout + done.stderr
+        info = json.loads((tmp_path / run / "participants.json").read_text())
+        pids.append({member["pid"] for member in info.values()})
+    assert len(pids[0]) == 1 and pids[1] == pids[0]  # one worker, the same process both times
+
+    released = _fedray(["release", "--address", ray_head["gcs"]], env=ray_head["env"], timeout=120)
+    assert released.returncode == 0 and "ended 1 idle pool worker on" in released.stdout, released.stderr
+    again = _fedray(["release", "--address", ray_head["gcs"]], env=ray_head["env"], timeout=120)
+    assert "ended 0 idle pool workers" in again.stdout, again.stderr

@@ -537,3 +537,10 @@ def test_the_driver_sends_a_pooled_spec_once_and_again_after_a_change_or_a_resta
         m.address()
     worker_restarted(members, members[1], NotRegistered("site-1"))
     assert [m.registered for m in members] == [False, False, True]
+
+
+def test_a_worker_is_leased_to_one_driver_at_a_time():
+    worker = PoolWorker()
+    assert worker.lease("driver-a") and worker.lease("driver-a")  # again by its holder: still ours
+    assert not worker.lease("driver-b")  # a second driver must not serve a run beside the first
+    assert worker.lease(None) and worker.lease("driver-b")  # given back: the next one takes it

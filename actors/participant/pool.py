@@ -119,6 +119,7 @@ class PoolWorker:
         self._ended = threading.Condition(self._lock)  # a task of one of them ended
         self._baton = threading.Lock()  # one task computes at a time (actors/participant/cohort.py)
         self._cohorts: dict[int, Cohort] = {}
+        self._holder: str | None = None  # the driver that leased this worker, when drivers share it
 
     def register(self, specs: list[ParticipantSpec]) -> None:
         """Serve these participants, or update their specs (the run's fitted preprocessing
@@ -284,6 +285,16 @@ class PoolWorker:
             self._served.clear()
             self._cohorts.clear()
         return True
+
+    def lease(self, driver: str | None) -> bool:
+        """Take this worker for ``driver`` (True), unless another driver holds it; None gives
+        it back. A worker that outlives its driver (``fedray up``) is found by any driver
+        that joins the cluster, and two of them must never serve runs on it at once."""
+        with self._lock:
+            if driver is not None and self._holder not in (None, driver):
+                return False
+            self._holder = driver
+            return True
 
     def cached(self) -> list[str]:
         """Names of the participants set up in this worker, least recently served first."""

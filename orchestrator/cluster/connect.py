@@ -9,6 +9,7 @@ import os
 import ray
 
 from orchestrator.cluster import preflight
+from orchestrator.cluster.warm_workers import WARM
 from orchestrator.config import RunConfig
 
 
@@ -19,6 +20,7 @@ def connect_ray(config: RunConfig) -> bool:
     if ray.is_initialized():
         return False
     opts = config.ray
+    WARM.shared = opts.address is not None and opts.keep_workers  # pool workers outlive the driver too
     if opts.address is not None:
         ray.init(address=opts.address, logging_level="WARNING", log_to_driver=_forward_logs())
         return True

@@ -155,7 +155,8 @@ class Lifecycle:
         for (group, key, options), handle in zip(wanted, claimed, strict=True):
             if handle is None:
                 cls = self.privacy.actor_class(PoolWorker)
-                handle = cls.options(**options).remote(group.cache_size, group.cache_mb)
+                handle = cls.options(**options, **WARM.options(key, options["max_concurrency"])).remote(
+                    group.cache_size, group.cache_mb)
             self._worker_keys[id(handle)] = (key, options["max_concurrency"], bundle(group))
             pools.setdefault(group.name, []).append(handle)
         return pools

@@ -8,6 +8,13 @@ of its run a worker forgets every participant it served (:meth:`PoolWorker.reset
 <actors.participant.pool.PoolWorker.reset>`); one that cannot (a task still running, the
 process gone) is not used again.
 
+Across drivers: a driver that joins a running cluster (``fedray run --address auto`` after
+``ray start --head``) starts its pool workers detached and named in Ray namespace
+:data:`NAMESPACE`, so they outlive it, and the next driver of the same fedray code claims
+them by name: the second run of the day starts no process. A worker is leased by one
+driver at a time (:meth:`PoolWorker.lease <actors.participant.pool.PoolWorker.lease>`).
+``fedray release`` kills them; ``ray stop`` does too.
+
 Idle workers hold their Ray resources until a run claims them, or the driver exits, or
 ``WARM.release()`` is called. A run that does not claim them keeps them idle only when,
 on a one-node Ray, everything it starts fits in what the cluster has free beside them;
@@ -19,8 +26,13 @@ both sets warm, and at most ``MAX_IDLE`` idle workers are kept in all.
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
+import sys
 import threading
+import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -29,6 +41,8 @@ RESET_TIMEOUT_S = 10.0
 """How long a claim waits for an idle worker's reset before starting a new one instead."""
 MAX_IDLE = 16
 """Idle workers kept at most (the oldest go first): each holds a process with torch in it."""
+NAMESPACE = "fedray"
+"""The Ray namespace of pool workers that outlive their driver."""
 
 
 @dataclass
@@ -58,6 +72,23 @@ def worker_key(options: dict[str, Any], *settings: Any) -> str | None:
     return repr((sorted((k, v) for k, v in options.items() if k != "max_concurrency"), settings))
 
 
+@functools.cache
+def code_version() -> str:
+    """A digest of the fedray source this process runs (and its Python and torch): a worker
+    started from other code must never serve a run."""
+    root = Path(__file__).resolve().parents[2]
+    digest = hashlib.sha1(f"{sys.executable}:{sys.version}".encode())
+    for package in ("actors", "strategies", "orchestrator"):
+        for path in sorted((root / package).rglob("*.py")):
+            stat = path.stat()
+            digest.update(f"{path.relative_to(root)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:12]
+
+
+def _digest(key: str) -> str:
+    return hashlib.sha1(f"{key}:{code_version()}".encode()).hexdigest()[:12]
+
+
 class WarmWorkers:
     """Idle pool workers by key; thread-safe."""
 
@@ -68,6 +99,18 @@ class WarmWorkers:
         """Workers kept since the last claim: the latest run's, never dropped for older ones."""
         self.enabled = True
         """False: runs start their own workers and kill them at the end."""
+        self.shared = False
+        """True while this driver is joined to a cluster that outlives it (set on joining):
+        its pool workers are detached and named, for later drivers to claim."""
+        self.driver = uuid.uuid4().hex
+        """This driver's name in leases."""
+
+    def options(self, key: str | None, threads: int) -> dict[str, Any]:
+        """Extra actor options for a new pool worker: detached and named when shared."""
+        if not (self.shared and self.enabled and key):
+            return {}
+        name = f"pool-{_digest(key)}-t{threads}-{uuid.uuid4().hex[:8]}"
+        return {"name": name, "namespace": NAMESPACE, "lifetime": "detached"}
 
     def claim(self, wanted: list[tuple[str | None, int, dict[str, float]]],
               also: dict[str, float] | None) -> list[Any | None]:
@@ -77,6 +120,8 @@ class WarmWorkers:
         start, and ``also`` (the run's other actors; None: not known, e.g. placement
         groups), fit in what Ray has free on its one node; else they are killed, so their
         resources are free for the run."""
+        if self.shared:
+            return self._claim_shared(wanted, also)
         with self._lock:
             idle, self._idle, self._latest = self._idle, [], 0  # oldest first
         job = _job() if idle else ""
@@ -101,6 +146,31 @@ class WarmWorkers:
                 _kill(worker.handle)
         return claimed
 
+    def _claim_shared(self, wanted: list[tuple[str | None, int, dict[str, float]]],
+                      also: dict[str, float] | None) -> list[Any | None]:
+        """:meth:`claim` among the named workers earlier drivers left on the cluster."""
+        found = shared_workers()
+        claimed: list[Any | None] = []
+        needed, taken = dict(also or {}), set()
+        for key, threads, resources in wanted:
+            handle = None
+            for name, digest, has in sorted(found, key=lambda f: f[2]) if key else []:
+                if name in taken or digest != _digest(key) or has < threads:
+                    continue
+                taken.add(name)
+                candidate = _named(name)
+                if candidate is not None and _lease(candidate, self.driver) and _ready(candidate):
+                    handle = candidate
+                    break
+            claimed.append(handle)
+            if handle is None:
+                needed = add(needed, resources)
+        if also is None or not _room_for(needed):  # the run needs what they hold
+            for name, _, _ in found:
+                if name not in taken and (other := _named(name)) is not None and _lease(other, self.driver):
+                    _kill(other)
+        return claimed
+
     def keep(self, handle: Any, key: str | None, threads: int, resources: dict[str, float]) -> None:
         """Keep ``handle`` (started with ``threads`` task threads, holding ``resources``)
         for a later run (it starts forgetting its participants now), or kill it when it
@@ -109,6 +179,11 @@ class WarmWorkers:
         stays free for the driver's own actors and tasks."""
         if key is None or not self.enabled:
             _kill(handle)
+            return
+        if self.shared:  # on the cluster, under its name, for the next driver
+            with contextlib.suppress(Exception):
+                handle.reset.remote()
+                handle.lease.remote(None)
             return
         try:
             handle.reset.remote()  # frees the participants' memory now
@@ -156,15 +231,50 @@ def _room_for(needed: dict[str, float]) -> bool:
     return all(free.get(k, 0.0) + 1e-9 >= v for k, v in needed.items() if v)
 
 
-def _ready(worker: _Idle) -> bool:
+def _ready(worker: _Idle | Any) -> bool:
     """Whether the worker is alive and idle (a reset answers both); one that is not is killed."""
+    handle = worker.handle if isinstance(worker, _Idle) else worker
     try:
-        if ray.get(worker.handle.reset.remote(), timeout=RESET_TIMEOUT_S):
+        if ray.get(handle.reset.remote(), timeout=RESET_TIMEOUT_S):
             return True
     except Exception:  # noqa: BLE001 (dead, restarting, or still busy: start a new one)
         pass
-    _kill(worker.handle)
+    _kill(handle)
     return False
+
+
+def shared_workers() -> list[tuple[str, str, int]]:
+    """(name, key digest, task threads) of every named pool worker on the cluster."""
+    out = []
+    for entry in ray.util.list_named_actors(all_namespaces=True):
+        parts = entry["name"].split("-")
+        if entry["namespace"] == NAMESPACE and len(parts) == 4 and parts[0] == "pool":
+            out.append((entry["name"], parts[1], int(parts[2][1:])))
+    return out
+
+
+def _named(name: str) -> Any | None:
+    try:
+        return ray.get_actor(name, namespace=NAMESPACE)
+    except ValueError:  # gone since it was listed
+        return None
+
+
+def _lease(handle: Any, driver: str) -> bool:
+    try:
+        return bool(ray.get(handle.lease.remote(driver), timeout=RESET_TIMEOUT_S))
+    except Exception:  # noqa: BLE001 (dead or unresponsive: not ours to use)
+        return False
+
+
+def release_shared() -> int:
+    """Kill every idle pool worker fedray left on the cluster (``fedray release``); one a
+    running driver holds is left alone. How many were killed."""
+    idle = [h for name, _, _ in shared_workers()
+            if (h := _named(name)) is not None and _lease(h, "release-" + WARM.driver)]
+    for handle in idle:
+        _kill(handle)
+    return len(idle)
 
 
 def _kill(handle: Any) -> None:

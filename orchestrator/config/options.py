@@ -106,3 +106,6 @@ class RayOptions(Strict):
     address: str | None = Field(None, description="None starts a local Ray; 'auto' or ray://host:port joins one")
     num_cpus: float | None = Field(None, gt=0, description="logical CPUs for a local Ray; default: enough for every participant")
     num_gpus: float | None = Field(None, ge=0)
+    keep_workers: bool = Field(True, description="joining a cluster (address): leave its pool workers "
+                               "running, for the next run of the same fedray code to take over "
+                               "(fedray release kills them)")

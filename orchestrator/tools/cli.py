@@ -171,6 +171,7 @@ MODULE_COMMANDS: dict[str, tuple[str, str]] = {
                "(the built-in demo if no CONFIG)"),
     "profile": ("orchestrator.tools.profile", "measure each participant's samples/s and memory"),
     "tune": ("orchestrator.tools.tune", "Ray Tune over resources, local work and schedule"),
+    "release": ("orchestrator.tools.release", "end the idle pool workers fedray runs left on a running Ray cluster"),
 }
 """Commands whose module defines their options and imports Ray, pandas or torch: a module
 is imported only when its command is given, so ``fedray --help`` and ``fedray validate``

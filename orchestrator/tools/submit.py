@@ -164,7 +164,8 @@ def run_in_job(encoded_config: str) -> int:
 
     raw = yaml.safe_load(base64.b64decode(encoded_config).decode())
     config = load_config(raw)
-    config = config.model_copy(update={"ray": config.ray.model_copy(update={"address": "auto"})})
+    # a job's code is its own runtime environment: its workers must not serve the next job
+    config = config.model_copy(update={"ray": config.ray.model_copy(update={"address": "auto", "keep_workers": False})})
     out = Path("runs") / config.name
     print(f"fedray job: running {config.name!r} with {config.num_participants} participants "
           f"on the cluster; run directory on the head: {out.resolve()}", flush=True)
