@@ -81,11 +81,12 @@ def test_tune_with_a_calibration_not_written_yet_measures_it_first_then_searches
 
 
 def _rounds(start: float, compute: float, versions: int) -> list[dict]:
-    """A sync history: per round, two updates (the last ``compute`` s after the dispatch), the
-    aggregation 0.1 s later, the evaluation 0.1 s after that, the next dispatch 0.3 s on."""
+    """A sync history: per round, a then b dispatched, their updates after ``compute`` / 2
+    and ``compute`` s, the aggregation 0.1 s later, the evaluation 0.1 s after that, the
+    next dispatch 0.3 s on."""
     rows, t = [], start
     for v in range(versions):
-        rows += [{"event": "dispatch", "base_version": v, "time": t}] * 2
+        rows += [{"event": "dispatch", "base_version": v, "time": t, "participant": p} for p in "ab"]
         rows += [{"event": "update", "base_version": v, "time": t + compute / 2, "participant": "a", "group": "site"},
                  {"event": "update", "base_version": v, "time": t + compute, "participant": "b", "group": "site"}]
         rows += [{"event": "aggregation", "version": v + 1, "time": t + compute + 0.1},
@@ -95,20 +96,22 @@ def _rounds(start: float, compute: float, versions: int) -> list[dict]:
 
 
 def test_overheads_are_read_from_the_rounds_between_warm_up_and_the_last():
+    from orchestrator.cluster.capacity import Capacity
     from orchestrator.tools.calibrate import overheads_of
 
     warm_up = _rounds(0.0, compute=5.0, versions=1)  # the first round pays for imports: not counted
     history = pd.DataFrame(warm_up + _rounds(5.5, compute=0.5, versions=4))
     history.loc[history.index >= len(warm_up), ["base_version", "version"]] += 1  # rounds 1-4
-    overheads = overheads_of(history, lambda update: 0.2, cores=1, process={"a": 1, "b": 2})
-    # 1 core x 0.5 s per round (a and b take turns), 0.4 s of it training: 0.05 s beyond per task
+    one_core, two = Capacity.parse("1 x {CPU: 1}"), Capacity.parse("1 x {CPU: 2}")
+    overheads = overheads_of(history, lambda update: 0.2, lambda update: {"CPU": 1}, one_core)
+    # on one core the two 0.2 s tasks run in turn: 2 x (0.2 + 0.05) = the 0.5 s the round took
     assert overheads.task_seconds == pytest.approx(0.05)
     assert overheads.evaluation_seconds == pytest.approx(0.1)
     assert overheads.aggregation_seconds == pytest.approx(0.1 + 0.3)  # update -> aggregation, evaluation -> dispatch
     assert overheads.rounds_measured == 3  # rounds 1-3: round 0 warms up, round 4 has no next dispatch
+    # on two cores side by side: 0.2 + 0.3; tasks holding both cores run in turn again
+    assert overheads_of(history, lambda u: 0.2, lambda u: {"CPU": 1}, two).task_seconds == pytest.approx(0.3)
+    assert overheads_of(history, lambda u: 0.2, lambda u: {"CPU": 2}, two).task_seconds == pytest.approx(0.05)
+    assert overheads_of(history, lambda u: 0.3, lambda u: {"CPU": 1}, one_core).task_seconds == 0.0  # no time left
     with pytest.raises(RuntimeError, match="no complete round"):
-        overheads_of(history[history.base_version.fillna(9) <= 1], lambda update: 0.2, 1, {"a": 1, "b": 2})
-    # a process a core: a's core was busy 0.25 s, b's 0.5 s; 0.75 - 0.4 over 2 tasks
-    assert overheads_of(history, lambda update: 0.2, 2, {"a": 1, "b": 2}).task_seconds == pytest.approx(0.175)
-    # one process serving both on its core: 0.5 - 0.4 over 2 tasks
-    assert overheads_of(history, lambda update: 0.2, 2, {"a": 1, "b": 1}).task_seconds == pytest.approx(0.05)
+        overheads_of(history[history.base_version.fillna(9) <= 1], lambda u: 0.2, lambda u: {"CPU": 1}, one_core)

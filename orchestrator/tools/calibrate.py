@@ -12,8 +12,8 @@ thread count share one measurement.
 Then a short real run (:func:`measure_overheads`) prices what the rows cannot see: the
 config, every group on one-CPU pool workers as a simulated search runs it, for
 :data:`PROBE_AGGREGATIONS` sync rounds on the wall clock. Its rounds give the driver's
-seconds per aggregation and per evaluation directly, and the per-task overhead as the CPU
-time a round took beyond the training its rows price. The result is :class:`Calibration`
+seconds per aggregation and per evaluation directly, and the per-task overhead as what the
+simulated cluster must add to each task to take as long as the round did. The result is :class:`Calibration`
 (JSON, documented in ``orchestrator/cluster/calibration.py``).
 """
 
@@ -35,6 +35,8 @@ import ray
 
 from actors.participant.participant import Participant
 from orchestrator.cluster.calibration import Calibration, Measurement, Overheads
+from orchestrator.cluster.capacity import Capacity
+from orchestrator.cluster.simulated_cluster import SimulatedCluster
 from orchestrator.config import ConfigError, RunConfig, TuneSearch, load_config
 from strategies.types import GlobalState, Instructions
 
@@ -184,7 +186,10 @@ def probe_config(config: RunConfig) -> RunConfig:
 
 def measure_overheads(config: RunConfig, calibration: Calibration, cores: float) -> Overheads:
     """Run :func:`probe_config` on the Ray this process is connected to and read its
-    rounds (module docstring); ``cores``: the CPUs its processes share."""
+    rounds (module docstring); ``cores``: the CPUs of this machine as the simulated clock
+    plans it."""
+    from orchestrator.cluster.preflight import local_gpus
+    from orchestrator.cluster.simulated_costs import task_demand
     from orchestrator.loop.run import Orchestrator
 
     probe = Orchestrator(probe_config(config))
@@ -195,40 +200,58 @@ def measure_overheads(config: RunConfig, calibration: Calibration, cores: float)
         gpus = groups[update.group].resources.num_gpus
         return calibration.task_seconds(update.group, 1.0, gpus, float(update.samples))
 
-    process = {name: info.get("pid") for name, info in probe.members_info.items()}
-    return overheads_of(history, trained, cores, process)
+    gpus = local_gpus() if any(g.resources.num_gpus for g in groups.values()) else 0.0
+    return overheads_of(history, trained, lambda update: task_demand(groups[update.group]),
+                        Capacity.this_machine(cores, gpus))
 
 
-def overheads_of(history: pd.DataFrame, trained: Any, cores: float, process: dict[str, Any]) -> Overheads:
+def overheads_of(history: pd.DataFrame, trained: Any, demand: Any, capacity: Capacity) -> Overheads:
     """The overheads in a wall-clock history of sync rounds: per round (the first and last
     skipped), the driver's seconds from the round's last update to the next dispatch, split
-    at the evaluation; and per task, the CPU-seconds the round took beyond
-    ``trained(update)`` summed over its updates. A round's CPU-seconds are each process's
-    time from the dispatch to its last update when there are no more processes (``process``:
-    participant -> process) than ``cores``, else the cores' time to the round's last update."""
+    at the evaluation; and per task, the overhead with which the simulated cluster, booking
+    the round's tasks in dispatch order for ``trained(update)`` seconds each plus it, ends
+    the round as long after its dispatch as the history did (:func:`fit_overhead`)."""
     events = {kind: history[history.event == kind] for kind in ("dispatch", "update", "aggregation", "evaluation")}
     dispatched = events["dispatch"].groupby("base_version").time.min()
-    own_core = len(set(process.values())) <= cores
     per_task, aggregation, evaluation = [], [], []
     for version in dispatched.index[1:-1]:
-        updates = events["update"][events["update"].base_version == version]
+        updates = events["update"][events["update"].base_version == version].set_index("participant")
         after = version + 1
         agg = events["aggregation"][events["aggregation"].version == after].time
         ev = events["evaluation"][events["evaluation"].version == after].time
         if updates.empty or agg.empty or ev.empty or after not in dispatched.index:
             continue
         start, last = float(dispatched[version]), float(updates.time.max())
-        if own_core:
-            busy = sum(t - start for t in updates.groupby(updates.participant.map(process)).time.max())
-        else:
-            busy = cores * (last - start)
-        per_task.append(max(0.0, (busy - sum(trained(u) for _, u in updates.iterrows())) / len(updates)))
+        order = events["dispatch"][events["dispatch"].base_version == version].participant
+        tasks = [updates.loc[name] for name in order if name in updates.index]
+        per_task.append(fit_overhead([trained(u) for u in tasks], [demand(u) for u in tasks], last - start, capacity))
         evaluation.append(float(ev.iloc[0] - agg.iloc[0]))
         aggregation.append(float(agg.iloc[0]) - last + float(dispatched[after] - ev.iloc[0]))
     if not per_task:
         raise RuntimeError("the overhead probe finished no complete round; see its history")
     return Overheads(statistics.median(per_task), max(0.0, statistics.median(aggregation)),
                      max(0.0, statistics.median(evaluation)), len(per_task))
+
+
+def fit_overhead(seconds: list[float], demands: list[dict[str, float]], measured: float,
+                 capacity: Capacity) -> float:
+    """The per-task seconds which, added to each of ``seconds``, make a
+    :class:`SimulatedCluster` on ``capacity`` (tasks booked in order) take ``measured``
+    seconds in all; 0 when it takes that long without any. Fitting through the simulator,
+    rather than dividing the cores' time by the tasks, keeps its imperfect packing of
+    unequal tasks out of the overhead (that made predictions about 10% long)."""
+
+    def makespan(extra: float) -> float:
+        cluster = SimulatedCluster(capacity)
+        return max(cluster.reserve(d, t + extra).end for t, d in zip(seconds, demands, strict=True))
+
+    if makespan(0.0) >= measured:
+        return 0.0
+    low, high = 0.0, measured
+    for _ in range(40):  # the makespan grows with the overhead
+        middle = (low + high) / 2
+        low, high = (middle, high) if makespan(middle) < measured else (low, middle)
+    return (low + high) / 2
 
 
 def write_calibration(config: RunConfig, allocations: dict[str, list[float]], path: str) -> int:
