@@ -11,7 +11,7 @@ The file is JSON::
       "version": 2,
       "machine": {"hostname": "...", "cpus": 2, "gpus": 0, ...},   # where it was measured
       "overheads": {                    # what a run costs beside training (0 when absent)
-        "task_seconds": 0.010,          # CPU-seconds each task costs beyond its training
+        "task_seconds": 0.004,          # seconds each task takes beyond its training
         "aggregation_seconds": 0.009,   # the driver's own seconds per aggregation
         "evaluation_seconds": 0.004,    # and per evaluation of the global model
         "rounds_measured": 4},
@@ -39,8 +39,8 @@ nobody saw.
 The overheads are what a row cannot see: a row times training inside one process, while
 a run also ships each task through Ray, checks and records its update on the driver, and
 stops between rounds to aggregate, evaluate and broadcast. On the 2-core machine where
-this was written, a task cost 10 ms beyond its training and the driver 10-15 ms a round,
-next to rounds of 80-110 ms: left out, predictions fell 30-40% short of the wall clock.
+this was written, a task took 3-6 ms beyond its training and the driver 9-14 ms a round,
+next to rounds of about 110 ms: left out, predictions fell 30-54% short of the wall clock.
 
 >>> rows = [Measurement("a", c, 0.0, False, s, 0.0, 0, 0, 100) for c, s in ((1, 0.4), (4, 0.1))]
 >>> Calibration({}, rows).task_seconds("a", num_cpus=2, num_gpus=0, samples=10)

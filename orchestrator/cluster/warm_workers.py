@@ -32,6 +32,7 @@ import sys
 import threading
 import uuid
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +78,7 @@ def code_version() -> str:
     """A digest of the fedray source this process runs (and its Python and torch): a worker
     started from other code must never serve a run."""
     root = Path(__file__).resolve().parents[2]
-    digest = hashlib.sha1(f"{sys.executable}:{sys.version}".encode())
+    digest = hashlib.sha1(f"{sys.executable}:{sys.version}:{metadata.version('torch')}".encode())
     for package in ("actors", "strategies", "orchestrator"):
         for path in sorted((root / package).rglob("*.py")):
             stat = path.stat()

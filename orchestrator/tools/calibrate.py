@@ -119,17 +119,31 @@ def fit_cost(small: tuple[float, int], large: tuple[float, int]) -> tuple[float,
 def calibrate(config: RunConfig, allocations: dict[str, list[float]]) -> Calibration:
     """Measure every group at every candidate ``num_cpus`` (module docstring)."""
     from orchestrator.cluster.connect import connect_ray
+
+    started_ray = connect_ray(config)
+    cores = float(config.ray.num_cpus or os.cpu_count() or 1)  # what TaskCosts plans this machine with
+    try:
+        rows = _measure_groups(config, allocations)
+        overheads = measure_overheads(config, Calibration({}, rows), cores)
+    finally:
+        if started_ray:
+            ray.shutdown()
+    machine = {"hostname": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
+               "config": config.name}
+    return Calibration(machine, rows, overheads)
+
+
+def _measure_groups(config: RunConfig, allocations: dict[str, list[float]]) -> list[Measurement]:
+    """A row per group and candidate ``num_cpus``, on one actor per group (module docstring)."""
     from orchestrator.cluster.specs import participant_specs
     from orchestrator.loop.adaptive import base_steps
 
-    started_ray = connect_ray(config)
     firsts = {}
     for spec, group in participant_specs(config, "calibrate"):
         firsts.setdefault(group.name, (spec, group))
     handles = {name: ray.remote(Participant).options(num_cpus=0, num_gpus=group.resources.num_gpus).remote(spec)
                for name, (spec, group) in firsts.items()}
     rows = []
-    cores = float(config.ray.num_cpus or os.cpu_count() or 1)  # what TaskCosts plans this machine with
     try:
         infos = dict(zip(handles, ray.get([h.describe.remote() for h in handles.values()]), strict=True))
         for name, handle in handles.items():
@@ -154,14 +168,7 @@ def calibrate(config: RunConfig, allocations: dict[str, list[float]]) -> Calibra
     finally:
         for handle in handles.values():
             ray.kill(handle, no_restart=True)
-        try:
-            overheads = measure_overheads(config, Calibration({}, rows), cores)
-        finally:
-            if started_ray:
-                ray.shutdown()
-    machine = {"hostname": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
-               "config": config.name}
-    return Calibration(machine, rows, overheads)
+    return rows
 
 
 def probe_config(config: RunConfig) -> RunConfig:
