@@ -156,5 +156,3 @@ def test_a_second_run_joining_the_cluster_takes_over_the_first_runs_pool_workers
 
     released = _fedray(["release", "--address", ray_head["gcs"]], env=ray_head["env"], timeout=120)
     assert released.returncode == 0 and "ended 1 idle pool worker on" in released.stdout, released.stderr
-    again = _fedray(["release", "--address", ray_head["gcs"]], env=ray_head["env"], timeout=120)
-    assert "ended 0 idle pool workers" in again.stdout, again.stderr
