@@ -139,8 +139,8 @@ def test_submit_with_a_wrong_token_is_refused_with_a_clear_error(ray_head, tmp_p
 
 def test_a_second_run_joining_the_cluster_takes_over_the_first_runs_pool_workers(ray_head, tmp_path):
     """``fedray run --address`` leaves its pool workers on the cluster; the next run of the
-    same code serves its participants with those same processes (no start-up), and
-    ``fedray release`` ends them while Ray stays up."""
+    same code serves its participants with those same processes (no start-up). A worker a
+    driver holds is never taken from it; ``fedray release --force`` ends it all the same."""
     config = digits_config(name="warmtest", stop={"max_aggregations": 2})
     config["groups"][0] |= {"count": 2, "hosting": "pool", "workers": 1}
     path = tmp_path / "run.yaml"
@@ -154,5 +154,13 @@ def test_a_second_run_joining_the_cluster_takes_over_the_first_runs_pool_workers
         pids.append({member["pid"] for member in info.values()})
     assert len(pids[0]) == 1 and pids[1] == pids[0]  # one worker, the same process both times
 
-    released = _fedray(["release", "--address", ray_head["gcs"]], env=ray_head["env"], timeout=120)
-    assert released.returncode == 0 and "ended 1 idle pool worker on" in released.stdout, released.stderr
+    # a driver that leased the worker and died without giving it back (as one killed mid-run)
+    lease = (f"import ray; from orchestrator.cluster import warm_workers as w; ray.init(address={ray_head['gcs']!r}); "
+             "assert all(w._lease(w._named(n), 'dead-driver') for n, _, _ in w.shared_workers())")
+    held = subprocess.run([sys.executable, "-c", lease], env=ray_head["env"], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert held.returncode == 0, held.stderr
+    kept = _fedray(["release", "--address", ray_head["gcs"]], env=ray_head["env"], timeout=120)
+    assert "ended 0 idle pool workers" in kept.stdout, kept.stderr  # held: never taken from its driver
+    released = _fedray(["release", "--force", "--address", ray_head["gcs"]], env=ray_head["env"], timeout=120)
+    assert released.returncode == 0 and "ended 1 pool worker on" in released.stdout, released.stderr

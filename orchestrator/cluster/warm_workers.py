@@ -268,14 +268,15 @@ def _lease(handle: Any, driver: str) -> bool:
         return False
 
 
-def release_shared() -> int:
+def release_shared(force: bool = False) -> int:
     """Kill every idle pool worker fedray left on the cluster (``fedray release``); one a
-    running driver holds is left alone. How many were killed."""
-    idle = [h for name, _, _ in shared_workers()
-            if (h := _named(name)) is not None and _lease(h, "release-" + WARM.driver)]
-    for handle in idle:
+    driver holds is left alone unless ``force`` (a driver killed mid-run never gives its
+    workers back). How many were killed."""
+    ended = [h for name, _, _ in shared_workers()
+             if (h := _named(name)) is not None and (force or _lease(h, "release-" + WARM.driver))]
+    for handle in ended:
         _kill(handle)
-    return len(idle)
+    return len(ended)
 
 
 def _kill(handle: Any) -> None:

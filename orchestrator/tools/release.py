@@ -3,7 +3,8 @@
 A run that joins a running Ray (``fedray run --address auto``) leaves its pool workers
 there, idle, for the next run of the same fedray code to take over with nothing to start
 (:mod:`orchestrator.cluster.warm_workers`). They hold their CPUs meanwhile; this frees
-them without stopping Ray (``ray stop`` ends them with everything else).
+them without stopping Ray (``ray stop`` ends them with everything else). A driver killed
+mid-run never gives its workers back: ``--force`` ends those too.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ HELP = "end the idle pool workers fedray runs left on a running Ray cluster"
 def add_parser(sub: Any) -> None:
     cmd = sub.add_parser("release", help=HELP)
     cmd.add_argument("--address", default="auto", help="the cluster ('auto': the one on this machine)")
+    cmd.add_argument("--force", action="store_true", help="also the workers a driver still holds: those "
+                     "of a driver killed mid-run stay held; never while a fedray run is going on")
     cmd.set_defaults(func=command)
 
 
@@ -31,8 +34,9 @@ def command(args: Any) -> int:
         print(f"fedray: no Ray cluster at {args.address} ({exc})", file=sys.stderr)
         return 1
     try:
-        count = release_shared()
+        count = release_shared(force=args.force)
     finally:
         ray.shutdown()
-    print(f"fedray: ended {count} idle pool worker{'s' * (count != 1)} on {args.address}")
+    what = "pool" if args.force else "idle pool"
+    print(f"fedray: ended {count} {what} worker{'s' * (count != 1)} on {args.address}")
     return 0
