@@ -271,6 +271,7 @@ def test_simulated_trials_on_a_described_capacity_are_scored_in_calibrated_secon
         events = pd.read_csv(tmp_path / "out" / "confirm" / run / "trial_events.csv")
         assert (events.event == "dispatch").any()
     assert "prediction error: at most" in "\n".join(confirm_lines(checked, search))
+    assert checked.oversubscribed.dtype == bool  # what each run's pre-flight said of its CPUs
     from orchestrator.records.plots import plot_tuning
 
     assert plot_tuning(table.reset_index(), tmp_path / "tune.png", checked).stat().st_size > 0
@@ -333,3 +334,22 @@ def test_cost_to_target_picks_the_cheaper_allocation_where_time_picks_the_faster
     assert "CPU-seconds" in margin_line(cheap, _search(space=space, objective="cost_to_target"))
     with pytest.raises(ConfigError, match="cost_to_target.*give --calibration"):
         check_search(load_config(base), _search(space=space, objective="cost_to_target"))
+
+
+def test_confirm_says_which_runs_oversubscribed_the_machine(tmp_path):
+    """The simulated cluster books cores as a cluster's Ray does; a wall-clock run whose
+    hosting asked for more CPUs than the machine has is flagged beside its prediction."""
+    from orchestrator.tools.confirm import confirm_lines, oversubscribed
+
+    hosting = "hosting: group a -> pool of 1 worker (as set) [3 processes on this machine: ~1 GB, 3 of 2 CPUs{}]"
+    for name, suffix in (("over", " (oversubscribed)"), ("fits", "")):
+        (tmp_path / name).mkdir()
+        pd.DataFrame({"event": ["hosting", "dispatch"], "detail": [hosting.format(suffix), None]}).to_csv(
+            tmp_path / name / "history.csv", index=False)
+    assert oversubscribed(tmp_path / "over") and not oversubscribed(tmp_path / "fits")
+    assert not oversubscribed(tmp_path / "never-written")  # a run ended by its budget writes no history
+    frame = pd.DataFrame({"trial_id": ["as given", "trial_000"], "predicted_s": [1.0, 1.0], "measured_s": [2.0, 1.1],
+                          "error": [-0.5, -0.09], "oversubscribed": [True, False]})
+    lines = "\n".join(confirm_lines(frame, _search()))
+    assert "as given: the run asked for more CPUs than this machine has" in lines and "trial_000:" not in lines
+    assert "at most 50% over 2 runs; at most 9% over the 1 that did not oversubscribe" in lines
