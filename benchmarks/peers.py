@@ -1,0 +1,132 @@
+"""fedray beside the peers a user would pick instead, on issue 23's W1 workloads, in one sitting.
+
+W1: digits, an MLP 64-64-128-10 (fedray ``mlp`` with ``hidden: [64, 128]``), SGD lr 0.05 for
+one local epoch of batch 32, sync FedAvg; 20% of the rows held out for the final accuracy.
+
+- ``8x30``: 8 participants, Dirichlet(0.5) labels, all 8 every round, 30 rounds;
+- ``8x200``: the same for 200 rounds;
+- ``100/10x30``: 100 participants, Dirichlet(0.5) (no minimum per participant), 10 a round, 30 rounds;
+- ``1000iid/10x30``: 1,000 participants, iid, 10 a round, 30 rounds.
+
+Each cell is a whole command, timed from its start to its exit (process wall, start-up
+included), one at a time; per repeat the frameworks alternate workload by workload. fedray
+is ``fedray run W.yaml --quiet`` (its own local Ray). pfl-research runs
+``benchmarks/peers_pfl.py`` with ``--pfl-python`` (default: this interpreter), which needs
+``pfl[pytorch]`` (0.6 pins ``packaging<26``, so a venv of its own is the easy way). This
+script installs nothing: a peer that cannot be imported is reported missing, and fedray
+runs alone. Flower has no W1 script here yet, and is reported so. The partitions are each
+framework's own draw from the same family, not the same rows.
+
+    python benchmarks/peers.py [--repeats 2] [--pfl-python /path/to/venv/bin/python]
+
+Prints one table and writes it, with the command, to ``benchmarks/results/peers.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import yaml
+from pipe_table import pipe_table  # benchmarks/pipe_table.py, beside this script
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+WORKLOADS = {  # name: (participants, per round, rounds, iid)
+    "8x30": (8, 8, 30, False),
+    "8x200": (8, 8, 200, False),
+    "100/10x30": (100, 10, 30, False),
+    "1000iid/10x30": (1000, 10, 30, True),
+}
+
+
+def fedray_config(participants: int, per_round: int, rounds: int, iid: bool) -> dict:
+    partition = {"kind": "iid"} if iid else {"kind": "dirichlet", "alpha": 0.5, "min_size": 1}  # as pfl's: none
+    return {
+        "name": "peers-w1", "seed": 0,
+        "dataset": {"name": "digits", "partition": partition},
+        "groups": [{"name": "site", "count": participants, "model": {"name": "mlp", "hidden": [64, 128]},
+                    "train": {"local_epochs": 1, "batch_size": 32, "lr": 0.05}}],
+        "strategy": {"name": "fedavg"},
+        "schedule": {"mode": "sync", "clients_per_round": per_round if per_round < participants else None},
+        "evaluation": {"every": rounds},
+        "stop": {"max_aggregations": rounds},
+    }
+
+
+def timed(command: list[str], env: dict[str, str]) -> tuple[float, str]:
+    start = time.perf_counter()
+    done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+    return seconds, done.stdout
+
+
+def run_fedray(workload: tuple[int, int, int, bool], work: Path, env: dict[str, str]) -> tuple[float, float]:
+    config = work / "w1.yaml"
+    config.write_text(yaml.safe_dump(fedray_config(*workload)))
+    out = work / "fedray-run"
+    seconds, _ = timed([str(BIN / "fedray"), "run", str(config), "--quiet", "--out", str(out)], env)
+    return seconds, float(json.loads((out / "summary.json").read_text())["final_accuracy"])
+
+
+def run_pfl(workload: tuple[int, int, int, bool], python: str, env: dict[str, str]) -> tuple[float, float]:
+    participants, per_round, rounds, iid = workload
+    command = [python, str(ROOT / "benchmarks" / "peers_pfl.py"), "--participants", str(participants),
+               "--per-round", str(per_round), "--rounds", str(rounds), *(["--iid"] if iid else [])]
+    seconds, stdout = timed(command, env)
+    return seconds, float(stdout.strip().splitlines()[-1].split()[-1])
+
+
+def importable(python: str, module: str) -> bool:
+    return subprocess.run([python, "-c", f"import {module}"], capture_output=True).returncode == 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--pfl-python", default=sys.executable, help="an interpreter with pfl[pytorch]")
+    parser.add_argument("--only", nargs="*", choices=list(WORKLOADS), help="these workloads only")
+    args = parser.parse_args()
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    peers = {"pfl": importable(args.pfl_python, "pfl.algorithm")}
+    missing = [f"pfl-research (not importable by {args.pfl_python})"] if not peers["pfl"] else []
+    missing.append("Flower (no W1 script in this benchmark yet)")
+    work = Path(tempfile.mkdtemp(prefix="fpeers-"))
+    rows = []
+    for name in args.only or WORKLOADS:
+        workload = WORKLOADS[name]
+        cells: dict[str, list[tuple[float, float]]] = {"fedray": [], **{p: [] for p, ok in peers.items() if ok}}
+        for _ in range(args.repeats):
+            cells["fedray"].append(run_fedray(workload, work, env))
+            if peers["pfl"]:
+                cells["pfl"].append(run_pfl(workload, args.pfl_python, env))
+        fedray_s = statistics.median(s for s, _ in cells["fedray"])
+        for framework, runs in cells.items():
+            median = statistics.median(s for s, _ in runs)
+            rows.append({"workload": name, "framework": framework,
+                         "process wall s (each repeat)": " / ".join(f"{s:.1f}" for s, _ in runs),
+                         "median s": median, "fedray / it": fedray_s / median,
+                         "final accuracy": statistics.median(a for _, a in runs)})
+    table = pd.DataFrame(rows)
+    text = pipe_table(table, lambda _, v: f"{v:.2f}" if isinstance(v, float) else str(v))
+    text += "\n\nnot run: " + "; ".join(missing) + "\n"
+    print(text)
+    only = f" --only {' '.join(args.only)}" if args.only else ""
+    (ROOT / "benchmarks" / "results" / "peers.md").write_text(
+        f"`python benchmarks/peers.py --repeats {args.repeats}{only} --pfl-python PFL_VENV/bin/python`\n\n{text}")
+
+
+if __name__ == "__main__":
+    main()
