@@ -9,7 +9,8 @@ one local epoch of batch 32, sync FedAvg; 20% of the rows held out for the final
 - ``1000iid/10x30``: 1,000 participants, iid, 10 a round, 30 rounds.
 
 Each cell is a whole command, timed from its start to its exit (process wall, start-up
-included), one at a time; per repeat the frameworks alternate workload by workload. fedray
+included), with the peak RSS of its own process (``benchmarks/commands.py``: fedray's Ray
+processes are not counted, pfl's one process is), one at a time; per repeat the frameworks alternate workload by workload. fedray
 is ``fedray run W.yaml --quiet`` (its own local Ray). pfl-research runs
 ``benchmarks/peers_pfl.py`` with ``--pfl-python`` (default: this interpreter), which needs
 ``pfl[pytorch]`` (0.6 pins ``packaging<26``, so a venv of its own is the easy way). This
@@ -31,12 +32,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pandas as pd
 import yaml
-from pipe_table import pipe_table  # benchmarks/pipe_table.py, beside this script
+from commands import timed  # benchmarks/commands.py, beside this script
+from pipe_table import pipe_table
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -63,29 +64,20 @@ def fedray_config(participants: int, per_round: int, rounds: int, iid: bool) -> 
     }
 
 
-def timed(command: list[str], env: dict[str, str]) -> tuple[float, str]:
-    start = time.perf_counter()
-    done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
-    return seconds, done.stdout
-
-
-def run_fedray(workload: tuple[int, int, int, bool], work: Path, env: dict[str, str]) -> tuple[float, float]:
+def run_fedray(workload: tuple[int, int, int, bool], work: Path, env: dict[str, str]) -> tuple[float, float, float]:
     config = work / "w1.yaml"
     config.write_text(yaml.safe_dump(fedray_config(*workload)))
     out = work / "fedray-run"
-    seconds, _ = timed([str(BIN / "fedray"), "run", str(config), "--quiet", "--out", str(out)], env)
-    return seconds, float(json.loads((out / "summary.json").read_text())["final_accuracy"])
+    seconds, peak, _ = timed([str(BIN / "fedray"), "run", str(config), "--quiet", "--out", str(out)], env)
+    return seconds, peak, float(json.loads((out / "summary.json").read_text())["final_accuracy"])
 
 
-def run_pfl(workload: tuple[int, int, int, bool], python: str, env: dict[str, str]) -> tuple[float, float]:
+def run_pfl(workload: tuple[int, int, int, bool], python: str, env: dict[str, str]) -> tuple[float, float, float]:
     participants, per_round, rounds, iid = workload
     command = [python, str(ROOT / "benchmarks" / "peers_pfl.py"), "--participants", str(participants),
                "--per-round", str(per_round), "--rounds", str(rounds), *(["--iid"] if iid else [])]
-    seconds, stdout = timed(command, env)
-    return seconds, float(stdout.strip().splitlines()[-1].split()[-1])
+    seconds, peak, stdout = timed(command, env)
+    return seconds, peak, float(stdout.strip().splitlines()[-1].split()[-1])
 
 
 def importable(python: str, module: str) -> bool:
@@ -107,18 +99,19 @@ def main() -> None:
     rows = []
     for name in args.only or WORKLOADS:
         workload = WORKLOADS[name]
-        cells: dict[str, list[tuple[float, float]]] = {"fedray": [], **{p: [] for p, ok in peers.items() if ok}}
+        cells: dict[str, list[tuple[float, float, float]]] = {"fedray": [], **{p: [] for p, ok in peers.items() if ok}}
         for _ in range(args.repeats):
             cells["fedray"].append(run_fedray(workload, work, env))
             if peers["pfl"]:
                 cells["pfl"].append(run_pfl(workload, args.pfl_python, env))
-        fedray_s = statistics.median(s for s, _ in cells["fedray"])
+        fedray_s = statistics.median(s for s, _, _ in cells["fedray"])
         for framework, runs in cells.items():
-            median = statistics.median(s for s, _ in runs)
+            median = statistics.median(s for s, _, _ in runs)
             rows.append({"workload": name, "framework": framework,
-                         "process wall s (each repeat)": " / ".join(f"{s:.1f}" for s, _ in runs),
+                         "process wall s (each repeat)": " / ".join(f"{s:.1f}" for s, _, _ in runs),
                          "median s": median, "fedray / it": fedray_s / median,
-                         "final accuracy": statistics.median(a for _, a in runs)})
+                         "peak RSS MB": f"{max(m for _, m, _ in runs):.0f}",
+                         "final accuracy": statistics.median(a for _, _, a in runs)})
     table = pd.DataFrame(rows)
     text = pipe_table(table, lambda _, v: f"{v:.2f}" if isinstance(v, float) else str(v))
     text += "\n\nnot run: " + "; ".join(missing) + "\n"

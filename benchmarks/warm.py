@@ -52,6 +52,23 @@ W1 = {
 }
 
 
+def repeats_table(times: dict[str, list[float]], baseline: str, finals: list[np.ndarray], unit: str,
+                  extra: dict[str, list[str]] | None = None) -> str:
+    """A row per way of running: each repeat's ``unit``, the median, the ratio of medians to
+    ``baseline``'s (``extra``: more columns), and whether every run ended on the same
+    parameters; as printed and written by the warm benchmarks."""
+    table = pd.DataFrame({
+        "run": list(times),
+        f"{unit} (each repeat)": [" / ".join(f"{s:.2f}" for s in v) for v in times.values()],
+        "median s": [statistics.median(v) for v in times.values()],
+        **(extra or {}),
+    })
+    table[f"vs {baseline}"] = table["median s"] / statistics.median(times[baseline])
+    same = all(np.array_equal(finals[0], p) for p in finals[1:])
+    text = pipe_table(table, lambda _, v: f"{v:.2f}" if isinstance(v, float) else str(v))
+    return text + f"\n\nfinal parameters identical across all {len(finals)} runs: {same}\n"
+
+
 def timed_run(reuse: bool) -> tuple[float, np.ndarray]:
     WARM.enabled = reuse
     if not reuse:
@@ -76,15 +93,7 @@ def main() -> None:
             finals.append(params)
     WARM.release()
     ray.shutdown()
-    same = all(np.array_equal(finals[0], p) for p in finals[1:])
-    table = pd.DataFrame({
-        "run": list(times),
-        "seconds (each repeat)": [" / ".join(f"{s:.2f}" for s in v) for v in times.values()],
-        "median s": [statistics.median(v) for v in times.values()],
-    })
-    table["vs no reuse"] = table["median s"] / statistics.median(times["no reuse"])
-    text = pipe_table(table, lambda _, v: f"{v:.2f}" if isinstance(v, float) else str(v))
-    text += f"\n\nfinal parameters identical across all {len(finals)} runs: {same}\n"
+    text = repeats_table(times, "no reuse", finals, "seconds")
     print(text)
     out = ROOT / "benchmarks" / "results" / "warm.md"
     out.write_text(f"`python benchmarks/warm.py --repeats {args.repeats}`\n\n{text}")

@@ -2,7 +2,8 @@
 
 Issue 23's W1 workload (``benchmarks/warm.py``: digits, Dirichlet(0.5), 8 participants on a
 pool of 2 workers, MLP 64-128-10, 30 sync FedAvg rounds) as a user runs it, one process
-per run, timed from the command to the prompt (process wall):
+per run, timed from the command to the prompt (process wall), with the peak RSS of the
+``fedray`` process (``benchmarks/commands.py``; a running head's workers are not its children):
 
 - ``cold``: ``fedray run W1.yaml``, which starts a local Ray of its own and stops it;
 - ``joined, first``: ``fedray run W1.yaml --address ADDR`` on a Ray head this script started
@@ -27,7 +28,6 @@ import os
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,10 +36,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import yaml
-from pipe_table import pipe_table  # benchmarks/pipe_table.py, beside this script
-from warm import W1  # the same workload as the in-process benchmark
+from commands import timed  # benchmarks/commands.py
+from warm import W1, repeats_table  # the same workload as the in-process benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -82,14 +81,10 @@ def ray_head(env: dict[str, str]) -> Iterator[str]:
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def timed(args: list[str], env: dict[str, str]) -> float:
-    """Process wall seconds of ``fedray ARGS``, from the command to its exit."""
-    start = time.perf_counter()
-    done = subprocess.run([str(BIN / "fedray"), *args], env=env, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    if done.returncode != 0:
-        raise RuntimeError(f"fedray {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
-    return seconds
+def fedray(args: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Process wall seconds and peak RSS (MB) of ``fedray ARGS``."""
+    seconds, peak, _ = timed([str(BIN / "fedray"), *args], env)
+    return seconds, peak
 
 
 def main() -> None:
@@ -102,6 +97,7 @@ def main() -> None:
     config = work / "w1.yaml"
     config.write_text(yaml.safe_dump(W1))
     times: dict[str, list[float]] = {"cold": [], "joined, first": [], "joined, warm": []}
+    peaks: dict[str, list[float]] = {label: [] for label in times}
     finals = []
     with ray_head(env) as address:
         for repeat in range(args.repeats):
@@ -109,19 +105,13 @@ def main() -> None:
                 out = work / f"{label.replace(', ', '-')}-{repeat}"
                 joined = [] if label == "cold" else ["--address", address]
                 if label == "joined, first":
-                    timed(["release", "--address", address], env)
-                seconds = timed(["run", str(config), "--quiet", "--out", str(out), *joined], env)
+                    fedray(["release", "--address", address], env)
+                seconds, peak = fedray(["run", str(config), "--quiet", "--out", str(out), *joined], env)
                 times[label].append(seconds)
+                peaks[label].append(peak)
                 finals.append(np.load(out / "global_params.npy"))
-    same = all(np.array_equal(finals[0], p) for p in finals[1:])
-    table = pd.DataFrame({
-        "run": list(times),
-        "process wall s (each repeat)": [" / ".join(f"{s:.2f}" for s in v) for v in times.values()],
-        "median s": [statistics.median(v) for v in times.values()],
-    })
-    table["vs cold"] = table["median s"] / statistics.median(times["cold"])
-    text = pipe_table(table, lambda _, v: f"{v:.2f}" if isinstance(v, float) else str(v))
-    text += f"\n\nfinal parameters identical across all {len(finals)} runs: {same}\n"
+    peak_mb = {"peak RSS MB of fedray's process": [f"{max(v):.0f}" for v in peaks.values()]}
+    text = repeats_table(times, "cold", finals, "process wall s", peak_mb)
     print(text)
     shutil.rmtree(work, ignore_errors=True)
     out = ROOT / "benchmarks" / "results" / "warm_cluster.md"

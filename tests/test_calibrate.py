@@ -115,3 +115,23 @@ def test_overheads_are_read_from_the_rounds_between_warm_up_and_the_last():
     assert overheads_of(history, lambda u: 0.3, lambda u: {"CPU": 1}, one_core).task_seconds == 0.0  # no time left
     with pytest.raises(RuntimeError, match="no complete round"):
         overheads_of(history[history.base_version.fillna(9) <= 1], lambda u: 0.2, lambda u: {"CPU": 1}, one_core)
+
+
+def test_a_calibration_with_nowhere_to_go_is_refused_before_measuring(tmp_path, capsys):
+    import yaml
+
+    from orchestrator.tools.cli import main
+
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(_two_groups()))
+    (tmp_path / "search.yaml").write_text(yaml.safe_dump({"space": {"groups.small.resources.num_cpus": {"grid": [1]}}}))
+    missing = tmp_path / "nowhere" / "cal.json"
+    assert main(["tune", str(tmp_path / "run.yaml"), "--search", str(tmp_path / "search.yaml"),
+                 "--calibration", str(missing)]) == 2
+    assert f"there is no directory {missing.parent}" in capsys.readouterr().err
+
+
+def test_release_names_an_address_nobody_answers_on(capsys):
+    from orchestrator.tools.cli import main
+
+    assert main(["release", "--address", "127.0.0.1:1"]) == 1
+    assert "no Ray cluster at 127.0.0.1:1" in capsys.readouterr().err

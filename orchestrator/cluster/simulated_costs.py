@@ -41,6 +41,17 @@ def task_demand(group: Group) -> dict[str, float]:
     return {k: float(v) for k, v in (("CPU", cpus), ("GPU", res.num_gpus)) if v}
 
 
+def this_machine(config: RunConfig) -> Capacity:
+    """This machine as a local Ray for ``config`` counts it: ``ray.num_cpus`` or the cores,
+    and ``ray.num_gpus`` or, when a group asks for a GPU, the GPUs there are."""
+    from orchestrator.cluster.preflight import local_gpus
+
+    gpus = config.ray.num_gpus
+    if gpus is None:
+        gpus = local_gpus() if any(g.resources.num_gpus for g in config.groups) else 0.0
+    return Capacity.this_machine(config.ray.num_cpus or float(os.cpu_count() or 1), gpus)
+
+
 class TaskCosts:
     """Prices and books the run's tasks in simulated time (module docstring)."""
 
@@ -67,15 +78,7 @@ class TaskCosts:
         if config.calibration is None and config.capacity is None:
             return None
         calibration = Calibration.load(config.calibration) if config.calibration else None
-        if config.capacity is not None:
-            capacity = Capacity.from_spec(config.capacity)
-        else:  # this machine, as a local Ray counts it
-            from orchestrator.cluster.preflight import local_gpus
-
-            gpus = config.ray.num_gpus
-            if gpus is None:
-                gpus = local_gpus() if any(g.resources.num_gpus for g in config.groups) else 0.0
-            capacity = Capacity.this_machine(config.ray.num_cpus or float(os.cpu_count() or 1), gpus)
+        capacity = Capacity.from_spec(config.capacity) if config.capacity is not None else this_machine(config)
         return cls(config, calibration, capacity)
 
     def seconds(self, spec: ParticipantSpec, group: str, samples: int, nbytes: int, now: float) -> float:

@@ -135,7 +135,7 @@ class WarmWorkers:
             match = next(fits, None) if key else None
             if match is not None:
                 idle.remove(match)
-            claimed.append(match.handle if match is not None and _ready(match) else None)
+            claimed.append(match.handle if match is not None and _ready(match.handle) else None)
             if claimed[-1] is None:
                 needed = add(needed, resources)
         idle = [w for w in idle if w.job == job]
@@ -232,9 +232,8 @@ def _room_for(needed: dict[str, float]) -> bool:
     return all(free.get(k, 0.0) + 1e-9 >= v for k, v in needed.items() if v)
 
 
-def _ready(worker: _Idle | Any) -> bool:
+def _ready(handle: Any) -> bool:
     """Whether the worker is alive and idle (a reset answers both); one that is not is killed."""
-    handle = worker.handle if isinstance(worker, _Idle) else worker
     try:
         if ray.get(handle.reset.remote(), timeout=RESET_TIMEOUT_S):
             return True

@@ -121,10 +121,9 @@ def calibrate(config: RunConfig, allocations: dict[str, list[float]]) -> Calibra
     from orchestrator.cluster.connect import connect_ray
 
     started_ray = connect_ray(config)
-    cores = float(config.ray.num_cpus or os.cpu_count() or 1)  # what TaskCosts plans this machine with
     try:
         rows = _measure_groups(config, allocations)
-        overheads = measure_overheads(config, Calibration({}, rows), cores)
+        overheads = measure_overheads(config, Calibration({}, rows))
     finally:
         if started_ray:
             ray.shutdown()
@@ -177,13 +176,12 @@ def probe_config(config: RunConfig) -> RunConfig:
     the config's size, on the wall clock, with no simulated system (nobody sleeps),
     evaluated every round. (One worker a group would start fewer processes, but on a
     2-core machine it measured a third of the overhead that real runs' four workers met.)"""
-    from orchestrator.tools.simulated_search import computing_only
+    from orchestrator.tools.simulated_search import computing_only, on_the_wall_clock
 
     schedule = config.schedule
     per_round = getattr(schedule, "clients_per_round", None) or getattr(schedule, "concurrency", None)
-    raw = computing_only(config).model_dump(mode="json")
-    raw |= {"clock": "wall", "calibration": None, "capacity": None,
-            "schedule": {"mode": "sync", "clients_per_round": per_round},
+    raw = on_the_wall_clock(computing_only(config)).model_dump(mode="json")
+    raw |= {"schedule": {"mode": "sync", "clients_per_round": per_round},
             "stop": {"max_aggregations": PROBE_AGGREGATIONS}}
     raw["evaluation"]["every"] = 1
     for group in raw["groups"]:
@@ -191,12 +189,10 @@ def probe_config(config: RunConfig) -> RunConfig:
     return load_config(raw)
 
 
-def measure_overheads(config: RunConfig, calibration: Calibration, cores: float) -> Overheads:
+def measure_overheads(config: RunConfig, calibration: Calibration) -> Overheads:
     """Run :func:`probe_config` on the Ray this process is connected to and read its
-    rounds (module docstring); ``cores``: the CPUs of this machine as the simulated clock
-    plans it."""
-    from orchestrator.cluster.preflight import local_gpus
-    from orchestrator.cluster.simulated_costs import task_demand
+    rounds (module docstring), on this machine as the simulated clock plans it."""
+    from orchestrator.cluster.simulated_costs import task_demand, this_machine
     from orchestrator.loop.run import Orchestrator
 
     probe = Orchestrator(probe_config(config))
@@ -207,9 +203,7 @@ def measure_overheads(config: RunConfig, calibration: Calibration, cores: float)
         gpus = groups[update.group].resources.num_gpus
         return calibration.task_seconds(update.group, 1.0, gpus, float(update.samples))
 
-    gpus = local_gpus() if any(g.resources.num_gpus for g in groups.values()) else 0.0
-    return overheads_of(history, trained, lambda update: task_demand(groups[update.group]),
-                        Capacity.this_machine(cores, gpus))
+    return overheads_of(history, trained, lambda update: task_demand(groups[update.group]), this_machine(config))
 
 
 def overheads_of(history: pd.DataFrame, trained: Any, demand: Any, capacity: Capacity) -> Overheads:
@@ -285,6 +279,9 @@ def calibrated_first(config: RunConfig, search: TuneSearch, path: str | None) ->
     if path is None or Path(path).exists():
         yield
         return
+    if not Path(path).resolve().parent.is_dir():  # before measuring, not after
+        raise ConfigError(f"--calibration {path}: there is no directory {Path(path).resolve().parent} "
+                          "to write it in")
     from orchestrator.cluster.connect import connect_ray
     from orchestrator.cluster.warm_workers import WARM
     from orchestrator.tools.simulated_search import computing_only

@@ -17,7 +17,8 @@ from typing import Any
 
 import pandas as pd
 
-from orchestrator.config import RunConfig, TuneSearch, load_config
+from orchestrator.config import RunConfig, TuneSearch
+from orchestrator.tools.simulated_search import on_the_wall_clock
 from orchestrator.tools.trials import run_trial
 from orchestrator.tools.tune import get_path, plain, trial_config
 
@@ -28,12 +29,6 @@ def best_trials(table: pd.DataFrame, search: TuneSearch, k: int) -> list[tuple[s
     """The ``k`` best trials that ran (``table`` is sorted best first), each as its id and values."""
     ran = table[table.pruned.isna()] if "pruned" in table else table
     return [(str(row.trial_id), {p: plain(row[p]) for p in search.space}) for _, row in ran.head(k).iterrows()]
-
-
-def on_the_wall_clock(config: RunConfig) -> RunConfig:
-    """``config`` as ``fedray run`` would run it for real: the wall clock, no pricing."""
-    raw = config.model_dump(mode="json") | {"clock": "wall", "calibration": None, "capacity": None}
-    return load_config(raw)
 
 
 def confirm(simulated: RunConfig, search: TuneSearch, table: pd.DataFrame, k: int, out: Path) -> pd.DataFrame:

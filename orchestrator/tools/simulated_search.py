@@ -53,6 +53,12 @@ def computing_only(config: RunConfig) -> RunConfig:
     return load_config(raw)
 
 
+def on_the_wall_clock(config: RunConfig) -> RunConfig:
+    """``config`` as ``fedray run`` would run it for real: the wall clock, no pricing."""
+    raw = config.model_dump(mode="json") | {"clock": "wall", "calibration": None, "capacity": None}
+    return load_config(raw)
+
+
 NOT_PRICED = ("hosting", "workers", "placement", "resources.memory", "resources.resources")
 """Group settings :func:`computing_only` replaces: the simulated clock prices tasks, not the
 processes that run them, so trials differing only in these would score the same."""

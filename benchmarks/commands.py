@@ -1,0 +1,29 @@
+"""A whole command timed as a user waits for it: process wall from its start to its exit,
+and the peak resident memory of its process (``wait4``'s ``ru_maxrss``: the process and
+the children it waited for; Ray workers a running head owns are not among them)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def timed(command: list[str], env: dict[str, str]) -> tuple[float, float, str]:
+    """Process wall seconds, peak RSS in MB and standard output of ``command`` (run in the
+    project's root); raises with its output when it fails."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        start = time.perf_counter()
+        process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=out, stderr=err, text=True)
+        _, status, usage = os.wait4(process.pid, 0)  # not process.wait(): its rusage is the point
+        seconds = time.perf_counter() - start
+        process.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0), err.seek(0)
+        stdout = out.read()
+        if process.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed:\n{stdout[-2000:]}\n{err.read()[-2000:]}")
+    return seconds, usage.ru_maxrss / 1024, stdout
