@@ -7,6 +7,7 @@ with :func:`get_strategy_class`; :func:`build_strategy` also checks its options.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 from typing import Any
 
@@ -65,9 +66,16 @@ def build_strategy(name: str, options: dict[str, Any] | None = None) -> Strategy
             f"strategy {name!r} has no option(s) {sorted(unknown)}; "
             f"allowed: {', '.join(sorted(allowed)) or 'none'}"
         )
+    return cls(_validator(cls.Params).validate_python(options))
+
+
+@functools.cache
+def _validator(params: type) -> Any:
+    """The pydantic validator of a ``Params`` dataclass, built once per class (building it
+    costs a millisecond, and a pool worker builds a strategy for every participant)."""
     from pydantic import TypeAdapter  # the one validator the config uses too
 
-    return cls(TypeAdapter(cls.Params).validate_python(options))
+    return TypeAdapter(params)
 
 
 def _load_plugin(path: str) -> type[Strategy]:

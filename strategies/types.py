@@ -164,6 +164,9 @@ class Update:
     extras: dict[str, np.ndarray] = field(default_factory=dict)
     """Statistics beside the payload that the strategy declares in ``update_extras``
     (SCAFFOLD's control-variate change), each a float32 vector of the payload's size."""
+    summed: bool = False
+    """Its pool worker checked the payload and added it into the sum it sends for the round
+    (``actors/participant/summing.py``); the payload itself stayed there (empty here)."""
 
     @property
     def nbytes(self) -> int:

@@ -89,3 +89,13 @@ def blobs_except_odd(name: str, index: int, group: str) -> tuple[np.ndarray, np.
     if index % 2:
         raise ValueError(f"site {name}: cannot read its records")
     return blobs(name, index, group, rows=60)
+
+
+def kills_its_process_at_site_1(name: str, index: int, group: str) -> tuple[np.ndarray, np.ndarray]:
+    """Blobs, except that site 1's loader ends the process serving it (a crash in native
+    code, an OOM kill): the pool worker dies in the middle of starting its participants."""
+    if index == 1:
+        import os
+
+        os._exit(3)
+    return blobs(name, index, group, rows=60)

@@ -97,7 +97,7 @@ def test_shards_give_each_part_few_classes(labels):
 
 def test_split_indices_follows_the_dataset_spec(labels):
     spec = DatasetSpec(partition=PartitionSpec(kind="shards", shards_per_participant=1))
-    parts = split_indices(spec, labels, 10)
+    parts = split_indices(spec, 10)
     assert _is_exact_cover(parts, len(labels))
     classes = [len(np.unique(labels[p])) for p in parts]
     assert max(classes) <= 3 and np.mean(classes) <= 2.2

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 import pytest
 import ray
 from conftest import digits_config, run_while, train_together
@@ -98,9 +99,11 @@ def _config(hosting: str, rounds: int = 3, **extra) -> dict:
 
 
 def test_pooled_and_dedicated_hosting_give_the_same_model(ray_session):
+    """Bit for bit, task by task; summed in the workers the sums differ in rounding only
+    (test_worker_sums.py)."""
     runs = {}
     for hosting in ("dedicated", "pool"):
-        orch = Orchestrator(load_config(_config(hosting)))
+        orch = Orchestrator(load_config(_config(hosting, schedule={"mode": "sync", "sum_in_workers": False})))
         orch.run()
         runs[hosting] = (orch.params.copy(), {m.info["pid"] for m in orch.members.values()})
     np.testing.assert_array_equal(runs["dedicated"][0], runs["pool"][0])
@@ -376,14 +379,15 @@ def test_a_batch_keeps_every_member_cached_while_it_trains(tmp_path):
 def test_a_fast_participant_is_not_held_back_by_a_straggler_on_its_worker(ray_session, tmp_path, batched):
     """Wall clock, one pool worker, two participants whose links take about 3 s (site-0,
     sent first) and 0.3 s (site-1): the fast update lands at least 2 s before the slow one,
-    whether the worker trains them together or one at a time."""
+    whether the worker trains them together or one at a time. (Task by task: a worker that
+    sums its round sends every update back at once, and the round waits for all anyway.)"""
     params = 64 * 16 + 16 + 16 * 10 + 10  # the MLP below on digits
     link_mbps = [2 * params * 4 * 8 / (seconds * 1e6) for seconds in (3.0, 0.3)]
     (tmp_path / "fleet.csv").write_text("speed,bandwidth_mbps\n" + "".join(f"1.0,{b}\n" for b in link_mbps))
     group = {"name": "site", "count": 2, "hosting": "pool", "workers": 1, "batched": batched,
              "model": {"name": "mlp", "hidden": [16]}, "train": {"local_steps": 2, "batch_size": 16, "lr": 0.1},
              "resources": {"num_cpus": 0.5}, "system": {"trace": {"path": str(tmp_path / "fleet.csv")}}}
-    raw = digits_config(groups=[group], stop={"max_aggregations": 1})
+    raw = digits_config(groups=[group], stop={"max_aggregations": 1}, schedule={"mode": "sync", "sum_in_workers": False})
     history = Orchestrator(load_config(raw)).run()
     updates = history[history.event == "update"].set_index("participant")
     assert set(updates.index) == {"site-0", "site-1"}, history.event.value_counts()
@@ -544,3 +548,47 @@ def test_a_worker_is_leased_to_one_driver_at_a_time():
     assert worker.lease("driver-a") and worker.lease("driver-a")  # again by its holder: still ours
     assert not worker.lease("driver-b")  # a second driver must not serve a run beside the first
     assert worker.lease(None) and worker.lease("driver-b")  # given back: the next one takes it
+
+
+def test_describe_each_answers_for_every_participant_and_says_why_one_could_not_start(tmp_path):
+    """Start-up describes a worker's participants in one call; one that cannot set up
+    answers with its reason and the others are still described."""
+    from actors.participant.pool import CouldNotStart
+    from actors.spec.data import FileData
+
+    worker = PoolWorker()
+    missing = spec(1, tmp_path, "fedavg").model_copy(
+        update={"data": FileData(source="file", path=str(tmp_path / "gone.csv"))})
+    refused = spec(2, tmp_path, "fedmd", dp_sgd=DPSGD(noise_multiplier=1.0, max_grad_norm=1.0))
+    answers = worker.describe_each([spec(0, tmp_path, "fedavg"), missing, refused, spec(3, tmp_path, "fedavg")])
+    assert [a["name"] for a in (answers[0], answers[3])] == ["site-0", "site-3"]
+    assert answers[1] == CouldNotStart(f"participant site-1: data file not found: {tmp_path / 'gone.csv'}")
+    assert isinstance(answers[2], CouldNotStart)
+    assert answers[2].message.startswith("participant site-2: could not start: ValueError: participant site-2: "
+                                         "train.dp_sgd protects plain local training")
+    assert worker.describe("site-3")["num_examples"] == answers[3]["num_examples"]  # registered by name
+
+
+def test_a_participant_that_kills_its_pool_worker_at_start_up_leaves_the_others_starting(ray_session, tmp_path):
+    """A real crash in the one start-up call of a worker: Ray restarts the worker, the
+    driver asks its participants again one at a time, and only the one that crashes it
+    is lost."""
+    from tests.site_loader import blobs
+
+    x, y = blobs("test", 100, "held-out", rows=60)
+    pd.DataFrame(x, columns=[f"f{i}" for i in range(x.shape[1])]).assign(label=y).to_csv(tmp_path / "test.csv",
+                                                                                           index=False)
+    config = load_config({
+        "name": "crash-at-start", "groups": [{
+            "name": "site", "count": 3, "hosting": "pool", "workers": 1,
+            "data": {"source": "python", "factory": "tests.site_loader:kills_its_process_at_site_1",
+                     "num_classes": 3},
+            "model": {"name": "mlp", "hidden": [8]}, "train": {"batch_size": 16}, "resources": {"num_cpus": 0.5}}],
+        "evaluation": {"path": str(tmp_path / "test.csv")}, "schedule": {"min_participants": 2},
+        "stop": {"max_aggregations": 2}})
+    history = Orchestrator(config).run()
+    failures = history[history.event == "failure"]
+    assert failures.participant.tolist() == ["site-1"]
+    assert "could not start" in failures.detail.iloc[0]
+    updates = history[history.event == "update"]
+    assert sorted(updates.participant.unique()) == ["site-0", "site-2"] and len(updates) == 4

@@ -53,6 +53,18 @@ def pick_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
+def seed_process(seed: int, device: torch.device) -> None:
+    """Seed torch, ``random`` and numpy as a participant sets up. On the CPU, torch's CPU
+    generator only: ``torch.manual_seed`` also queues a CUDA seeding, a millisecond for
+    each of the hundreds of participants a pool worker may set up."""
+    if device.type == "cpu":
+        torch.default_generator.manual_seed(seed)
+    else:
+        torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+
+
 class TransformMissing(DataError):
     """The run preprocesses its tables and this participant set up without the fitted
     transform: a restarted actor runs its constructor's spec again, from before the fit.
@@ -112,10 +124,8 @@ class Participant:
             raise TransformMissing(f"participant {spec.name}: the run preprocesses its table, and the fitted "
                                    "transform has not reached this participant")
         torch.set_num_threads(max(1, spec.num_threads))
-        torch.manual_seed(spec.seed)
-        random.seed(spec.seed)
-        np.random.seed(spec.seed % 2**32)
         self.device = pick_device()
+        seed_process(spec.seed, self.device)
         self.gpu_cap_gb = cap_gpu_memory(spec, self.device)
         self.data: LocalData = load_participant_data(spec)
         with self._within_cap():  # moving the data to the card can run out of memory too

@@ -28,18 +28,23 @@ and that participant's next task fails at once rather than run beside it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import ray
 
+from actors.data.tables import DataError
 from actors.participant import private_state
 from actors.participant.cohort import POLL_S, Cohort, TaskAbandoned
 from actors.participant.participant import Participant
+from actors.participant.summing import WorkerSum, sum_checked
 from actors.spec.participant import ParticipantSpec
 from strategies.types import GlobalState, Instructions, Update
 
@@ -74,6 +79,14 @@ Who = str | ParticipantSpec
 class NotRegistered(LookupError):
     """A call named a participant this worker has no spec for: Ray restarted the worker and
     its registrations went with the old process. The driver sends the spec again."""
+
+
+@dataclass(frozen=True)
+class CouldNotStart:
+    """What :meth:`PoolWorker.describe_each` answers in place of a participant that could
+    not set up: the message the driver records and prints."""
+
+    message: str
 
 
 class ParticipantBusy(RuntimeError):
@@ -187,6 +200,21 @@ class PoolWorker:
         with self._baton:  # in turn with the tasks: setting up seeds torch's global generator
             return self._serve(spec, "describe")
 
+    def describe_each(self, specs: list[ParticipantSpec]) -> list[dict[str, Any] | CouldNotStart]:
+        """Register and describe each of these in one call: start-up costs a round trip per
+        worker, not per participant (a thousand calls cost the driver seconds). One that
+        cannot set up answers why in its place; the others are still described."""
+        out: list[dict[str, Any] | CouldNotStart] = []
+        for spec in specs:
+            try:
+                out.append(self.describe(spec))
+            except DataError as exc:  # names the participant and its data already
+                out.append(CouldNotStart(str(exc)))
+            except Exception as exc:  # noqa: BLE001 - every other participant still starts
+                first = (str(exc).splitlines() or [""])[0]
+                out.append(CouldNotStart(f"participant {spec.name}: could not start: {type(exc).__name__}: {first}"))
+        return out
+
     def initial_parameters(self, who: Who) -> np.ndarray:
         with self._baton:
             return self._serve(who, "initial_parameters")
@@ -204,6 +232,24 @@ class PoolWorker:
                 return p.train(state, instructions)
             finally:
                 local.trainer, p.idle, p.pause = None, contextlib.nullcontext, time.sleep
+
+    def train_round(self, tasks: list[tuple[Who, Instructions]], state: GlobalState, clip_norm: float | None,
+                    cohort: tuple[int, int] | None = None) -> tuple[Update | BaseException | WorkerSum, ...]:
+        """This worker's tasks of one sync round in one call (:mod:`actors.participant.summing`),
+        each in a thread of its own as if it were its own call: each task's update (its payload
+        summed here) or exception, in order, then the sum."""
+        futures = [self._threads.submit(self.train, who, state, instructions, cohort) for who, instructions in tasks]
+        outcomes: list[Update | BaseException] = []
+        for future in futures:
+            try:
+                outcomes.append(future.result())
+            except Exception as exc:  # noqa: BLE001 - the driver tells the kinds apart, as for a call's
+                outcomes.append(exc)
+        return (*outcomes, sum_checked(outcomes, state.layout, clip_norm))
+
+    @functools.cached_property
+    def _threads(self) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(TASK_THREADS_MAX, thread_name_prefix="fedray-task")
 
     @contextlib.contextmanager
     def _running(self, spec: ParticipantSpec) -> Iterator[Participant]:

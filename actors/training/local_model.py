@@ -26,6 +26,9 @@ from strategies.client import ConsensusKD, Linear, Proximal, Term, Work
 from strategies.privacy import PrivacyAccountant
 from strategies.types import Layout
 
+_WARMED: set[tuple[str, Layout, bool]] = set()
+"""(device type, layout, DP-SGD) this process has run a warm-up step for."""
+
 
 class TorchLocalModel:
     """One participant's model on its device, with its training and test tensors."""
@@ -137,12 +140,16 @@ class TorchLocalModel:
         return evaluate(self.model, *self.test_tensors(), self.spec.task, target_stds=stds)
 
     def warm_up(self) -> None:
-        """One throwaway training step, undone afterwards, so torch's lazy first-call set-up
-        (seconds on a busy machine) happens at start-up instead of inside the first timed
-        task, where it would swamp simulated speeds and time-to-accuracy."""
-        if self.num_examples == 0:
+        """One throwaway training step, undone afterwards (buffers too), so torch's lazy
+        first-call set-up (seconds on a busy machine) happens at start-up instead of inside
+        the first timed task, where it would swamp simulated speeds and time-to-accuracy.
+        That set-up is the process's: a pool worker warms up once per architecture, not
+        once for each of the hundreds of participants it serves."""
+        key = (self.device.type, self.layout, self.spec.train.dp_sgd is not None)
+        if self.num_examples == 0 or key in _WARMED:
             return
         saved = self.get()
+        buffers = [b.clone() for b in self.model.buffers()]
         with torch.random.fork_rng(devices=[]):
             train_locally(self.model, self.x[:2], self.y[:2], self.spec.train, seed=0, epochs=1, steps=1,
                           loss_fn=self.loss_fn)
@@ -151,6 +158,10 @@ class TorchLocalModel:
                              PrivacyAccountant(dp.noise_multiplier, dp.delta), epochs=1, steps=1,
                              loss_fn=self.loss_fn)
         self.set(saved)
+        with torch.no_grad():
+            for buffer, before in zip(self.model.buffers(), buffers):
+                buffer.copy_(before)
+        _WARMED.add(key)
 
     # -- data loaded on demand -----------------------------------------------------------
     def public_set(self) -> torch.Tensor:

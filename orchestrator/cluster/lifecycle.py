@@ -4,22 +4,22 @@ stop (release, discard private state), and what a checkpoint keeps of them."""
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 import ray
 
 from actors.data.load import partition_problem
-from actors.data.tables import DataError
 from actors.participant.participant import Participant
 from actors.participant.pool import PoolWorker, task_threads
 from actors.participant.private_state import PrivateStateError, Rollback
 from actors.spec.data import FileData, FittedTransform
 from actors.spec.participant import ParticipantSpec
+from orchestrator.cluster.describe import START_TIMEOUT_S, describe_all
 from orchestrator.cluster.fits import PlacementError, bundle, check_placement
 from orchestrator.cluster.members import Member, RunError, error_message
 from orchestrator.cluster.placement import Placements
 from orchestrator.cluster.warm_workers import WARM, add, worker_key
+from orchestrator.cluster.worker_sums import WorkerSums, sums_in_workers
 from orchestrator.config import Group, RunConfig
 from orchestrator.loop.clock import Clock
 from orchestrator.loop.schedules import Task
@@ -30,10 +30,6 @@ from orchestrator.server.privacy import PrivacyHooks, SecureAggregationAbort
 
 log = logging.getLogger("fedray")
 """Notices for the person running fedray; ``fedray run --quiet`` turns them off."""
-
-START_TIMEOUT_S = 300.0
-"""How long participants may take to start (import torch, load data) before we give up."""
-
 
 DISCARD_TIMEOUT_S = 10.0
 """How long the end of a run waits for participants to delete their private state."""
@@ -56,6 +52,8 @@ class Lifecycle:
         self.transform: FittedTransform | None = None
         """The run's fitted preprocessing (``preprocess:``), or None."""
         self._hung: dict[str, str] = {}  # participant -> why wait() killed its task
+        self.sums = WorkerSums()
+        """The round sums pool workers make, where this run allows them (set at :meth:`spawn`)."""
         self._backed_off: dict[int, float] = {}  # actor -> when the driver last waited out its restart
         self._worker_keys: dict[int, tuple[str | None, int, dict[str, float]]] = {}  # pool worker -> its settings (warm_workers)
         self.client = config.strategy.build().client()
@@ -70,6 +68,7 @@ class Lifecycle:
         ``min_participants`` could start, naming each one that did not."""
         if transform is not None:
             specs = [(spec.model_copy(update={"transform": transform}), group) for spec, group in specs]
+        self.sums = WorkerSums(sums_in_workers(self.config, self.privacy.active), self.config.updates.clip_norm)
         self._create(specs)
         if self.config.preprocess is not None:
             self.transform = transform or self._fit()
@@ -126,9 +125,9 @@ class Lifecycle:
                                              pooled=group.name in pools)
 
     def _describe(self) -> None:
-        """Each participant sets itself up and describes itself, one call each (a pool
-        worker's run on its threads)."""
-        errors = self._await_start({member.call("describe"): member for member in self.members.values()})
+        """Each participant sets itself up and describes itself: a dedicated actor in a call
+        of its own, a pool worker's participants all in one call (:mod:`~orchestrator.cluster.describe`)."""
+        errors = describe_all(list(self.members.values()))
         for name, message in errors:
             self.history.record("failure", participant=name, detail=message)
         for line in one_line_per_cause(errors):
@@ -169,29 +168,6 @@ class Lifecycle:
                 return None
             total = add(total, {k: v * group.count for k, v in bundle(group).items()})
         return total
-
-    def _await_start(self, pending: dict[ray.ObjectRef, Member]) -> list[tuple[str, str]]:
-        """Each participant's description, or why it could not start (a bad data path
-        comes back as its own ``DataError``, naming it and the path)."""
-        deadline = time.perf_counter() + START_TIMEOUT_S
-        errors = []
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, deadline - time.perf_counter()))
-            if not ready:
-                for member in pending.values():
-                    member.lost = True
-                    errors.append((member.name, f"participant {member.name}: did not start within {START_TIMEOUT_S:.0f}s"))
-                break
-            member = pending.pop(ready[0])
-            try:
-                member.info = ray.get(ready[0])
-            except DataError as exc:
-                member.lost = True
-                errors.append((member.name, str(exc.cause if isinstance(exc, ray.exceptions.RayTaskError) else exc)))
-            except ray.exceptions.RayError as exc:  # incl. OutOfMemoryError (not a RayTaskError)
-                member.lost = True
-                errors.append((member.name, f"participant {member.name}: could not start: {error_message(exc)}"))
-        return errors
 
     def release(self, discard_state: bool = False) -> None:
         """Stop every dedicated actor and keep the pool workers warm for a later run of

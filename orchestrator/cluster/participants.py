@@ -64,16 +64,19 @@ class Participants(Lifecycle):
         together: dict[int, list[tuple[Member, Instructions, Task]]] = {}
         for item in tasks:
             member = item[0]
-            if member.pooled and member.group in batched:
+            if member.pooled and (member.group in batched or self.sums.on):
                 together.setdefault(id(member.handle), []).append(item)
             else:
                 self.dispatch(member, state_ref, *item[1:])
         for items in together.values():
             for start in range(0, len(items), TASK_THREADS_MAX):  # a cohort never outnumbers the threads
                 chunk = items[start:start + TASK_THREADS_MAX]
-                cohort = (chunk[0][2].task_id, len(chunk)) if len(chunk) > 1 else None
-                for member, instructions, task in chunk:
-                    ref = member.call("train", state_ref, instructions, cohort)
+                cohort = (chunk[0][2].task_id, len(chunk)) if len(chunk) > 1 and chunk[0][0].group in batched else None
+                if self.sums.on:  # one call for them all (orchestrator/cluster/worker_sums.py)
+                    refs = self.sums.send(chunk, state_ref, cohort)
+                else:
+                    refs = [member.call("train", state_ref, instructions, cohort) for member, instructions, _ in chunk]
+                for ref, (member, instructions, task) in zip(refs, chunk, strict=True):
                     self._track(ref, member, instructions, task)
 
     def _track(self, ref: ray.ObjectRef, member: Member, instructions: Instructions, task: Task) -> None:
@@ -135,8 +138,11 @@ class Participants(Lifecycle):
         member = self.members[task.participant]
         member.busy = False
         where = member.where(task, version) | {"in_flight": len(self.in_flight)}
+        update: Update | None = None
         try:
-            update: Update = ray.get(ref)
+            update = ray.get(ref)
+            if isinstance(update, Exception):  # a task of a worker's round call (worker_sums.py)
+                raise update
         except SimulatedDropout as exc:
             self.history.record("dropout", **where, detail=error_message(exc))
         except Unavailable as exc:
@@ -150,9 +156,16 @@ class Participants(Lifecycle):
             self.history.record("participant_lost", **where, detail=error_message(exc))
         except ray.exceptions.RayError as exc:  # actor/task errors, and Ray's OOM kills too
             self.failed(member, where, exc)
+        except Exception as exc:
+            if exc is not update:  # the driver's own, not a task's
+                raise
+            self.failed(member, where, exc)
         else:
             member.failures, member.restarting = 0, False
+            if not update.summed:
+                self.sums.forget(task.task_id)
             return Arrival(task, member, update)
+        self.sums.forget(task.task_id)
         return Arrival(task, member, None)
 
     def failed(self, member: Member, where: dict, exc: Exception, event: str = "failure") -> None:

@@ -51,6 +51,10 @@ class SyncSchedule(ScheduleBase):
     over_select: float = Field(0.0, ge=0, description="extra fraction dispatched per round")
     deadline_s: float | None = Field(None, gt=0)
     late_updates: Literal["drop", "carry"] = "drop"
+    sum_in_workers: bool = Field(
+        True, description="a pool worker trains its participants' tasks of a round in one call and sends "
+        "back one weighted sum of their deltas, where the strategy and schedule allow it "
+        "(orchestrator/cluster/worker_sums.py); false: one call per task")
 
 
 class BufferedSchedule(ScheduleBase):

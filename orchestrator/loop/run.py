@@ -237,8 +237,8 @@ class Orchestrator:
         if update.participant != member.name:
             known = "" if update.participant in self.participants.members else " (not a participant of this run)"
             return f"update claims to be from {update.participant!r}{known}, task went to {member.name!r}"
-        if self.privacy.secure:  # sealed: the participant checked the plaintext
-            return self.privacy.check(update)
+        if self.privacy.secure or update.summed:  # checked where it was made: sealed, or summed in its worker
+            return self.privacy.check(update) if self.privacy.secure else None
         problem = rejection_reason(update, self.global_model.expected_layout(member.name),
                                    self.strategy.update_extras)
         if problem is None and (clip := self.config.updates.clip_norm) is not None:
@@ -267,8 +267,8 @@ class Orchestrator:
                                                  self.history, state.version)
         if combined is None:
             return
-        seen, batch = combined
-        new_params = self.strategy.aggregate(state.params, seen)
+        seen, batch = combined  # and the sums made in pool workers folded in (worker_sums.py):
+        new_params = self.strategy.aggregate(state.params, self.participants.sums.fold(seen, self.history, state.version))
         if self.privacy.accountant is not None:
             self.history.record("privacy", version=state.version, epsilon=self.privacy.epsilon(),
                                 detail=f"delta={self.privacy.dp.delta}")
