@@ -15,9 +15,6 @@ Prints one line: ``accuracy <value>``.
 
 from __future__ import annotations
 
-import argparse
-
-import numpy as np
 import torch
 from pfl.aggregate.simulate import SimulatedBackend
 from pfl.algorithm import FederatedAveraging, NNAlgorithmParams
@@ -27,19 +24,11 @@ from pfl.data.sampling import get_user_sampler
 from pfl.hyperparam import NNEvalHyperParams, NNTrainHyperParams
 from pfl.metrics import Weighted
 from pfl.model.pytorch import PyTorchModel
-from sklearn.datasets import load_digits
+from w1 import MLP, w1_data, workload_args  # benchmarks/w1.py, beside this script
 
 
-class MLP(torch.nn.Module):
-    """64-64-128-10 with ReLUs, and the ``loss``/``metrics`` pfl asks of a model."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 128),
-                                       torch.nn.ReLU(), torch.nn.Linear(128, 10))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+class PflMLP(MLP):
+    """W1's MLP with the ``loss``/``metrics`` pfl asks of a model."""
 
     def loss(self, x: torch.Tensor, y: torch.Tensor, eval: bool = False) -> torch.Tensor:  # noqa: A002
         self.eval() if eval else self.train()
@@ -52,42 +41,18 @@ class MLP(torch.nn.Module):
         return {"accuracy": Weighted(correct, len(y))}
 
 
-def split(labels: np.ndarray, participants: int, iid: bool, rng: np.random.Generator) -> list[np.ndarray]:
-    """Row indices per participant: iid shards, or per class a Dirichlet(0.5) share each."""
-    if iid:
-        return [np.sort(part) for part in np.array_split(rng.permutation(len(labels)), participants)]
-    parts: list[list[int]] = [[] for _ in range(participants)]
-    for label in np.unique(labels):
-        rows = rng.permutation(np.flatnonzero(labels == label))
-        cuts = (np.cumsum(rng.dirichlet([0.5] * participants)) * len(rows)).astype(int)[:-1]
-        for part, chunk in zip(parts, np.split(rows, cuts), strict=True):
-            part.extend(chunk.tolist())
-    return [np.sort(np.asarray(p, dtype=int)) for p in parts]
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--participants", type=int, required=True)
-    parser.add_argument("--per-round", type=int, required=True)
-    parser.add_argument("--rounds", type=int, required=True)
-    parser.add_argument("--iid", action="store_true")
-    args = parser.parse_args()
+    args = workload_args(__doc__.splitlines()[0])
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    rng = np.random.default_rng(0)
-    digits = load_digits()
-    x, y = (digits.data / 16.0).astype(np.float32), digits.target.astype(np.int64)
-    order = rng.permutation(len(y))
-    test, train = order[: len(y) // 5], order[len(y) // 5:]
-    shards = {i: train[rows] for i, rows in enumerate(split(y[train], args.participants, args.iid, rng))}
-    shards = {i: rows for i, rows in shards.items() if len(rows)}  # a Dirichlet draw can leave one empty
+    x, y, test, shards = w1_data(args.participants, args.iid)
 
     def user(i: int) -> Dataset:
         return Dataset(raw_data=[torch.from_numpy(x[shards[i]]), torch.from_numpy(y[shards[i]])], user_id=i)
 
     train_data = FederatedDataset(user, get_user_sampler("random", list(shards)))
     central = Dataset(raw_data=[torch.from_numpy(x[test]), torch.from_numpy(y[test])])
-    model = MLP()
+    model = PflMLP()
     pfl_model = PyTorchModel(model=model, local_optimizer_create=torch.optim.SGD,
                              central_optimizer=torch.optim.SGD(model.parameters(), lr=1.0))
     eval_params = NNEvalHyperParams(local_batch_size=1024)
