@@ -13,12 +13,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def timed(command: list[str], env: dict[str, str]) -> tuple[float, float, str]:
-    """Process wall seconds, peak RSS in MB and standard output of ``command`` (run in the
-    project's root); raises with its output when it fails."""
+def local_env() -> dict[str, str]:
+    """This environment for a command that must start a local Ray of its own (never join
+    one ``RAY_ADDRESS`` names), with Ray's token auth off as on a laptop."""
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def timed(command: list[str], env: dict[str, str], cwd: Path = ROOT) -> tuple[float, float, str]:
+    """Process wall seconds, peak RSS in MB and standard output of ``command`` (run in
+    ``cwd``, the project's root unless told); raises with its output when it fails."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         start = time.perf_counter()
-        process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=out, stderr=err, text=True)
+        process = subprocess.Popen(command, env=env, cwd=cwd, stdout=out, stderr=err, text=True)
         _, status, usage = os.wait4(process.pid, 0)  # not process.wait(): its rusage is the point
         seconds = time.perf_counter() - start
         process.returncode = os.waitstatus_to_exitcode(status)

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -44,7 +43,7 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
-from commands import timed  # benchmarks/commands.py, beside this script
+from commands import local_env, timed  # benchmarks/commands.py, beside this script
 from pipe_table import pipe_table
 from warm_cluster import ray_head
 
@@ -113,8 +112,7 @@ def main() -> None:
     parser.add_argument("--warm", action="store_true",
                         help="also fedray joining a running Ray head, its pool workers left by a run before")
     args = parser.parse_args()
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    env.pop("RAY_ADDRESS", None)
+    env = local_env()
     peers = {"pfl": importable(args.pfl_python, "pfl.algorithm"), "flower": importable(args.flower_python, "flwr.simulation")}
     missing = [f"pfl-research (not importable by {args.pfl_python})"] if not peers["pfl"] else []
     missing += [f"Flower (not importable by {args.flower_python})"] if not peers["flower"] else []

@@ -15,7 +15,6 @@ Prints one table and writes it, with the command, to ``benchmarks/results/round_
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -24,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
-from commands import timed  # benchmarks/commands.py, beside this script
+from commands import local_env, timed  # benchmarks/commands.py, beside this script
 from peers import WORKLOADS, fedray_config
 from pipe_table import pipe_table
 
@@ -51,8 +50,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--only", nargs="*", choices=list(WORKLOADS), help="these workloads only")
     args = parser.parse_args()
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    env.pop("RAY_ADDRESS", None)
+    env = local_env()
     work = Path(tempfile.mkdtemp(prefix="fsums-"))
     rows = []
     for name in args.only or WORKLOADS:

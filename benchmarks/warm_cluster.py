@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from commands import timed  # benchmarks/commands.py
+from commands import local_env, timed  # benchmarks/commands.py
 from warm import W1, repeats_table  # the same workload as the in-process benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,8 +91,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    env.pop("RAY_ADDRESS", None)
+    env = local_env()
     work = Path(tempfile.mkdtemp(prefix="fwarm-runs-"))
     config = work / "w1.yaml"
     config.write_text(yaml.safe_dump(W1))

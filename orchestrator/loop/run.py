@@ -30,12 +30,11 @@ import ray
 from actors.data.tables import DataError
 from actors.participant.private_state import SAVED_METRIC
 from orchestrator.cluster import preflight
-from orchestrator.cluster.connect import connect_ray
+from orchestrator.cluster.connect import connect_ray, disconnect_ray
 from orchestrator.cluster.members import Member, RunError
 from orchestrator.cluster.participants import Participants
 from orchestrator.cluster.simulated_costs import TaskCosts
 from orchestrator.cluster.specs import participant_specs
-from orchestrator.cluster.warm_workers import WARM
 from orchestrator.config import RunConfig
 from orchestrator.loop import checkpoint
 from orchestrator.loop.adaptive import AdaptiveLocalWork
@@ -349,8 +348,7 @@ class Orchestrator:
         self.participants.release(discard_state=self.config.checkpoint.every is None)
         self.members_info = {m.name: m.info for m in self.participants.members.values()}
         if self._started_ray:  # nothing to keep warm for: Ray goes with this run
-            WARM.release()
-            ray.shutdown()
+            disconnect_ray()
 
     members = property(lambda self: self.participants.members, doc="The participants, by name.")
     version = property(lambda self: self.state.version if self.state else 0, doc="The global version.")

@@ -118,15 +118,11 @@ def fit_cost(small: tuple[float, int], large: tuple[float, int]) -> tuple[float,
 
 def calibrate(config: RunConfig, allocations: dict[str, list[float]]) -> Calibration:
     """Measure every group at every candidate ``num_cpus`` (module docstring)."""
-    from orchestrator.cluster.connect import connect_ray
+    from orchestrator.cluster.connect import ray_for
 
-    started_ray = connect_ray(config)
-    try:
+    with ray_for(config):
         rows = _measure_groups(config, allocations)
         overheads = measure_overheads(config, Calibration({}, rows))
-    finally:
-        if started_ray:
-            ray.shutdown()
     machine = {"hostname": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
                "config": config.name}
     return Calibration(machine, rows, overheads)
@@ -282,16 +278,10 @@ def calibrated_first(config: RunConfig, search: TuneSearch, path: str | None) ->
     if not Path(path).resolve().parent.is_dir():  # before measuring, not after
         raise ConfigError(f"--calibration {path}: there is no directory {Path(path).resolve().parent} "
                           "to write it in")
-    from orchestrator.cluster.connect import connect_ray
-    from orchestrator.cluster.warm_workers import WARM
+    from orchestrator.cluster.connect import ray_for
     from orchestrator.tools.simulated_search import computing_only
 
-    started_ray = connect_ray(computing_only(config))
-    try:
+    with ray_for(computing_only(config)):
         print(f"fedray: {path} does not exist yet: calibrating first")
         write_calibration(config, allocations_searched(config, search), path)
         yield
-    finally:
-        if started_ray:
-            WARM.release()
-            ray.shutdown()

@@ -175,10 +175,7 @@ def run_search(config: RunConfig, search: TuneSearch, out: Path, keep: int = 1) 
     (:mod:`orchestrator.tools.simulated_search`; ``keep``: how many of the best must be
     exact, the rest stop once they cannot beat them); wall-clock trials run under Ray Tune,
     each in its own placement group."""
-    import ray
-
-    from orchestrator.cluster.connect import connect_ray
-    from orchestrator.cluster.warm_workers import WARM
+    from orchestrator.cluster.connect import ray_for
     from orchestrator.tools.simulated_search import computing_only, run_simulated_search
 
     checked = check_search(config, search)
@@ -186,13 +183,8 @@ def run_search(config: RunConfig, search: TuneSearch, out: Path, keep: int = 1) 
     out.mkdir(parents=True, exist_ok=True)
     mode = "min" if search.to_target else "max"
     if config.clock == "simulated":
-        started_ray = connect_ray(computing_only(checked[0]))
-        try:
+        with ray_for(computing_only(checked[0])):
             table = run_simulated_search(config, search, out, keep)
-        finally:
-            if started_ray:
-                WARM.release()
-                ray.shutdown()
     else:
         table = _tune_search(config, search, out, mode)
     return _write_results(table, config, search, out, ascending=mode == "min")

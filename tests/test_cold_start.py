@@ -1,0 +1,78 @@
+"""A cold ``fedray run``: its imports load while its own Ray starts, and it leaves no Ray
+process behind, its autoscaler monitor stopped before ``ray.shutdown`` waits on it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orchestrator.tools.cli import _import_behind
+
+ROOT = Path(__file__).resolve().parents[1]
+
+COLD_RUN = """
+import json, sys
+import ray
+from ray._private import ray_constants
+from orchestrator.cluster import connect
+from orchestrator.tools.cli import main
+
+seen = {}
+connect_ray, shutdown = connect.connect_ray, ray.shutdown
+
+def spy_connect(config):
+    started = connect_ray(config)
+    seen["processes"] = [info.process for infos in ray._private.worker._global_node.all_processes.values()
+                         for info in infos]
+    seen["monitor"] = ray._private.worker._global_node.all_processes[ray_constants.PROCESS_TYPE_MONITOR][0].process
+    return started
+
+def spy_shutdown(*args, **kwargs):
+    seen["monitor_dead_before_shutdown"] = seen["monitor"].poll() is not None
+    seen["raylet_alive_before_shutdown"] = all(p.poll() is None for p in seen["processes"] if p is not seen["monitor"])
+    return shutdown(*args, **kwargs)
+
+connect.connect_ray, ray.shutdown = spy_connect, spy_shutdown
+code = main(["run", sys.argv[1], "--quiet", "--out", sys.argv[2]])
+for p in seen["processes"]:  # each of the run's Ray processes ends (reaped here, or already)
+    p.wait(timeout=30)
+print(json.dumps({"code": code, "processes": len(seen["processes"]),
+                  "monitor_dead_before_shutdown": seen["monitor_dead_before_shutdown"],
+                  "raylet_alive_before_shutdown": seen["raylet_alive_before_shutdown"],
+                  "initialized_after": ray.is_initialized()}))
+"""
+
+
+def test_a_cold_run_starts_and_stops_its_own_ray_and_leaves_no_process(tmp_path):
+    config = {"name": "cold", "dataset": {"name": "digits"},
+              "groups": [{"name": "site", "count": 2, "model": {"name": "mlp", "hidden": [8]},
+                          "train": {"batch_size": 64}, "resources": {"num_cpus": 0.5}}],
+              "stop": {"max_aggregations": 2}, "ray": {"num_cpus": 2}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    done = subprocess.run([sys.executable, "-c", COLD_RUN, str(tmp_path / "c.yaml"), str(tmp_path / "run")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = yaml.safe_load(done.stdout.strip().splitlines()[-1])
+    assert report["code"] == 0 and report["processes"] >= 3
+    assert report["monitor_dead_before_shutdown"] and report["raylet_alive_before_shutdown"]
+    assert not report["initialized_after"]
+    assert (tmp_path / "run" / "history.parquet").exists()
+
+
+def test_imports_behind_load_in_a_thread_and_a_failing_one_fails_again_where_it_is_used(tmp_path, monkeypatch):
+    (tmp_path / "loads_fine.py").write_text("VALUE = 7\n")
+    (tmp_path / "breaks_on_import.py").write_text("raise ValueError('broken on purpose')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    thread = _import_behind("breaks_on_import", "loads_fine")
+    assert isinstance(thread, threading.Thread) and thread.daemon
+    thread.join(timeout=30)
+    assert sys.modules["loads_fine"].VALUE == 7  # the one after the failure still loaded
+    assert "breaks_on_import" not in sys.modules
+    with pytest.raises(ValueError, match="broken on purpose"):
+        import breaks_on_import  # noqa: F401
+    monkeypatch.delitem(sys.modules, "loads_fine")
