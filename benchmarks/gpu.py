@@ -23,8 +23,8 @@ at its peak while the run goes (nvidia-smi, every 0.2 s), for fedray all process
     python benchmarks/gpu.py --cpu --workload "64 x MLP 64-128-10"   # the same on the CPU
 
 ``--cpu`` runs the same ways without a GPU: the fedray rows then show what a pool worker
-costs beyond the training itself (the serial loop has 2 torch threads, each fedray
-participant 1).
+costs beyond the training itself. There the pool worker holds as many CPUs as the serial
+loop has torch threads (all cores), as on a GPU it holds the whole card.
 """
 
 from __future__ import annotations
@@ -58,11 +58,11 @@ def dataset(w: dict) -> dict:
             "size_sigma": 0.0, "test_fraction": 0.1, "eval_participants": 2, "seed": 0}
 
 
-def config(w: dict, rounds: int, batched: bool, gpus: float = 1) -> dict:
+def config(w: dict, rounds: int, batched: bool, gpus: float = 1, cpus: int = 1) -> dict:
     return {"name": "gpu", "seed": 0, "dataset": dataset(w),
             "groups": [{"name": "site", "count": w["count"], "hosting": "pool", "workers": 1, "batched": batched,
                         "cache_size": w["count"], "model": {"name": "mlp", "hidden": w["hidden"]},
-                        "train": TRAIN, "resources": {"num_cpus": 1, "num_gpus": gpus}}],
+                        "train": TRAIN, "resources": {"num_cpus": cpus, "num_gpus": gpus}}],
             "strategy": {"name": "fedavg"}, "schedule": {"mode": "sync"},
             "stop": {"max_aggregations": rounds}, "evaluation": {"every": rounds}}
 
@@ -151,7 +151,8 @@ def fedray(w: dict, rounds: int, batched: bool, gpus: float) -> dict:
     from orchestrator.loop.run import Orchestrator
 
     with PeakMemory() as memory:
-        history = Orchestrator(load_config(config(w, rounds, batched, gpus))).run()
+        cpus = 1 if gpus else torch.get_num_threads()  # on the CPU: the threads the serial loop has
+        history = Orchestrator(load_config(config(w, rounds, batched, gpus, cpus))).run()
     first = float(history.time[history.event == "dispatch"].min())
     seconds = float(history.time[history.event == "aggregation"].max()) - first
     updates = history[history.event == "update"]
