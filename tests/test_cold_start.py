@@ -1,5 +1,6 @@
 """A cold ``fedray run``: its imports load while its own Ray starts, and it leaves no Ray
-process behind, its autoscaler monitor stopped before ``ray.shutdown`` waits on it."""
+process behind, its autoscaler monitor stopped before ``ray.shutdown`` waits on it; and the
+``fedray`` command leaves the process without Python's teardown once its work is done."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.tools.cli import _import_behind
+from orchestrator.tools.cli import _import_behind, demo_config_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,3 +77,37 @@ def test_imports_behind_load_in_a_thread_and_a_failing_one_fails_again_where_it_
     with pytest.raises(ValueError, match="broken on purpose"):
         import breaks_on_import  # noqa: F401
     monkeypatch.delitem(sys.modules, "loads_fine")
+
+
+ENTRY = """
+import atexit, sys, threading, time
+from orchestrator.tools import cli
+
+class Finalized:
+    def __del__(self):
+        print("interpreter torn down", flush=True)
+
+keep = Finalized()  # only Python's own teardown of this module prints it
+atexit.register(lambda: print("exit handler ran", flush=True))
+if sys.argv[1] == "with-thread":
+    threading.Thread(target=time.sleep, args=(0.5,)).start()  # not a daemon: Python must wait for it
+sys.argv = ["fedray", *sys.argv[2:]]
+cli.entry()
+"""
+
+
+@pytest.mark.parametrize("thread", ["alone", "with-thread"])
+def test_the_fedray_command_leaves_at_once_after_exit_handlers_unless_a_thread_lives(thread, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"name": "bad", "strategy": {"name": "fedfoo"}}))
+    for args, code in ((["validate", str(demo_config_path())], 0), (["validate", str(bad)], 2)):
+        done = subprocess.run([sys.executable, "-c", ENTRY, thread, *args], cwd=ROOT, capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == code, done.stderr
+        assert "exit handler ran" in done.stdout
+        assert ("interpreter torn down" in done.stdout) == (thread == "with-thread")
+        if code == 2:
+            assert "unknown strategy 'fedfoo'" in done.stderr  # flushed before leaving
+        else:
+            assert "demo" in done.stdout
+
