@@ -36,7 +36,8 @@ def connect_ray(config: RunConfig) -> bool:
 
 
 def disconnect_ray() -> None:
-    """End the local Ray :func:`connect_ray` started, idle pool workers first (they go with it)."""
+    """Leave the Ray :func:`connect_ray` joined (a local one it started stops), this
+    driver's idle pool workers released first."""
     WARM.release()
     _stop_monitor()
     ray.shutdown()
