@@ -189,3 +189,19 @@ def test_validate_and_run_refuse_a_partition_that_cannot_work_before_ray(tmp_pat
     assert main(["run", str(path), "--out", str(tmp_path / "out")]) == 2
     out, err = capsys.readouterr()
     assert err == f"fedray: dataset.partition: {says}\n" and not (tmp_path / "out").exists()
+
+
+def test_run_with_an_address_nobody_answers_on_exits_2_naming_the_field():
+    """``ray.init`` would wait minutes at such an address before failing with a traceback."""
+    done = subprocess.run([sys.executable, "-m", "orchestrator.tools.cli", "run", "--quiet", "--address", "127.0.0.1:1"],
+                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "fedray: ray.address '127.0.0.1:1': no Ray cluster at 127.0.0.1:1: nothing answers there" in done.stderr
+    assert "ray start --head" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_only_a_host_and_port_is_probed_before_joining():
+    from orchestrator.cluster.connect import unreachable
+
+    assert unreachable("auto") is None and unreachable("ray://127.0.0.1:1") is None  # Ray resolves these
+    assert unreachable("127.0.0.1:1").startswith("no Ray cluster at 127.0.0.1:1")

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import math
 import os
+import socket
 from collections.abc import Iterator
 
 import ray
@@ -13,7 +14,7 @@ from ray._private import ray_constants
 
 from orchestrator.cluster import preflight
 from orchestrator.cluster.warm_workers import WARM
-from orchestrator.config import RunConfig
+from orchestrator.config import ConfigError, RunConfig
 
 
 def connect_ray(config: RunConfig) -> bool:
@@ -25,14 +26,35 @@ def connect_ray(config: RunConfig) -> bool:
     opts = config.ray
     WARM.shared = opts.address is not None and opts.keep_workers  # pool workers outlive the driver too
     if opts.address is not None:
-        ray.init(address=opts.address, logging_level="WARNING", log_to_driver=_forward_logs())
-        return True
+        problem = unreachable(opts.address)
+        if problem is None:
+            try:
+                ray.init(address=opts.address, logging_level="WARNING", log_to_driver=_forward_logs())
+                return True
+            except ConnectionError as exc:  # 'auto' with no Ray on this machine
+                problem = str(exc).split(". Please")[0]
+        raise ConfigError(f"ray.address {opts.address!r}: {problem}; start one with `ray start --head`, "
+                          "or leave ray.address out (and --address off) to run on a local Ray of its own")
     wanted = sum(g.resources.num_cpus * preflight.processes(g) for g in config.groups)
     num_cpus = opts.num_cpus or max(os.cpu_count() or 1, math.ceil(wanted))
     # address="local": never attach by accident to a cluster `ray start` left running
     ray.init(address="local", num_cpus=num_cpus, num_gpus=opts.num_gpus,
              include_dashboard=False, logging_level="WARNING", log_to_driver=_forward_logs())
     return True
+
+
+def unreachable(address: str) -> str | None:
+    """Why nothing answers at a ``host:port`` address, or None (also for any other form,
+    ``auto`` or a ``ray://`` client address): ``ray.init`` would wait minutes there before
+    it failed."""
+    host, _, port = address.rpartition(":")
+    if "://" in address or not (host and port.isdigit()):
+        return None
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        return f"no Ray cluster at {address}: nothing answers there ({exc})"
+    return None
 
 
 def disconnect_ray() -> None:

@@ -9,7 +9,6 @@ mid-run never gives its workers back: ``--force`` ends those too.
 
 from __future__ import annotations
 
-import socket
 import sys
 from typing import Any
 
@@ -27,15 +26,13 @@ def add_parser(sub: Any) -> None:
 def command(args: Any) -> int:
     import ray
 
+    from orchestrator.cluster.connect import unreachable
     from orchestrator.cluster.warm_workers import release_shared
 
-    host, _, port = args.address.rpartition(":")
-    if host and port.isdigit():  # ray.init waits minutes for an address nobody answers on
-        try:
-            socket.create_connection((host, int(port)), timeout=5).close()
-        except OSError as exc:
-            print(f"fedray: no Ray cluster at {args.address} ({exc})", file=sys.stderr)
-            return 1
+    problem = unreachable(args.address)
+    if problem is not None:
+        print(f"fedray: {problem}", file=sys.stderr)
+        return 1
     try:
         ray.init(address=args.address, logging_level="ERROR")
     except ConnectionError as exc:
