@@ -592,3 +592,24 @@ def test_a_participant_that_kills_its_pool_worker_at_start_up_leaves_the_others_
     assert "could not start" in failures.detail.iloc[0]
     updates = history[history.event == "update"]
     assert sorted(updates.participant.unique()) == ["site-0", "site-2"] and len(updates) == 4
+
+
+def test_a_participant_that_answers_no_describe_in_time_is_named_and_lost(ray_session):
+    from orchestrator.cluster.describe import START_TIMEOUT_S, _await_start
+    from orchestrator.cluster.members import Member
+
+    @ray.remote(num_cpus=0)
+    def never_answers() -> dict:
+        time.sleep(60)
+        return {}
+
+    @ray.remote(num_cpus=0)
+    def answers() -> dict:
+        return {"num_examples": 3}
+
+    slow, quick = (Member(name, "site", i, None, None, max_restarts=0) for i, name in enumerate(["site-0", "site-1"]))
+    hung = never_answers.remote()
+    errors = _await_start({hung: slow, answers.remote(): quick}, timeout=2.0)
+    ray.cancel(hung, force=True)
+    assert errors == [("site-0", f"participant site-0: did not start within {START_TIMEOUT_S:.0f}s")]
+    assert slow.lost and not quick.lost and quick.info == {"num_examples": 3}

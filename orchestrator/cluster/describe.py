@@ -53,10 +53,7 @@ def _describe_pooled(members: list[Member]) -> list[tuple[str, str]]:
                 errors.append((member.name, answer.message))
             else:
                 member.info = answer
-    for ref in late:
-        for member in calls[ref]:
-            member.lost = True
-            errors.append((member.name, f"participant {member.name}: did not start within {START_TIMEOUT_S:.0f}s"))
+    errors += [_did_not_start(member) for ref in late for member in calls[ref]]
     deadline = time.perf_counter() + START_TIMEOUT_S
     for member in again:  # one at a time: a participant that kills its worker takes only itself
         errors += _describe_alone(member, deadline)
@@ -101,9 +98,11 @@ def _await_start(pending: dict[ray.ObjectRef, Member],
         except ray.exceptions.RayError as exc:  # incl. OutOfMemoryError (not a RayTaskError)
             member.lost = True
             errors.append((member.name, f"participant {member.name}: could not start: {error_message(exc)}"))
-    for ref in late:
-        member = pending[ref]
-        member.lost = True
-        errors.append((member.name, f"participant {member.name}: did not start within {START_TIMEOUT_S:.0f}s"))
-    return errors
+    return errors + [_did_not_start(pending[ref]) for ref in late]
+
+
+def _did_not_start(member: Member) -> tuple[str, str]:
+    """A participant that gave no answer within :data:`START_TIMEOUT_S`: lost, and why."""
+    member.lost = True
+    return member.name, f"participant {member.name}: did not start within {START_TIMEOUT_S:.0f}s"
 
