@@ -157,8 +157,9 @@ class WaitForRestart:
         pass
 
 
-def test_a_killed_pool_worker_comes_back_and_its_participants_go_on(ray_session):
-    config = load_config(_config("pool", rounds=8, strategy={"name": "fedrep"}))
+@pytest.mark.parametrize("strategy", ["fedrep", "fedavg"])  # a call per task; one summed call per worker
+def test_a_killed_pool_worker_comes_back_and_its_participants_go_on(ray_session, strategy):
+    config = load_config(_config("pool", rounds=8, strategy={"name": strategy}))
     orch = Orchestrator(config)
     orch.progress = waiter = WaitForRestart(orch)
 
@@ -170,6 +171,8 @@ def test_a_killed_pool_worker_comes_back_and_its_participants_go_on(ray_session)
         return False
 
     history = run_while(orch, kill_once)
+    assert orch.participants.sums.on == (strategy == "fedavg")
+    assert np.isfinite(orch.params).all()
     assert waiter.resumed_at is not None, "no task of the killed worker failed"
     assert (history.event == "aggregation").sum() == 8
     assert (history.event == "participant_lost").sum() == 0
