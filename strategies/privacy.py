@@ -22,6 +22,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
+class PrivacyBudgetSpent(RuntimeError):
+    """The participant refused a task: it would take its epsilon past ``max_epsilon``."""
+
+
 @dataclass(frozen=True)
 class DPParams:
     clip_norm: float

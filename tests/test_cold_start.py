@@ -45,14 +45,14 @@ for p in seen["processes"]:  # each of the run's Ray processes ends (reaped here
 print(json.dumps({"code": code, "processes": len(seen["processes"]),
                   "monitor_dead_before_shutdown": seen["monitor_dead_before_shutdown"],
                   "raylet_alive_before_shutdown": seen["raylet_alive_before_shutdown"],
-                  "initialized_after": ray.is_initialized()}))
+                  "initialized_after": ray.is_initialized(), "torch_imported": "torch" in sys.modules}))
 """
 
 
-def test_a_cold_run_starts_and_stops_its_own_ray_and_leaves_no_process(tmp_path):
+def test_a_cold_run_starts_and_stops_its_own_ray_leaves_no_process_and_imports_no_torch(tmp_path):
     config = {"name": "cold", "dataset": {"name": "digits"},
               "groups": [{"name": "site", "count": 2, "model": {"name": "mlp", "hidden": [8]},
-                          "train": {"batch_size": 64}, "resources": {"num_cpus": 0.5}}],
+                          "train": {"batch_size": 64}, "resources": {"num_cpus": 0.5}, "hosting": "pool"}],
               "stop": {"max_aggregations": 2}, "ray": {"num_cpus": 2}}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     done = subprocess.run([sys.executable, "-c", COLD_RUN, str(tmp_path / "c.yaml"), str(tmp_path / "run")],
@@ -62,6 +62,7 @@ def test_a_cold_run_starts_and_stops_its_own_ray_and_leaves_no_process(tmp_path)
     assert report["code"] == 0 and report["processes"] >= 3
     assert report["monitor_dead_before_shutdown"] and report["raylet_alive_before_shutdown"]
     assert not report["initialized_after"]
+    assert not report["torch_imported"]  # pool workers evaluate too: the driver never needs torch
     assert (tmp_path / "run" / "history.parquet").exists()
 
 

@@ -120,7 +120,7 @@ def test_update_from_a_participant_not_in_the_run_is_rejected(ray_session, monke
                 update.participant = "mallory-7"
             return update
 
-    monkeypatch.setattr("orchestrator.cluster.lifecycle.Participant", Impostor)
+    monkeypatch.setattr("actors.participant.participant.Participant", Impostor)  # the dedicated actor class
     raw = digits_config(groups=[_group("site", 3)], stop={"max_aggregations": 2})
     history = Orchestrator(load_config(raw)).run()
     rejected = history[history.event == "rejected"]

@@ -16,12 +16,11 @@ import pytest
 import torch
 from conftest import train_together
 
-from actors.participant.cohort import TRAINED_TOGETHER
 from actors.participant.participant import Participant
 from actors.participant.pool import PoolWorker
 from actors.spec.data import DatasetSpec, PartitionData
 from actors.spec.participant import ParticipantSpec
-from actors.spec.training import ModelSpec, TrainSpec
+from actors.spec.training import TRAINED_TOGETHER, ModelSpec, TrainSpec
 from strategies import build_strategy
 from strategies.base import ServerContext
 from strategies.partial import global_positions, shared_part, union_layout

@@ -200,6 +200,7 @@ class _Pooled:
     spec: ParticipantSpec
     worker: PoolWorker
     info: dict = field(default_factory=dict)
+    pooled: bool = True  # in this process: described without a node, so the driver evaluates
 
     def call(self, method: str, *args):
         return ray.put(getattr(self.worker, method)(self.name, *args))

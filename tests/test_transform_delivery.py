@@ -12,7 +12,8 @@ import pytest
 import ray
 from conftest import run_while
 
-from actors.participant.participant import Participant, TransformMissing
+from actors.data.tables import TransformMissing
+from actors.participant.participant import Participant
 from actors.spec.data import FittedTransform
 from orchestrator.cluster.specs import participant_specs
 from orchestrator.config import load_config

@@ -31,6 +31,12 @@ class DataError(Exception):
     """A participant's data cannot be used; the message says whose and why."""
 
 
+class TransformMissing(DataError):
+    """The run preprocesses its tables and this participant set up without the fitted
+    transform: a restarted actor runs its constructor's spec again, from before the fit.
+    The driver sends it once more (:meth:`~actors.participant.participant.Participant.adopt`) and the task is retried."""
+
+
 def split_rows(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Training and held-out row indices of ``n`` rows: the same seed, the same split, in
     every process (a site's own test split, a dataset's test split), so preprocessing

@@ -40,9 +40,6 @@ import torch
 from actors.training.batched import can_batch, train_batched
 from strategies.client import Term, Work
 
-TRAINED_TOGETHER = "batched"
-"""Update metric: how many participants' local training ran as one computation (1: alone)."""
-
 COHORT_WAIT_S = 30.0
 """How long a cohort waits for members still to arrive after the last one did."""
 

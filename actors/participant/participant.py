@@ -24,15 +24,15 @@ import torch
 
 from actors.data.load import LocalData, load_participant_data
 from actors.data.site_table import SiteTable
-from actors.data.tables import DataError
+from actors.data.tables import TransformMissing
 from actors.participant import private_state
 from actors.participant.attacks import apply_attack
-from actors.participant.cohort import TRAINED_TOGETHER
 from actors.participant.gpu_memory import apply_cap, describe_oom, memory_cap_fraction
 from actors.participant.secure_aggregation import SEALED_METRIC, MaskingKey, SealedUpdates
 from actors.participant.system import SimulatedDropout, check_online, initial_phase, play_out
 from actors.spec.data import FittedTransform
 from actors.spec.participant import ParticipantSpec
+from actors.spec.training import TRAINED_TOGETHER
 from actors.training.local_model import TorchLocalModel
 from strategies import build_strategy
 from strategies.client import Work
@@ -63,12 +63,6 @@ def seed_process(seed: int, device: torch.device) -> None:
         torch.manual_seed(seed)
     random.seed(seed)
     np.random.seed(seed % 2**32)
-
-
-class TransformMissing(DataError):
-    """The run preprocesses its tables and this participant set up without the fitted
-    transform: a restarted actor runs its constructor's spec again, from before the fit.
-    The driver sends it once more (:meth:`Participant.adopt`) and the task is retried."""
 
 
 class GPUMemoryExceeded(RuntimeError):

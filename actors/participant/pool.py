@@ -23,6 +23,10 @@ their simulated waits overlap. Tasks the driver sends as one batch name a shared
 and train together. A task the driver abandons (``task_timeout_s``, through
 ``ray.cancel``) stops at its next wait; one stuck in its own computation keeps its thread,
 and that participant's next task fails at once rather than run beside it.
+
+This module imports no torch: Ray imports an actor's module in every driver that creates
+or looks up (``ray.get_actor``) the actor, so the torch-heavy participant and cohort code
+loads in the worker on first use, and a driver on pool workers never imports torch.
 """
 
 from __future__ import annotations
@@ -32,21 +36,23 @@ import functools
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import ray
 
 from actors.data.tables import DataError
 from actors.participant import private_state
-from actors.participant.cohort import POLL_S, Cohort, TaskAbandoned
-from actors.participant.participant import Participant
 from actors.participant.summing import WorkerSum, sum_checked
 from actors.spec.participant import ParticipantSpec
 from strategies.types import GlobalState, Instructions, Update
+
+if TYPE_CHECKING:
+    from actors.participant.cohort import Cohort
+    from actors.participant.participant import Participant
 
 DEFAULT_CACHE = 64
 """Participants a worker keeps set up (data and model in memory) at the most."""
@@ -105,6 +111,8 @@ def _cancelled() -> bool:
 
 def _pause(seconds: float) -> None:
     """The simulator's sleep, cut short when the driver abandons the task."""
+    from actors.participant.cohort import POLL_S, TaskAbandoned
+
     end = time.perf_counter() + seconds
     while (left := end - time.perf_counter()) > 0:
         if _cancelled():
@@ -133,6 +141,7 @@ class PoolWorker:
         self._baton = threading.Lock()  # one task computes at a time (actors/participant/cohort.py)
         self._cohorts: dict[int, Cohort] = {}
         self._holder: str | None = None  # the driver that leased this worker, when drivers share it
+        self._hosted: dict[str, Any] = {}  # objects the driver keeps here (host_call), by key
 
     def register(self, specs: list[ParticipantSpec]) -> None:
         """Serve these participants, or update their specs (the run's fitted preprocessing
@@ -158,6 +167,8 @@ class PoolWorker:
         with self._lock:
             participant = self._served.pop(spec.name, None)
             if participant is None:
+                from actors.participant.participant import Participant
+
                 participant = Participant(spec)
             elif spec.transform is not None:  # served for its statistics before the fit
                 participant.adopt(spec.transform)
@@ -272,6 +283,8 @@ class PoolWorker:
     def _join(self, cohort: tuple[int, int] | None) -> Cohort:
         """The task's cohort: the batch's (made by its first member to arrive), or one of
         its own. A member arriving after its cohort gave up waiting trains alone."""
+        from actors.participant.cohort import Cohort
+
         with self._lock:
             if cohort is not None:
                 key, size = cohort
@@ -330,7 +343,21 @@ class PoolWorker:
             self._specs.clear()
             self._served.clear()
             self._cohorts.clear()
+            self._hosted.clear()
         return True
+
+    def host_call(self, key: str, build: Callable[[], Any], method: str, *args: Any) -> Any:
+        """``method(*args)`` of an object this worker builds with ``build()`` on the first
+        call naming ``key`` and keeps until :meth:`reset`. The driver's evaluator of the
+        global model lives here, so a driver on pool workers never imports torch. Runs in
+        its own task thread, beside training (no baton: it trains nothing)."""
+        with self._lock:
+            target = self._hosted.get(key)
+        if target is None:
+            built = build()  # outside the lock: it loads data and a model
+            with self._lock:
+                target = self._hosted.setdefault(key, built)
+        return getattr(target, method)(*args)
 
     def lease(self, driver: str | None) -> bool:
         """Take this worker for ``driver`` (True), unless another driver holds it; None gives

@@ -19,6 +19,10 @@ two classes only; ``loss`` is the training loss on the test set."""
 LOWER_IS_BETTER = frozenset(m for kind in METRICS.values() for m, higher in kind.items() if not higher)
 
 
+TRAINED_TOGETHER = "batched"
+"""Update metric: how many participants' local training ran as one computation (1: alone)."""
+
+
 LOSSES = {"classification": ("cross_entropy",), "regression": ("mse", "huber")}
 
 

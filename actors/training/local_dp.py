@@ -44,7 +44,7 @@ from torch.nn import functional as F
 
 from actors.spec.training import DPSGD, TrainSpec
 from actors.training.optimizers import torch_optimizer
-from strategies.privacy import PrivacyAccountant
+from strategies.privacy import PrivacyAccountant, PrivacyBudgetSpent
 
 
 def unsupported_modules(model: nn.Module) -> list[str]:
@@ -103,10 +103,6 @@ def secret_generator(device: torch.device) -> torch.Generator:
 def poisson_batch(n: int, rate: float, generator: torch.Generator, device: torch.device) -> torch.Tensor:
     """Indices of a Poisson sample: each of ``n`` examples independently with ``rate``."""
     return (torch.rand(n, generator=generator, device=device) < rate).nonzero().squeeze(1)
-
-
-class PrivacyBudgetSpent(RuntimeError):
-    """The participant refused a task: it would take its epsilon past ``max_epsilon``."""
 
 
 def check_budget(

@@ -3,13 +3,13 @@ stop (release, discard private state), and what a checkpoint keeps of them."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
 import ray
 
 from actors.data.load import partition_problem
-from actors.participant.participant import Participant
 from actors.participant.pool import PoolWorker, task_threads
 from actors.participant.private_state import PrivateStateError, Rollback
 from actors.spec.data import FileData, FittedTransform
@@ -44,7 +44,6 @@ class Lifecycle:
         self.config = config
         self.history = history
         self.privacy = privacy
-        self.actor_class = privacy.actor_class(Participant)
         self.clock = clock
         self.members: dict[str, Member] = {}
         self.in_flight: dict[ray.ObjectRef, Task] = {}
@@ -119,7 +118,7 @@ class Lifecycle:
                 workers = pools[group.name]
                 handle, restarts = workers[spec.index_in_group % len(workers)], -1
             else:
-                handle = self.actor_class.options(**self.placements.actor_options(group, spec.index_in_group)).remote(spec)
+                handle = self._dedicated_class.options(**self.placements.actor_options(group, spec.index_in_group)).remote(spec)
                 restarts = group.resources.max_restarts
             self.members[spec.name] = Member(spec.name, group.name, index, handle, spec, restarts,
                                              pooled=group.name in pools)
@@ -134,6 +133,14 @@ class Lifecycle:
             log.warning(line)
         if len(self.alive()) < self.config.schedule.min_participants:
             raise RunError("participants could not start:\n  " + "\n  ".join(one_line_per_cause(errors)))
+
+    @functools.cached_property
+    def _dedicated_class(self) -> Any:
+        """The dedicated participants' actor class, made on first use: its module imports
+        torch, which a driver whose participants all live on pool workers never needs."""
+        from actors.participant.participant import Participant
+
+        return self.privacy.actor_class(Participant)
 
     def _start_pools(self) -> dict[str, list[Any]]:
         """Each pool group's workers, each with the group's resources: idle ones an earlier

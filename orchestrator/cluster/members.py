@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import ray
 
-from actors.participant.cohort import TRAINED_TOGETHER
 from actors.participant.pool import NotRegistered
 from actors.spec.participant import ParticipantSpec
+from actors.spec.training import TRAINED_TOGETHER
 from orchestrator.loop.schedules import Task
 from strategies.types import Update
 

@@ -20,10 +20,9 @@ from functools import cached_property
 
 import ray
 
-from actors.participant.participant import TransformMissing
+from actors.data.tables import TransformMissing
 from actors.participant.pool import TASK_THREADS_MAX
 from actors.participant.system import SimulatedDropout, Unavailable, simulated_duration
-from actors.training.local_dp import PrivacyBudgetSpent
 from orchestrator.cluster.lifecycle import Lifecycle
 from orchestrator.cluster.members import (
     RESTART_BACKOFF_S,
@@ -37,6 +36,7 @@ from orchestrator.cluster.simulated_costs import TaskCosts
 from orchestrator.loop.clock import TaskHung
 from orchestrator.loop.schedules import Task
 from strategies.client import Plan, Work
+from strategies.privacy import PrivacyBudgetSpent
 from strategies.types import Instructions, Update
 
 

@@ -110,6 +110,6 @@ def divergence_message(divergence: Divergence, config: RunConfig, global_model: 
     if config.task.kind != "regression" or config.standardizes_target:
         return divergence.reason(None, "lower train.lr")
     evaluator = getattr(global_model, "evaluator", None)  # only a shared model has one
-    std = float(evaluator.y.double().std(0).max()) if evaluator is not None and len(evaluator.y) > 1 else None
+    std = evaluator.info.target_std if evaluator is not None else None
     fix = "set preprocess.standardize_target" if config.preprocess else "add preprocess: {standardize: true}"
     return divergence.reason(std, f"lower train.lr or {fix}")

@@ -2,7 +2,8 @@
 
 The test set is public by construction (a benchmark's test split, the pooled table's
 held-out rows, or a file or image folder the operator names), so the driver may load it;
-private participant data never comes here. A preprocessed run applies the same fitted
+private participant data never comes here. The driver runs it on a pool worker of its own
+node when it has one (:mod:`~orchestrator.server.evaluation_host`). A preprocessed run applies the same fitted
 transform as the participants.
 """
 
@@ -23,6 +24,7 @@ from actors.training.models import build_model
 from actors.training.params import layout_of, set_flat
 from actors.training.tasks import target_array
 from orchestrator.config import Group, RunConfig
+from orchestrator.server.evaluation_host import EvaluatorInfo
 from strategies.types import Layout
 
 
@@ -42,7 +44,11 @@ class ServerEvaluator:
         self.num_examples = len(y)
         self.target_stds = transform.target_stds if transform is not None else []
 
-    def __call__(self, params: np.ndarray, layout: Layout) -> dict[str, float]:
+    def info(self) -> EvaluatorInfo:
+        std = float(self.y.double().std(0).max()) if len(self.y) > 1 else None
+        return EvaluatorInfo(self.layout, self.num_examples, std)
+
+    def metrics(self, params: np.ndarray, layout: Layout) -> dict[str, float]:
         set_flat(self.model, params, layout)
         return evaluate(self.model, self.x, self.y, self.task, self.batch_size, self.target_stds)
 

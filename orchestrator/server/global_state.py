@@ -21,19 +21,22 @@ straggler: reports ride on updates.
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import ray
 
 from actors.spec.training import METRICS, TaskSpec
 from orchestrator.config import RunConfig
-from orchestrator.server.evaluation import ServerEvaluator
-from orchestrator.server.server_models import FamilyModels
+from orchestrator.server.evaluation_host import GlobalEvaluator, build_evaluator, driver_node_hosts
 from strategies import STRATEGIES
 from strategies.base import ServerContext, Strategy
 from strategies.partial import global_positions, shared_part, union_layout
 from strategies.types import Layout, Update
+
+if TYPE_CHECKING:
+    from orchestrator.server.server_models import FamilyModels
 
 
 class GlobalStateError(RuntimeError):
@@ -74,14 +77,14 @@ class SharedWeights(GlobalModel):
                 )
         self.layout = first.info["layout"]
         self.params = np.asarray(ray.get(first.call("initial_parameters")), dtype=np.float32)
-        group = next(g for g in config.groups if g.name == first.group)
-        self.evaluator = ServerEvaluator(config, group, first.info["num_classes"], first.spec.transform,
-                                         first.info.get("feature_names", ()))
-        if self.evaluator.layout != self.layout:
+        build = functools.partial(build_evaluator, config, first.group, first.info["num_classes"],
+                                  first.spec.transform, first.info.get("feature_names", ()))
+        self.evaluator = GlobalEvaluator(build, driver_node_hosts(members))
+        if self.evaluator.info.layout != self.layout:
             raise GlobalStateError("the evaluation model's layout differs from the participants' model")
 
     def evaluate(self, params: np.ndarray) -> dict[str, float]:
-        return {**self.evaluator(params, self.layout), "num_examples": self.evaluator.num_examples}
+        return {**self.evaluator(params, self.layout), "num_examples": self.evaluator.info.num_examples}
 
 class ParticipantEvaluated(GlobalModel):
     """Evaluation = mean over participants of each metric they last reported on their own
@@ -142,7 +145,10 @@ class SharedParts(ParticipantEvaluated):
         return self.expected[participant]
 
     def server_models(self, config: RunConfig) -> FamilyModels:
-        """One model per family, rebuilt on the driver for server-side distillation."""
+        """One model per family, rebuilt on the driver for server-side distillation (the
+        one global state that imports torch in the driver)."""
+        from orchestrator.server.server_models import FamilyModels
+
         assert config.dataset is not None
         try:
             return FamilyModels(config.dataset, [(prefix, m.spec, m.info["layout"], m.info["num_classes"])

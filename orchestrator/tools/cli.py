@@ -66,7 +66,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"fedray: running {config.name!r} with {config.num_participants} participants "
               f"({config.strategy.name}, {config.schedule.mode}); results -> {out}; {hosting}", flush=True)
     _notices(quiet=args.quiet)
-    loading = _import_behind(*RUN_MODULES)
+    loading = _import_behind(*run_modules(config))
     with ray_for(config):  # Ray starts while the run's modules load: neither waits for the other
         loading.join()
         from orchestrator.loop.run import Orchestrator
@@ -81,9 +81,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-RUN_MODULES = ("torch", "pandas")
-"""What ``fedray run`` imports while a local Ray starts: the bulk of its import time
-(torch alone ~1.1 s), and none of it imports Ray, whose start imports its own modules."""
+def run_modules(config: RunConfig) -> tuple[str, ...]:
+    """What ``fedray run`` imports while Ray starts or is joined: pandas (the history), and
+    torch (~1.1 s) only where the driver will use it: dedicated participants' actor class,
+    server-side distillation, or a local run's hosting still undecided. A run on pool
+    workers evaluates the global model on one of them and never imports torch here."""
+    from strategies import STRATEGIES
+
+    pooled = all(g.hosting == "pool" for g in config.groups)
+    joined = config.ray.address is not None  # hosting is decided on joining: most often pools
+    if (pooled or joined) and not STRATEGIES[config.strategy.name].needs_server_models:
+        return ("pandas",)
+    return ("torch", "pandas")
 
 
 def _import_behind(*modules: str) -> threading.Thread:
