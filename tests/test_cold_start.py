@@ -31,6 +31,7 @@ def spy_connect(config):
     seen["processes"] = [info.process for infos in ray._private.worker._global_node.all_processes.values()
                          for info in infos]
     seen["monitor"] = ray._private.worker._global_node.all_processes[ray_constants.PROCESS_TYPE_MONITOR][0].process
+    seen["api_server"] = ray_constants.PROCESS_TYPE_DASHBOARD in ray._private.worker._global_node.all_processes
     return started
 
 def spy_shutdown(*args, **kwargs):
@@ -45,7 +46,8 @@ for p in seen["processes"]:  # each of the run's Ray processes ends (reaped here
 print(json.dumps({"code": code, "processes": len(seen["processes"]),
                   "monitor_dead_before_shutdown": seen["monitor_dead_before_shutdown"],
                   "raylet_alive_before_shutdown": seen["raylet_alive_before_shutdown"],
-                  "initialized_after": ray.is_initialized(), "torch_imported": "torch" in sys.modules}))
+                  "initialized_after": ray.is_initialized(), "torch_imported": "torch" in sys.modules,
+                  "api_server": seen["api_server"]}))
 """
 
 
@@ -61,6 +63,7 @@ def test_a_cold_run_starts_and_stops_its_own_ray_leaves_no_process_and_imports_n
     report = yaml.safe_load(done.stdout.strip().splitlines()[-1])
     assert report["code"] == 0 and report["processes"] >= 3
     assert report["monitor_dead_before_shutdown"] and report["raylet_alive_before_shutdown"]
+    assert not report["api_server"]  # a Ray for one run starts no dashboard/API server process
     assert not report["initialized_after"]
     assert not report["torch_imported"]  # pool workers evaluate too: the driver never needs torch
     assert (tmp_path / "run" / "history.parquet").exists()
