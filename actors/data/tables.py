@@ -34,7 +34,8 @@ class DataError(Exception):
 class TransformMissing(DataError):
     """The run preprocesses its tables and this participant set up without the fitted
     transform: a restarted actor runs its constructor's spec again, from before the fit.
-    The driver sends it once more (:meth:`~actors.participant.participant.Participant.adopt`) and the task is retried."""
+    The driver sends it once more (:meth:`~actors.participant.participant.Participant.adopt`)
+    and the task is retried."""
 
 
 def split_rows(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

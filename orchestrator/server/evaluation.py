@@ -3,8 +3,8 @@
 The test set is public by construction (a benchmark's test split, the pooled table's
 held-out rows, or a file or image folder the operator names), so the driver may load it;
 private participant data never comes here. The driver runs it on a pool worker of its own
-node when it has one (:mod:`~orchestrator.server.evaluation_host`). A preprocessed run applies the same fitted
-transform as the participants.
+node when it has one (:mod:`~orchestrator.server.evaluation_host`). A preprocessed run
+applies the same fitted transform as the participants.
 """
 
 from __future__ import annotations
