@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import site
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
 import numpy as np
 import pytest
 import ray
@@ -108,3 +115,28 @@ def test_a_reset_worker_forgets_its_participants_and_a_busy_one_says_so(tmp_path
     monkeypatch.setattr(pool, "ABANDON_GRACE_S", 0.05)
     worker._busy.add("site-0")  # a task that never ends
     assert worker.reset() is False
+
+
+VERSION = "from orchestrator.cluster.warm_workers import code_version; print(code_version())"
+
+
+def test_one_venv_gives_one_code_version_under_either_interpreter_name_and_another_venv_another(tmp_path):
+    """The ``fedray`` command runs ``bin/python3``, a notebook ``bin/python``: the same
+    environment, so each claims the workers the other left; another venv never does."""
+    root = Path(__file__).resolve().parents[1]
+    bindir = Path(sys.executable).parent
+    names = [bindir / n for n in ("python", "python3") if (bindir / n).exists()]
+    if len(names) < 2:
+        pytest.skip("this environment has one interpreter name")
+
+    def version(python: Path, env: dict[str, str] | None = None) -> str:
+        done = subprocess.run([str(python), "-c", VERSION], cwd=root, capture_output=True, text=True,
+                              timeout=60, env=env)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    same = {version(python) for python in names}
+    assert len(same) == 1
+    venv.create(tmp_path / "other", with_pip=False)  # sees this one's packages only through PYTHONPATH
+    paths = os.pathsep.join([str(root), *site.getsitepackages()])
+    assert version(tmp_path / "other" / "bin" / "python", {**os.environ, "PYTHONPATH": paths}) not in same

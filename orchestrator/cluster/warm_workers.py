@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import os
 import sys
 import threading
 import uuid
@@ -76,9 +77,13 @@ def worker_key(options: dict[str, Any], *settings: Any) -> str | None:
 @functools.cache
 def code_version() -> str:
     """A digest of the fedray source this process runs (and its Python and torch): a worker
-    started from other code must never serve a run."""
+    started from other code must never serve a run. The interpreter counts by its
+    environment and resolved path, not by the name it was started under: the ``fedray``
+    command runs ``bin/python3`` and a notebook ``bin/python`` of the same venv, and each
+    must claim the workers the other left."""
     root = Path(__file__).resolve().parents[2]
-    digest = hashlib.sha1(f"{sys.executable}:{sys.version}:{metadata.version('torch')}".encode())
+    interpreter = f"{sys.prefix}:{os.path.realpath(sys.executable)}:{sys.version}"
+    digest = hashlib.sha1(f"{interpreter}:{metadata.version('torch')}".encode())
     for package in ("actors", "strategies", "orchestrator"):
         for path in sorted((root / package).rglob("*.py")):
             stat = path.stat()
