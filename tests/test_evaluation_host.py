@@ -20,6 +20,7 @@ from orchestrator.config import load_config
 from orchestrator.loop.run import Orchestrator
 from orchestrator.server.evaluation_host import GlobalEvaluator, build_evaluator
 from orchestrator.tools.cli import run_modules
+from strategies.types import GlobalState
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,8 +77,10 @@ def test_a_pool_worker_evaluates_for_the_driver_and_a_killed_one_hands_back_to_i
     assert hosted["accuracy"] == expected["accuracy"]
     assert hosted["loss"] == pytest.approx(expected["loss"], rel=1e-5)
     assert evaluator.local is None  # nothing built in the driver
+    shipped = ray.put(GlobalState(3, params, local.layout))  # the broadcast: the worker reads params from it
+    np.testing.assert_equal(evaluator(np.zeros_like(params), local.layout, shipped), hosted)
     ray.kill(worker, no_restart=True)  # a real crash of the host
-    after = evaluator(params, local.layout)
+    after = evaluator(params, local.layout, shipped)  # here: the params themselves
     assert evaluator.hosts == [] and evaluator.local is not None
     np.testing.assert_equal(after, expected)
 

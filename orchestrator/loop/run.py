@@ -137,9 +137,9 @@ class Orchestrator:
             self.adaptive = AdaptiveLocalWork.for_participants(self.participants.members.values())
         if self.resume_from is not None:  # continue where the checkpoint left off
             self._resume(self.resume_from)
-        else:
+        self._broadcast()  # before evaluating: a pool worker evaluates the broadcast object
+        if self.resume_from is None:
             self._evaluate()
-        self._broadcast()
 
     def _loop(self) -> str:
         """The event loop; returns why it stopped."""
@@ -301,7 +301,7 @@ class Orchestrator:
         self.state_ref = ray.put(GlobalState(state.version, state.params, state.layout, self.strategy.broadcast()))
 
     def _evaluate(self) -> None:
-        metrics = self.global_model.evaluate(self.state.params)  # per family, global_state.py
+        metrics = self.global_model.evaluate(self.state.params, self.state_ref)  # per family, global_state.py
         self.participants.driver_busy("evaluation")
         self.state.evaluated(metrics, self.config.target, self.clock())
         self.history.record("evaluation", version=self.state.version, metric=self.config.task.metric_name,

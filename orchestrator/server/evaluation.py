@@ -25,7 +25,7 @@ from actors.training.params import layout_of, set_flat
 from actors.training.tasks import target_array
 from orchestrator.config import Group, RunConfig
 from orchestrator.server.evaluation_host import EvaluatorInfo
-from strategies.types import Layout
+from strategies.types import GlobalState, Layout
 
 
 class ServerEvaluator:
@@ -51,6 +51,11 @@ class ServerEvaluator:
     def metrics(self, params: np.ndarray, layout: Layout) -> dict[str, float]:
         set_flat(self.model, params, layout)
         return evaluate(self.model, self.x, self.y, self.task, self.batch_size, self.target_stds)
+
+    def state_metrics(self, state: GlobalState, layout: Layout) -> dict[str, float]:
+        """:meth:`metrics` of a broadcast global state's parameters (read from Ray's store
+        where this runs on a pool worker: no second copy of them)."""
+        return self.metrics(state.params, layout)
 
 
 def test_set(config: RunConfig, group: Group, num_outputs: int, transform: FittedTransform | None,

@@ -73,15 +73,20 @@ class GlobalEvaluator:
         self.build_ref = ray.put(build) if self.hosts else None
         self.build = build
         self.local: ServerEvaluator | None = None
-        self.info: EvaluatorInfo = self._call("info")
+        self.info: EvaluatorInfo = self._call(("info",))
 
-    def __call__(self, params: np.ndarray, layout: Layout) -> dict[str, float]:
-        return self._call("metrics", params, layout)
+    def __call__(self, params: np.ndarray, layout: Layout, shipped: ray.ObjectRef | None = None) -> dict[str, float]:
+        """Metrics of ``params``. A host reads them from ``shipped`` where given (the
+        broadcast GlobalState holding them), so they are not put in Ray's store twice."""
+        here = ("metrics", params, layout)
+        return self._call(("state_metrics", shipped, layout) if shipped is not None else here, here)
 
-    def _call(self, method: str, *args: Any) -> Any:
+    def _call(self, remote: tuple[Any, ...], here: tuple[Any, ...] | None = None) -> Any:
+        """``(method, *args)``: ``remote`` on the first live host, else ``here`` (by default
+        the same) in this process."""
         while self.hosts:
             try:
-                return ray.get(self.hosts[0].host_call.remote(self.key, self.build_ref, method, *args))
+                return ray.get(self.hosts[0].host_call.remote(self.key, self.build_ref, *remote))
             except LOST_HOST as exc:
                 logging.getLogger("fedray").debug("evaluation host lost (%s); trying the next", type(exc).__name__)
                 self.hosts.pop(0)
@@ -89,4 +94,5 @@ class GlobalEvaluator:
                 raise exc.cause if isinstance(exc.cause, Exception) else exc from None
         if self.local is None:
             self.local = self.build()
+        method, *args = here or remote
         return getattr(self.local, method)(*args)

@@ -56,7 +56,10 @@ class GlobalModel:
     def observe(self, update: Update) -> None:
         """See every update that passed the checks (participants' own test metrics)."""
 
-    def evaluate(self, params: np.ndarray) -> dict[str, float]:
+    def evaluate(self, params: np.ndarray, shipped: ray.ObjectRef | None = None) -> dict[str, float]:
+        """Metrics of ``params``; ``shipped``, where given, is the broadcast
+        :class:`~strategies.types.GlobalState` holding them, which an evaluator on a pool
+        worker reads instead of a second copy."""
         raise NotImplementedError
 
 
@@ -83,8 +86,8 @@ class SharedWeights(GlobalModel):
         if self.evaluator.info.layout != self.layout:
             raise GlobalStateError("the evaluation model's layout differs from the participants' model")
 
-    def evaluate(self, params: np.ndarray) -> dict[str, float]:
-        return {**self.evaluator(params, self.layout), "num_examples": self.evaluator.info.num_examples}
+    def evaluate(self, params: np.ndarray, shipped: ray.ObjectRef | None = None) -> dict[str, float]:
+        return {**self.evaluator(params, self.layout, shipped), "num_examples": self.evaluator.info.num_examples}
 
 class ParticipantEvaluated(GlobalModel):
     """Evaluation = mean over participants of each metric they last reported on their own
@@ -98,7 +101,7 @@ class ParticipantEvaluated(GlobalModel):
         if "test_loss" in update.metrics:
             self.reports[update.participant] = update.metrics
 
-    def evaluate(self, params: np.ndarray) -> dict[str, float]:
+    def evaluate(self, params: np.ndarray, shipped: ray.ObjectRef | None = None) -> dict[str, float]:
         out = {name: float("nan") for name in self.names}
         for name in self.names:
             values = [r[f"test_{name}"] for r in self.reports.values() if f"test_{name}" in r]
