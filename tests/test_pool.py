@@ -573,6 +573,29 @@ def test_describe_each_answers_for_every_participant_and_says_why_one_could_not_
     assert worker.describe("site-3")["num_examples"] == answers[3]["num_examples"]  # registered by name
 
 
+def test_a_worker_serving_more_than_it_keeps_describes_without_building_models(tmp_path):
+    """Past its cache, a worker would build each model only to read its layout and evict it:
+    once it has built one of the architecture, it describes the others from their data. They
+    report what a full set-up reports, are refused alike, and start from the same weights."""
+    from actors.participant.participant import Participant
+    from actors.participant.pool import CouldNotStart
+
+    specs = [spec(i, tmp_path, "fedavg") for i in range(3)]
+    refused = spec(3, tmp_path, "fedmd", dp_sgd=DPSGD(noise_multiplier=1.0, max_grad_norm=1.0))
+    worker = PoolWorker(cache_size=2)
+    answers = worker.describe_each([*specs, refused])
+    assert [p.footprint_bytes() for p in worker._served.values()] == [0, 0]  # site-2, site-3: no model
+    for s, answer in zip(specs, answers):
+        full = Participant(s).describe()
+        assert answer.keys() == full.keys()
+        assert all(np.array_equal(answer[k], full[k]) if isinstance(full[k], np.ndarray) else answer[k] == full[k]
+                   for k in full), s.name
+    assert isinstance(answers[3], CouldNotStart)
+    assert "train.dp_sgd protects plain local training" in answers[3].message
+    assert np.array_equal(worker.initial_parameters(specs[2].name), Participant(specs[2]).initial_parameters())
+    assert worker._served["site-2"].footprint_bytes() > 0  # set up once asked for its weights
+
+
 def test_a_participant_that_kills_its_pool_worker_at_start_up_leaves_the_others_starting(ray_session, tmp_path):
     """A real crash in the one start-up call of a worker: Ray restarts the worker, the
     driver asks its participants again one at a time, and only the one that crashes it

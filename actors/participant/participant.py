@@ -11,9 +11,7 @@ with ``ray.remote(Participant).options(num_cpus=..., num_gpus=..., ...)``.
 from __future__ import annotations
 
 import contextlib
-import os
 import random
-import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,14 +25,15 @@ from actors.data.site_table import SiteTable
 from actors.data.tables import TransformMissing
 from actors.participant import private_state
 from actors.participant.attacks import apply_attack
+from actors.participant.description import describe_participant
 from actors.participant.gpu_memory import apply_cap, describe_oom, memory_cap_fraction
 from actors.participant.secure_aggregation import SEALED_METRIC, MaskingKey, SealedUpdates
 from actors.participant.system import SimulatedDropout, check_online, initial_phase, play_out
 from actors.spec.data import FittedTransform
 from actors.spec.participant import ParticipantSpec
 from actors.spec.training import TRAINED_TOGETHER
-from actors.training.local_model import TorchLocalModel
-from strategies import build_strategy
+from actors.training.local_model import TorchLocalModel, known_layout
+from strategies import Strategy, build_strategy
 from strategies.client import Work
 from strategies.secure_aggregation import encode
 from strategies.types import GlobalState, Instructions, Layout, Update
@@ -104,8 +103,29 @@ class Participant:
         self.pause: Callable[[float], None] = time.sleep
         """The simulator's sleep: a pool worker's ends early when the driver abandons the task."""
 
-    def _ensure_set_up(self) -> None:
-        """Load data, build the model and restore private state, once per process.
+    def _load_data(self) -> LocalData:
+        """Set-up's steps before the model: checks, torch's threads, the device, seeding
+        (the model's initial weights are drawn right after), the data."""
+        spec = self.spec
+        if spec.preprocess is not None and spec.transform is None:
+            raise TransformMissing(f"participant {spec.name}: the run preprocesses its table, and the fitted "
+                                   "transform has not reached this participant")
+        torch.set_num_threads(max(1, spec.num_threads))
+        self.device = pick_device()
+        seed_process(spec.seed, self.device)
+        return load_participant_data(spec)
+
+    def _checked_strategy(self) -> Strategy:
+        strategy = build_strategy(self.spec.strategy, self.spec.strategy_options)
+        if self.spec.train.dp_sgd is not None and not strategy.supports_dp_sgd:
+            raise ValueError(  # the silo enforces its own privacy, whatever the driver asks for
+                f"participant {self.spec.name}: train.dp_sgd protects plain local training of the "
+                f"weights; strategy {self.spec.strategy!r} does other local work")
+        return strategy
+
+    def _ensure_set_up(self, data: LocalData | None = None) -> None:
+        """Load data (unless given, just loaded by :meth:`_load_data`), build the model and
+        restore private state, once per process.
 
         This runs in the first call rather than in ``__init__``, so that a bad data path
         reaches the driver as the participant's own typed error (a ``DataError`` it can
@@ -114,21 +134,11 @@ class Participant:
         if self._set_up:
             return
         spec = self.spec
-        if spec.preprocess is not None and spec.transform is None:
-            raise TransformMissing(f"participant {spec.name}: the run preprocesses its table, and the fitted "
-                                   "transform has not reached this participant")
-        torch.set_num_threads(max(1, spec.num_threads))
-        self.device = pick_device()
-        seed_process(spec.seed, self.device)
+        self.data: LocalData = data if data is not None else self._load_data()
         self.gpu_cap_gb = cap_gpu_memory(spec, self.device)
-        self.data: LocalData = load_participant_data(spec)
         with self._within_cap():  # moving the data to the card can run out of memory too
             self._local = TorchLocalModel(spec, self.data, self.device)
-        self.strategy = build_strategy(spec.strategy, spec.strategy_options)
-        if spec.train.dp_sgd is not None and not self.strategy.supports_dp_sgd:
-            raise ValueError(  # the silo enforces its own privacy, whatever the driver asks for
-                f"participant {spec.name}: train.dp_sgd protects plain local training of the "
-                f"weights; strategy {spec.strategy!r} does other local work")
+        self.strategy = self._checked_strategy()
         self.client = self.strategy.client()
         self._rng = np.random.default_rng(spec.seed + 7919)
         self._phase = initial_phase(spec.system.availability, self._rng)  # periodic or trace windows
@@ -185,41 +195,29 @@ class Participant:
         if self.spec.transform is None and not self._set_up:
             self.spec = self.spec.model_copy(update={"transform": transform})
 
-    def describe(self) -> dict[str, Any]:
-        """Facts the driver records once: sizes, shapes, where the actor runs."""
-        self._ensure_set_up()
-        info: dict[str, Any] = {
-            "name": self.spec.name,
-            "group": self.spec.group,
-            "num_examples": self.local.num_examples,
-            "num_test_examples": len(self.data.y_test),
-            "input_shape": self.data.input_shape,
-            "num_classes": self.data.num_classes,
-            "num_parameters": self.layout.size,
-            "layout": self.layout,
-            "source": self.data.source,
-            "feature_names": self.data.feature_names,
-            "feature_scales": self.data.feature_scales,
-            "device": str(self.device),
-            "torch_threads": torch.get_num_threads(),
-            "speed": self.spec.speed,
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "tasks_done": self.private.tasks_done,
-            "restored_state": self.private.restored,
-        }
-        try:
-            import ray
+    def describe(self, lightly: bool = False) -> dict[str, Any]:
+        """Facts the driver records once: sizes, shapes, where the actor runs.
 
-            ctx = ray.get_runtime_context() if ray.is_initialized() else None
-            if ctx is not None and ctx.get_actor_id() is not None:  # inside an actor, not a driver
+        ``lightly``: when this process has built a model of the same architecture on the
+        CPU, describe from the data alone and set up at the first task. A pool worker
+        serving more participants than it keeps set up asks for this: it would otherwise
+        build each one's model only to read its layout, then evict it (0.6 ms each, most of
+        a thousand-participant start)."""
+        data, layout, private = (None, None, None) if self._set_up or not lightly else self._described_lightly()
+        if layout is None:
+            self._ensure_set_up(data)
+            data, layout, private = self.data, self.layout, self.private
+        return describe_participant(self.spec, data, layout, self.device, private)
 
-                info["node_id"] = ctx.get_node_id()
-                info["assigned_resources"] = ctx.get_assigned_resources()
-                info["gpu_ids"] = ray.get_gpu_ids()
-        except ImportError:  # pragma: no cover - Ray is a dependency
-            pass
-        return info
+    def _described_lightly(self) -> tuple[LocalData, Layout | None, private_state.PrivateState | None]:
+        """The data, and, when this process knows the layout of its model on the CPU, that
+        layout and the private state: all :meth:`describe` reports, with no model built."""
+        data = self._load_data()
+        layout = known_layout(self.spec, data) if self.device.type == "cpu" else None
+        if layout is None:
+            return data, None, None
+        self._checked_strategy()  # the same refusal as at set-up
+        return data, layout, private_state.load(self.spec.state_dir)
 
     def footprint_bytes(self) -> int:
         """What this participant holds once set up: its data, and its model's parameters

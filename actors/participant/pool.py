@@ -206,15 +206,20 @@ class PoolWorker:
 
     def describe(self, who: Who) -> dict[str, Any]:
         """Set up and describe; the run's fitted preprocessing, if any, is in the spec (a
-        participant first served for its statistics started without it)."""
+        participant first served for its statistics started without it). With more
+        participants than it keeps set up, the worker would evict most of those it set up
+        here: it describes them lightly (:meth:`Participant.describe`)."""
         spec = self._spec(who)
+        with self._lock:
+            lightly = len(self._specs) > self.cache_size
         with self._baton:  # in turn with the tasks: setting up seeds torch's global generator
-            return self._serve(spec, "describe")
+            return self._serve(spec, "describe", lightly)
 
     def describe_each(self, specs: list[ParticipantSpec]) -> list[dict[str, Any] | CouldNotStart]:
         """Register and describe each of these in one call: start-up costs a round trip per
         worker, not per participant (a thousand calls cost the driver seconds). One that
         cannot set up answers why in its place; the others are still described."""
+        self.register(specs)
         out: list[dict[str, Any] | CouldNotStart] = []
         for spec in specs:
             try:

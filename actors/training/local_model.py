@@ -27,6 +27,20 @@ from strategies.privacy import PrivacyAccountant
 from strategies.types import Layout
 
 _WARMED: set[tuple[str, Layout, bool]] = set()
+
+_LAYOUTS: dict[tuple, Layout] = {}
+"""The layout of each architecture this process has built a model of."""
+
+
+def _architecture(spec: ParticipantSpec, data: LocalData) -> tuple:
+    """All :func:`build_model` is given: a factory's structure depends on nothing else."""
+    return spec.model.model_dump_json(), data.input_shape, data.num_classes
+
+
+def known_layout(spec: ParticipantSpec, data: LocalData) -> Layout | None:
+    """The layout this participant's model will have, when this process has already built
+    one of its architecture (so the model need not be built to learn it), else None."""
+    return _LAYOUTS.get(_architecture(spec, data))
 """(device type, layout, DP-SGD) this process has run a warm-up step for."""
 
 
@@ -37,6 +51,7 @@ class TorchLocalModel:
         self.spec, self.data, self.device = spec, data, device
         self.model = build_model(spec.model.name, spec.model.options, data.input_shape, data.num_classes).to(device)
         self.layout: Layout = layout_of(self.model)
+        _LAYOUTS.setdefault(_architecture(spec, data), self.layout)
         self.loss_fn = loss_function(spec.task)
         self.x, self.y = to_tensors(data.x_train, target_array(data.y_train, spec.task), device)
         self.num_examples = len(self.y)
