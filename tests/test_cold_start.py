@@ -4,6 +4,7 @@ process behind, its autoscaler monitor stopped before ``ray.shutdown`` waits on 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -32,6 +33,7 @@ def spy_connect(config):
                          for info in infos]
     seen["monitor"] = ray._private.worker._global_node.all_processes[ray_constants.PROCESS_TYPE_MONITOR][0].process
     seen["api_server"] = ray_constants.PROCESS_TYPE_DASHBOARD in ray._private.worker._global_node.all_processes
+    seen["logs"] = ray._private.worker._global_node.get_logs_dir_path()
     return started
 
 def spy_shutdown(*args, **kwargs):
@@ -43,11 +45,14 @@ connect.connect_ray, ray.shutdown = spy_connect, spy_shutdown
 code = main(["run", sys.argv[1], "--quiet", "--out", sys.argv[2]])
 for p in seen["processes"]:  # each of the run's Ray processes ends (reaped here, or already)
     p.wait(timeout=30)
+import glob, os
+driver_log = "".join(open(f).read() for f in glob.glob(f"{seen['logs']}/python-core-driver-*_{os.getpid()}.log"))
 print(json.dumps({"code": code, "processes": len(seen["processes"]),
                   "monitor_dead_before_shutdown": seen["monitor_dead_before_shutdown"],
                   "raylet_alive_before_shutdown": seen["raylet_alive_before_shutdown"],
                   "initialized_after": ray.is_initialized(), "torch_imported": "torch" in sys.modules,
-                  "api_server": seen["api_server"]}))
+                  "api_server": seen["api_server"],
+                  "task_events_off": "Task Event Buffer is disabled" in driver_log}))
 """
 
 
@@ -64,6 +69,7 @@ def test_a_cold_run_starts_and_stops_its_own_ray_leaves_no_process_and_imports_n
     assert report["code"] == 0 and report["processes"] >= 3
     assert report["monitor_dead_before_shutdown"] and report["raylet_alive_before_shutdown"]
     assert not report["api_server"]  # a Ray for one run starts no dashboard/API server process
+    assert report["task_events_off"]  # nor reports task events nothing could read (0.25 s at exit)
     assert not report["initialized_after"]
     assert not report["torch_imported"]  # pool workers evaluate too: the driver never needs torch
     assert (tmp_path / "run" / "history.parquet").exists()
@@ -115,3 +121,16 @@ def test_the_fedray_command_leaves_at_once_after_exit_handlers_unless_a_thread_l
         else:
             assert "demo" in done.stdout
 
+
+
+@pytest.mark.parametrize(("report", "preset", "during"), [(False, None, "0"), (True, None, None), (False, "1", "1")])
+def test_task_events_are_off_while_ray_starts_unless_asked_for_or_set_by_the_user(monkeypatch, report, preset, during):
+    from orchestrator.cluster.connect import TASK_EVENTS_ENV, _task_events
+
+    if preset is None:
+        monkeypatch.delenv(TASK_EVENTS_ENV, raising=False)
+    else:
+        monkeypatch.setenv(TASK_EVENTS_ENV, preset)
+    with _task_events(report):
+        assert os.environ.get(TASK_EVENTS_ENV) == during
+    assert os.environ.get(TASK_EVENTS_ENV) == preset  # the caller's environment as it was
