@@ -596,6 +596,27 @@ def test_a_worker_serving_more_than_it_keeps_describes_without_building_models(t
     assert worker._served["site-2"].footprint_bytes() > 0  # set up once asked for its weights
 
 
+def test_a_worker_whose_tasks_train_together_warms_that_up_at_start_and_changes_nothing(tmp_path):
+    """torch.func's first use costs a second: a batching worker pays it while describing,
+    once per architecture, and its participants start and train exactly as without it."""
+    from actors.participant import cohort
+
+    cohort._WARMED.clear()
+    plain, warmed = PoolWorker(), PoolWorker()
+    plain_specs = [spec(i, tmp_path / "plain", "fedavg") for i in range(2)]
+    warmed_specs = [spec(i, tmp_path / "warmed", "fedavg") for i in range(2)]
+    plain.describe_each(plain_specs)
+    assert not cohort._WARMED
+    layout = warmed.describe_each(warmed_specs, together=True)[0]["layout"]
+    assert list(cohort._WARMED) == [("cpu", layout)]
+    for a, b in zip(plain_specs, warmed_specs):
+        start = plain.initial_parameters(a.name)
+        assert np.array_equal(start, warmed.initial_parameters(b.name))
+        state = GlobalState(0, start, layout)
+        assert np.array_equal(plain.train(a.name, state, Instructions(0, seed=3)).payload,
+                              warmed.train(b.name, state, Instructions(0, seed=3)).payload)
+
+
 def test_a_participant_that_kills_its_pool_worker_at_start_up_leaves_the_others_starting(ray_session, tmp_path):
     """A real crash in the one start-up call of a worker: Ray restarts the worker, the
     driver asks its participants again one at a time, and only the one that crashes it

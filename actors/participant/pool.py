@@ -204,18 +204,26 @@ class PoolWorker:
                     del self._served[name]  # its private state is already on disk
                     total, over = total - sizes[name], over - 1
 
-    def describe(self, who: Who) -> dict[str, Any]:
+    def describe(self, who: Who, together: bool = False) -> dict[str, Any]:
         """Set up and describe; the run's fitted preprocessing, if any, is in the spec (a
         participant first served for its statistics started without it). With more
         participants than it keeps set up, the worker would evict most of those it set up
-        here: it describes them lightly (:meth:`Participant.describe`)."""
+        here: it describes them lightly (:meth:`Participant.describe`). ``together``: its
+        tasks will train together, so batched training warms up too (``cohort.warm_up``)."""
         spec = self._spec(who)
         with self._lock:
             lightly = len(self._specs) > self.cache_size
         with self._baton:  # in turn with the tasks: setting up seeds torch's global generator
-            return self._serve(spec, "describe", lightly)
+            info = self._serve(spec, "describe", lightly)
+            with self._lock:
+                participant = self._served.get(spec.name)
+            if together and participant is not None and participant.footprint_bytes():
+                from actors.participant.cohort import warm_up
 
-    def describe_each(self, specs: list[ParticipantSpec]) -> list[dict[str, Any] | CouldNotStart]:
+                warm_up(participant.local)
+            return info
+
+    def describe_each(self, specs: list[ParticipantSpec], together: bool = False) -> list[dict[str, Any] | CouldNotStart]:
         """Register and describe each of these in one call: start-up costs a round trip per
         worker, not per participant (a thousand calls cost the driver seconds). One that
         cannot set up answers why in its place; the others are still described."""
@@ -223,7 +231,7 @@ class PoolWorker:
         out: list[dict[str, Any] | CouldNotStart] = []
         for spec in specs:
             try:
-                out.append(self.describe(spec))
+                out.append(self.describe(spec, together))
             except DataError as exc:  # names the participant and its data already
                 out.append(CouldNotStart(str(exc)))
             except Exception as exc:  # noqa: BLE001 - every other participant still starts

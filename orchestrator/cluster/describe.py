@@ -20,14 +20,15 @@ START_TIMEOUT_S = 300.0
 """How long participants may take to start (import torch, load data) before we give up."""
 
 
-def describe_all(members: list[Member]) -> list[tuple[str, str]]:
+def describe_all(members: list[Member], together: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
     """Ask every participant in ``members`` to set up and describe itself (``Member.info``);
-    returns ``(name, why)`` for each that could not, and marks it lost."""
+    returns ``(name, why)`` for each that could not, and marks it lost. ``together``: the
+    groups whose pool workers train their tasks together (they warm that up as well)."""
     dedicated = {member.call("describe"): member for member in members if not member.pooled}
-    return _await_start(dedicated) + _describe_pooled(members)
+    return _await_start(dedicated) + _describe_pooled(members, together)
 
 
-def _describe_pooled(members: list[Member]) -> list[tuple[str, str]]:
+def _describe_pooled(members: list[Member], together: frozenset[str]) -> list[tuple[str, str]]:
     """One ``describe_each`` call per pool worker. A worker that dies there (a crash, an
     OOM kill) is restarted by Ray and asked again one participant at a time, so a
     participant that kills its process does not keep the others from starting."""
@@ -35,7 +36,8 @@ def _describe_pooled(members: list[Member]) -> list[tuple[str, str]]:
     for member in members:
         if member.pooled:
             served.setdefault(id(member.handle), []).append(member)
-    calls = {group[0].handle.describe_each.remote([m.spec for m in group]): group for group in served.values()}
+    calls = {group[0].handle.describe_each.remote([m.spec for m in group], group[0].group in together): group
+             for group in served.values()}
     if not calls:
         return []
     ready, late = ray.wait(list(calls), num_returns=len(calls), timeout=START_TIMEOUT_S)

@@ -126,7 +126,7 @@ class Lifecycle:
     def _describe(self) -> None:
         """Each participant sets itself up and describes itself: a dedicated actor in a call
         of its own, a pool worker's participants all in one call (:mod:`~orchestrator.cluster.describe`)."""
-        errors = describe_all(list(self.members.values()))
+        errors = describe_all(list(self.members.values()), frozenset(g.name for g in self.config.groups if g.batches))
         for name, message in errors:
             self.history.record("failure", participant=name, detail=message)
         for line in one_line_per_cause(errors):
