@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
-from commands import ROOT, local_env, timed  # benchmarks/commands.py, beside this script
+from commands import ROOT, byte_compile, local_env, timed  # benchmarks/commands.py
 from peers import WORKLOADS, fedray_config
 from pipe_table import pipe_table
 
@@ -55,6 +55,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="fbefore-"))
     base = work / "base"
     subprocess.run(["git", "worktree", "add", "--detach", "-q", str(base), args.base], cwd=ROOT, check=True)
+    byte_compile(base), byte_compile(ROOT)
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                           text=True).stdout.strip()
     dirty = " (with uncommitted changes)" if subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=ROOT).returncode else ""

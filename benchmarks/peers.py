@@ -43,7 +43,7 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
-from commands import local_env, timed  # benchmarks/commands.py, beside this script
+from commands import byte_compile, local_env, timed  # benchmarks/commands.py, beside this script
 from pipe_table import pipe_table
 from warm_cluster import ray_head
 
@@ -113,6 +113,7 @@ def main() -> None:
                         help="also fedray joining a running Ray head, its pool workers left by a run before")
     args = parser.parse_args()
     env = local_env()
+    byte_compile()
     peers = {"pfl": importable(args.pfl_python, "pfl.algorithm"), "flower": importable(args.flower_python, "flwr.simulation")}
     missing = [f"pfl-research (not importable by {args.pfl_python})"] if not peers["pfl"] else []
     missing += [f"Flower (not importable by {args.flower_python})"] if not peers["flower"] else []
