@@ -366,6 +366,36 @@ def test_simulated_waits_of_a_batch_overlap(tmp_path, monkeypatch):
         assert update.train_seconds + wait <= took  # its training time holds no wait
 
 
+def test_a_round_runs_tasks_that_never_wait_in_its_thread_and_waiting_ones_side_by_side(tmp_path, monkeypatch):
+    """Threads only help tasks that wait (or train together): a round of plain tasks runs one
+    after another in the calling thread; tasks with a simulated link still wait at once."""
+    from actors.participant import pool
+    from actors.participant.summing import WorkerSum
+    from actors.spec.system import SystemSpec
+
+    waiting = threading.Barrier(2, timeout=60)  # broken (the tasks fail) unless both wait at once
+    monkeypatch.setattr(pool, "_pause", lambda seconds: seconds and waiting.wait())
+    worker = PoolWorker()
+    plain = [spec(i, tmp_path, "fedavg") for i in range(2)]
+    linked = [spec(i + 2, tmp_path, "fedavg").model_copy(update={"system": SystemSpec(bandwidth_mbps=0.2)})
+              for i in range(2)]
+    state = full_state(worker, plain[0])
+    ran_in: list[int] = []
+    train = worker.train
+
+    def spy(*args):
+        ran_in.append(threading.get_ident())
+        return train(*args)
+
+    monkeypatch.setattr(worker, "train", spy)
+    for group, inline in ((plain, True), (linked, False)):
+        ran_in.clear()
+        *updates, total = worker.train_round([(s, Instructions(task_id=i, seed=i)) for i, s in enumerate(group)],
+                                             state, None)
+        assert all(u.summed for u in updates) and isinstance(total, WorkerSum) and len(total.task_ids) == 2
+        assert (set(ran_in) == {threading.get_ident()}) is inline, ran_in
+
+
 def test_a_batch_keeps_every_member_cached_while_it_trains(tmp_path):
     """Under secure aggregation each member of a batch holds its sealed update in memory:
     a cache smaller than the batch must not evict members of the batch while they train

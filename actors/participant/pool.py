@@ -47,6 +47,7 @@ import ray
 from actors.data.tables import DataError
 from actors.participant import private_state
 from actors.participant.summing import WorkerSum, sum_checked
+from actors.participant.system import never_waits
 from actors.spec.participant import ParticipantSpec
 from strategies.types import GlobalState, Instructions, Update
 
@@ -261,15 +262,24 @@ class PoolWorker:
                     cohort: tuple[int, int] | None = None) -> tuple[Update | BaseException | WorkerSum, ...]:
         """This worker's tasks of one sync round in one call (:mod:`actors.participant.summing`),
         each in a thread of its own as if it were its own call: each task's update (its payload
-        summed here) or exception, in order, then the sum."""
-        futures = [self._threads.submit(self.train, who, state, instructions, cohort) for who, instructions in tasks]
-        outcomes: list[Update | BaseException] = []
-        for future in futures:
+        summed here) or exception, in order, then the sum. Tasks that neither train together
+        nor wait (:func:`~actors.participant.system.never_waits`) run one after another in this
+        thread: threads of their own would overlap nothing and contend for the interpreter."""
+        def outcome(who: Who, instructions: Instructions) -> Update | BaseException:
             try:
-                outcomes.append(future.result())
+                return self.train(who, state, instructions, cohort)
             except Exception as exc:  # noqa: BLE001 - the driver tells the kinds apart, as for a call's
-                outcomes.append(exc)
+                return exc
+
+        if cohort is None and all(self._never_waits(who, instructions) for who, instructions in tasks):
+            outcomes = [outcome(who, instructions) for who, instructions in tasks]
+        else:
+            outcomes = [f.result() for f in [self._threads.submit(outcome, *task) for task in tasks]]
         return (*outcomes, sum_checked(outcomes, state.layout, clip_norm))
+
+    def _never_waits(self, who: Who, instructions: Instructions) -> bool:
+        spec = who if isinstance(who, ParticipantSpec) else self._specs.get(who)  # unknown: fails at once
+        return spec is None or never_waits(spec, instructions.simulated_seconds is not None)
 
     @functools.cached_property
     def _threads(self) -> ThreadPoolExecutor:

@@ -48,6 +48,17 @@ def transfer_seconds(system: SystemSpec, nbytes: int) -> float:
     return 2 * nbytes * 8 / (system.bandwidth_mbps * 1e6) if system.bandwidth_mbps else 0.0
 
 
+def never_waits(spec: ParticipantSpec, simulated_clock: bool) -> bool:
+    """Whether this participant's tasks last their real time and no more: no simulated
+    wait (speed, per-sample time, bandwidth; none at all under the simulated clock), no
+    availability window, no injected hang."""
+    system = spec.system
+    if system.hang_prob > 0 or system.availability is not None or system.trace is not None:
+        return False
+    return simulated_clock or (spec.speed == 1.0 and not system.simulated_seconds_per_sample
+                               and not system.bandwidth_mbps)
+
+
 def task_duration(real_s: float, samples: int, speed: float, system: SystemSpec, nbytes: int = 0) -> float:
     """How long the task should appear to take under the wall clock (never shorter than it
     really took)."""
