@@ -27,6 +27,7 @@ from strategies.privacy import PrivacyAccountant
 from strategies.types import Layout
 
 _WARMED: set[tuple[str, Layout, bool]] = set()
+"""(device type, layout, DP-SGD) this process has run a warm-up step for."""
 
 _LAYOUTS: dict[tuple, Layout] = {}
 """The layout of each architecture this process has built a model of."""
@@ -41,7 +42,6 @@ def known_layout(spec: ParticipantSpec, data: LocalData) -> Layout | None:
     """The layout this participant's model will have, when this process has already built
     one of its architecture (so the model need not be built to learn it), else None."""
     return _LAYOUTS.get(_architecture(spec, data))
-"""(device type, layout, DP-SGD) this process has run a warm-up step for."""
 
 
 class TorchLocalModel:

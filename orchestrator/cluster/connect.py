@@ -54,7 +54,7 @@ def _task_events(report: bool) -> Iterator[None]:
     """Ray's task events off for this driver (and for a local Ray it starts here, which
     serves no state API to read them) unless ``report``: a driver reporting them spends
     ~0.25 s of its exit tearing that down (Ray 2.60, 2-core laptop: ``ray.shutdown`` of
-    a joined driver 0.27-0.29 s with them, 0.02-0.04 s without), a tenth of a warm run.
+    a joined driver 0.27-0.29 s with them, 0.02-0.03 s without), a tenth of a warm run.
     Ray reads the setting as the driver's core worker starts; the caller's environment
     is restored after, and a value the user set wins."""
     if report or TASK_EVENTS_ENV in os.environ:
