@@ -381,19 +381,40 @@ def test_a_round_runs_tasks_that_never_wait_in_its_thread_and_waiting_ones_side_
               for i in range(2)]
     state = full_state(worker, plain[0])
     ran_in: list[int] = []
-    train = worker.train
+    train = worker._train
 
     def spy(*args):
         ran_in.append(threading.get_ident())
         return train(*args)
 
-    monkeypatch.setattr(worker, "train", spy)
+    monkeypatch.setattr(worker, "_train", spy)
     for group, inline in ((plain, True), (linked, False)):
         ran_in.clear()
         *updates, total = worker.train_round([(s, Instructions(task_id=i, seed=i)) for i, s in enumerate(group)],
                                              state, None)
         assert all(u.summed for u in updates) and isinstance(total, WorkerSum) and len(total.task_ids) == 2
         assert (set(ran_in) == {threading.get_ident()}) is inline, ran_in
+
+
+def test_a_round_trains_together_without_waiting_for_a_task_that_failed_to_start(tmp_path, monkeypatch):
+    """The tasks of one ``train_round`` call are a cohort that has all arrived: one that
+    cannot even start (its worker does not know it) ends at once, and the others train
+    together without waiting for it (before, they waited ``COHORT_WAIT_S`` for it)."""
+    from actors.participant import cohort
+    from actors.participant.pool import NotRegistered
+
+    monkeypatch.setattr(cohort, "COHORT_WAIT_S", 30.0)
+    worker = PoolWorker()
+    members = [spec(i, tmp_path, "fedavg") for i in range(3)]
+    state = full_state(worker, members[0])
+    tasks = [(s, Instructions(task_id=i, seed=i)) for i, s in enumerate(members)] + [
+        ("site-9", Instructions(task_id=3, seed=3))]
+    started = time.monotonic()
+    *outcomes, total = worker.train_round(tasks, state, None, cohort=(0, len(tasks)))
+    assert time.monotonic() - started < cohort.COHORT_WAIT_S / 2
+    assert isinstance(outcomes[-1], NotRegistered)
+    assert [u.metrics["batched"] for u in outcomes[:3]] == [3.0] * 3
+    assert sorted(total.task_ids) == [0, 1, 2]
 
 
 def test_a_batch_keeps_every_member_cached_while_it_trains(tmp_path):
@@ -627,7 +648,7 @@ def test_a_worker_serving_more_than_it_keeps_describes_without_building_models(t
 
 
 def test_a_worker_whose_tasks_train_together_warms_that_up_at_start_and_changes_nothing(tmp_path):
-    """torch.func's first use costs a second: a batching worker pays it while describing,
+    """vmap's first use costs 0.3-0.4 s: a batching worker pays it while describing,
     once per architecture, and its participants start and train exactly as without it."""
     from actors.participant import cohort
 

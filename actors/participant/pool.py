@@ -246,11 +246,11 @@ class PoolWorker:
 
     def train(self, who: Who, state: GlobalState, instructions: Instructions,
               cohort: tuple[int, int] | None = None) -> Update:
-        """One task. ``cohort``: ``(id, size)`` of the batch the driver sent it with; its
-        members train together where they batch (:mod:`actors.participant.cohort`)."""
-        spec = self._spec(who)
-        together = self._join(cohort)
-        with together.member(), self._running(spec) as p, together.baton:
+        """One task; ``cohort``: ``(id, size)`` of the batch it was sent with (:mod:`~actors.participant.cohort`)."""
+        return self._train(who, state, instructions, self._join(cohort))
+
+    def _train(self, who: Who, state: GlobalState, instructions: Instructions, together: Cohort) -> Update:
+        with together.member(), self._running(self._spec(who)) as p, together.baton:
             local = p.local  # set up under the baton: setting up seeds torch's global generator
             local.trainer, p.idle, p.pause = together.trainer(), together.away, _pause
             try:
@@ -262,16 +262,19 @@ class PoolWorker:
                     cohort: tuple[int, int] | None = None) -> tuple[Update | BaseException | WorkerSum, ...]:
         """This worker's tasks of one sync round in one call (:mod:`actors.participant.summing`),
         each in a thread of its own as if it were its own call: each task's update (its payload
-        summed here) or exception, in order, then the sum. Tasks that neither train together
-        nor wait (:func:`~actors.participant.system.never_waits`) run one after another in this
-        thread: threads of their own would overlap nothing and contend for the interpreter."""
+        summed here) or exception, in order, then the sum. With a ``cohort`` they are one
+        (``Cohort.of_call``). Tasks that neither train together nor wait (``never_waits``) run
+        one after another in this thread: threads would overlap nothing and contend for the GIL."""
+        from actors.participant.cohort import Cohort
+        together = None if cohort is None else Cohort.of_call(len(tasks), self._baton)
+
         def outcome(who: Who, instructions: Instructions) -> Update | BaseException:
             try:
-                return self.train(who, state, instructions, cohort)
+                return self._train(who, state, instructions, together or self._join(None))
             except Exception as exc:  # noqa: BLE001 - the driver tells the kinds apart, as for a call's
                 return exc
 
-        if cohort is None and all(self._never_waits(who, instructions) for who, instructions in tasks):
+        if together is None and all(self._never_waits(who, instructions) for who, instructions in tasks):
             outcomes = [outcome(who, instructions) for who, instructions in tasks]
         else:
             outcomes = [f.result() for f in [self._threads.submit(outcome, *task) for task in tasks]]
