@@ -648,7 +648,7 @@ def test_a_worker_serving_more_than_it_keeps_describes_without_building_models(t
 
 
 def test_a_worker_whose_tasks_train_together_warms_that_up_at_start_and_changes_nothing(tmp_path):
-    """vmap's first use costs 0.3-0.4 s: a batching worker pays it while describing,
+    """The first batched step sets vmap up: a batching worker takes it while describing,
     once per architecture, and its participants start and train exactly as without it."""
     from actors.participant import cohort
 

@@ -238,9 +238,9 @@ _WARMED: set[tuple] = set()
 
 def warm_up(local: Any) -> None:
     """Train two copies of ``local``'s model together on two rows, then drop them: the
-    first :func:`train_batched` call in a process sets up vmap (0.3-0.4 s on a 2-core
-    laptop), and a pool worker that batches makes it at start-up, beside the serial
-    warm-up, instead of in its first round. Once per architecture and device per
+    first :func:`train_batched` call in a process sets up vmap (~20 ms on a 2-core
+    laptop, more on a GPU), and a pool worker that batches makes it at start-up, beside
+    the serial warm-up, instead of in its first round. Once per architecture and device per
     process; nothing of the participant changes (its model is copied, no global random
     generator is drawn from)."""
     key = (local.device.type, local.layout)

@@ -9,18 +9,13 @@ simulator random state, DP-SGD budget) in its own state directory after every ta
 participant evicted from the cache, or served after the worker restarted, goes on from
 where it was. The driver never reads that state; it only names the participant.
 
-The driver registers each participant with its worker once (:meth:`PoolWorker.register`,
-or a spec in place of the name in any call) and then names it: the methods mirror the
-Participant's, with the participant's name as the first argument. A worker Ray restarted
-has lost its registrations and answers a call naming one with :class:`NotRegistered`; the
-driver then sends the spec again with that participant's next call.
+The driver registers each participant once (:meth:`PoolWorker.register`, or a spec in
+place of the name in any call) and then names it in calls that mirror the Participant's.
 
-Each task is its own call, run in its own thread (the actor's ``max_concurrency`` is
-:func:`task_threads`), so each result goes back the moment its task ends: under the wall
-clock a fast participant is never held back by a straggler served by the same worker.
-The tasks take turns computing (:class:`~actors.participant.cohort.Cohort`'s baton, the worker's), and
-their simulated waits overlap. Tasks the driver sends as one batch name a shared cohort
-and train together. A task the driver abandons (``task_timeout_s``, through
+Each task is its own call in its own thread (``max_concurrency``: :func:`task_threads`),
+so a fast participant is never held back by a straggler served by the same worker. The
+tasks take turns computing (the worker's baton, :class:`~actors.participant.cohort.Cohort`),
+their simulated waits overlap, and tasks sent as one batch train together. A task the driver abandons (``task_timeout_s``, through
 ``ray.cancel``) stops at its next wait; one stuck in its own computation keeps its thread,
 and that participant's next task fails at once rather than run beside it.
 
@@ -52,6 +47,7 @@ from actors.spec.participant import ParticipantSpec
 from strategies.types import GlobalState, Instructions, Update
 
 if TYPE_CHECKING:
+    from actors.participant.batching_probe import Probe
     from actors.participant.cohort import Cohort
     from actors.participant.participant import Participant
 
@@ -84,14 +80,12 @@ Who = str | ParticipantSpec
 
 
 class NotRegistered(LookupError):
-    """A call named a participant this worker has no spec for: Ray restarted the worker and
-    its registrations went with the old process. The driver sends the spec again."""
+    """A call named a participant this worker has no spec for (Ray restarted it): the driver sends the spec again."""
 
 
 @dataclass(frozen=True)
 class CouldNotStart:
-    """What :meth:`PoolWorker.describe_each` answers in place of a participant that could
-    not set up: the message the driver records and prints."""
+    """:meth:`PoolWorker.describe_each`'s answer for a participant that could not set up: why."""
 
     message: str
 
@@ -113,7 +107,6 @@ def _cancelled() -> bool:
 def _pause(seconds: float) -> None:
     """The simulator's sleep, cut short when the driver abandons the task."""
     from actors.participant.cohort import POLL_S, TaskAbandoned
-
     end = time.perf_counter() + seconds
     while (left := end - time.perf_counter()) > 0:
         if _cancelled():
@@ -122,12 +115,7 @@ def _pause(seconds: float) -> None:
 
 
 class PoolWorker:
-    """Serves any participant it is given; keeps the ``cache_size`` most recent set up.
-
-    >>> worker = PoolWorker(cache_size=2)
-    >>> worker.cached()
-    []
-    """
+    """Serves any participant it is given; keeps the ``cache_size`` most recent set up."""
 
     def __init__(self, cache_size: int = DEFAULT_CACHE, cache_mb: float | None = None) -> None:
         if cache_size < 1:
@@ -243,6 +231,15 @@ class PoolWorker:
     def initial_parameters(self, who: Who) -> np.ndarray:
         with self._baton:
             return self._serve(who, "initial_parameters")
+
+    def probe_batching(self, whos: list[Who], tasks: int | None) -> Probe:
+        """Copies of these participants trained together against one at a time, timed
+        (``batched: auto``: :mod:`~actors.participant.batching_probe`)."""
+        from actors.participant.batching_probe import probe
+        with contextlib.ExitStack() as running:
+            served = [running.enter_context(self._running(self._spec(who))) for who in whos]
+            with self._baton:
+                return probe([p.local for p in served], tasks)
 
     def train(self, who: Who, state: GlobalState, instructions: Instructions,
               cohort: tuple[int, int] | None = None) -> Update:

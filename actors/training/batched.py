@@ -137,9 +137,10 @@ def _batched_grad(template: nn.Module, loss_fn: Loss) -> Callable:
     passes as one and ordinary autograd differentiates the sum of the K losses: each
     participant's loss depends on its own row of the stack only, so the sum's gradient
     holds every participant's own gradient. ``torch.func.grad`` would give the same
-    numbers, but its first call imports ``torch._dynamo`` (1.2-1.5 s on a 2-core laptop,
-    against 0.3-0.4 s for this one's first call). ``randomness="error"`` (vmap's default)
-    makes any random op fail loudly instead of silently diverging from serial training."""
+    numbers, but its first call imports ``torch._dynamo`` (1.2-1.5 s on a 2-core laptop).
+    ``randomness="error"`` (vmap's default) makes any random op fail loudly instead of
+    silently diverging from serial training."""
+    loss_fn = _cross_entropy if loss_fn is F.cross_entropy else loss_fn
 
     def one(params: dict, frozen: dict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return loss_fn(functional_call(template, {**params, **frozen}, (x,)), y)
@@ -155,6 +156,14 @@ def _batched_grad(template: nn.Module, loss_fn: Loss) -> Callable:
                 losses.detach())
 
     return grad_and_losses
+
+
+def _cross_entropy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``F.cross_entropy`` of class indices (mean over the batch) as a log-softmax and a
+    gather. Under vmap ``F.cross_entropy`` runs nll_loss's Python decomposition, whose
+    shape check imports sympy: 0.4-0.5 s at the first batched step in a process, against
+    ~20 ms for this."""
+    return -F.log_softmax(out, dim=1).gather(1, y.unsqueeze(1)).mean()
 
 
 def _sgd(params: dict, grads: dict, state: dict, spec: TrainSpec) -> None:

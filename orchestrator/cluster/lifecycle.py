@@ -14,6 +14,7 @@ from actors.participant.pool import PoolWorker, task_threads
 from actors.participant.private_state import PrivateStateError, Rollback
 from actors.spec.data import FileData, FittedTransform
 from actors.spec.participant import ParticipantSpec
+from orchestrator.cluster import batching
 from orchestrator.cluster.describe import START_TIMEOUT_S, describe_all
 from orchestrator.cluster.fits import PlacementError, bundle, check_placement
 from orchestrator.cluster.members import Member, RunError, error_message
@@ -126,7 +127,9 @@ class Lifecycle:
     def _describe(self) -> None:
         """Each participant sets itself up and describes itself: a dedicated actor in a call
         of its own, a pool worker's participants all in one call (:mod:`~orchestrator.cluster.describe`)."""
-        errors = describe_all(list(self.members.values()), frozenset(g.name for g in self.config.groups if g.batches))
+        members = list(self.members.values())
+        errors = describe_all(members, frozenset(g.name for g in self.config.groups if g.batched is True))
+        batching.choose(members, self.config, self.history)
         for name, message in errors:
             self.history.record("failure", participant=name, detail=message)
         for line in one_line_per_cause(errors):

@@ -46,6 +46,8 @@ class Member:
     registered: bool = False
     """Pooled: its worker has its current spec, so calls send only its name. Assigning
     ``spec`` (the fitted preprocessing) clears it, and so does :func:`worker_restarted`."""
+    batches: bool = False
+    """Pooled: its worker trains the tasks it has at once together (:mod:`~orchestrator.cluster.batching`)."""
     saved_task: int | None = None
     """The last task after which it reported saving its private state."""
     rollback_before: int = 0

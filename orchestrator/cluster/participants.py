@@ -60,18 +60,17 @@ class Participants(Lifecycle):
         """Send ``tasks``, one call each; the ones for participants of a batched pool group
         that share a worker name one cohort, so the worker trains them together
         (actors/participant/cohort.py), and each still comes back as soon as it ends."""
-        batched = {g.name for g in self.config.groups if g.batches}  # (the config pre-flight resolved)
         together: dict[int, list[tuple[Member, Instructions, Task]]] = {}
         for item in tasks:
             member = item[0]
-            if member.pooled and (member.group in batched or self.sums.on):
+            if member.pooled and (member.batches or self.sums.on):
                 together.setdefault(id(member.handle), []).append(item)
             else:
                 self.dispatch(member, state_ref, *item[1:])
         for items in together.values():
             for start in range(0, len(items), TASK_THREADS_MAX):  # a cohort never outnumbers the threads
                 chunk = items[start:start + TASK_THREADS_MAX]
-                cohort = (chunk[0][2].task_id, len(chunk)) if len(chunk) > 1 and chunk[0][0].group in batched else None
+                cohort = (chunk[0][2].task_id, len(chunk)) if len(chunk) > 1 and chunk[0][0].batches else None
                 if self.sums.on:  # one call for them all (orchestrator/cluster/worker_sums.py)
                     refs = self.sums.send(chunk, state_ref, cohort)
                 else:

@@ -90,8 +90,9 @@ class Group(Strict):
 
     batched: bool | Literal["auto"] = Field(
         "auto", description="pool workers train the tasks they have at once together, as one "
-        "batched computation where the local step allows it (actors/participant/cohort.py); auto: on GPU "
-        "workers (num_gpus > 0)")
+        "batched computation where the local step allows it (actors/participant/cohort.py); auto: each "
+        "worker expecting two or more tasks at once measures both ways at start and does what was faster "
+        "(orchestrator/cluster/batching.py)")
 
     @model_validator(mode="before")
     @classmethod
@@ -124,13 +125,6 @@ class Group(Strict):
                 "workers are always restarted (their participants' state is on disk): drop it, or set "
                 "hosting: dedicated (or auto)")
         return self
-
-    @property
-    def batches(self) -> bool:
-        """Whether this group's pool workers train their tasks together."""
-        if self.hosting != "pool":
-            return False
-        return self.resources.num_gpus > 0 if self.batched == "auto" else bool(self.batched)
 
     @property
     def pool_size(self) -> int:
