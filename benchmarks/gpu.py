@@ -12,8 +12,10 @@ after another, averaged: the floor a hand-written loop reaches), ``one process b
 (the same loop, but each round trains every participant at once with
 ``actors.training.batched.train_batched``: what the vmapped step gains with no Ray, no client halves
 and no transfers, the ceiling for fedray batched), ``fedray pool`` (one
-pool worker holding the whole card, ``batched: false``) and ``fedray batched`` (the same
-worker training its tasks together, ``batched: true``). Throughput is samples trained per
+pool worker holding the whole card, ``batched: false``), ``fedray batched`` (the same
+worker training its tasks together, ``batched: true``) and ``fedray auto`` (``batched: auto``:
+the worker measures both at start and picks; its ``start s`` includes the measuring, its
+``batched`` column says what it picked). Throughput is samples trained per
 second of training rounds (start-up reported apart); GPU memory is the card's used memory
 at its peak while the run goes (nvidia-smi, every 0.2 s), for fedray all processes together.
 
@@ -58,7 +60,7 @@ def dataset(w: dict) -> dict:
             "size_sigma": 0.0, "test_fraction": 0.1, "eval_participants": 2, "seed": 0}
 
 
-def config(w: dict, rounds: int, batched: bool, gpus: float = 1, cpus: int = 1) -> dict:
+def config(w: dict, rounds: int, batched: bool | str, gpus: float = 1, cpus: int = 1) -> dict:
     return {"name": "gpu", "seed": 0, "dataset": dataset(w),
             "groups": [{"name": "site", "count": w["count"], "hosting": "pool", "workers": 1, "batched": batched,
                         "cache_size": w["count"], "model": {"name": "mlp", "hidden": w["hidden"]},
@@ -146,7 +148,7 @@ def _serial(w: dict, rounds: int, device: torch.device, together: bool) -> dict:
     return {"start s": 0.0, "train s": seconds, "samples/s": samples / seconds}
 
 
-def fedray(w: dict, rounds: int, batched: bool, gpus: float) -> dict:
+def fedray(w: dict, rounds: int, batched: bool | str, gpus: float) -> dict:
     from orchestrator.config import load_config
     from orchestrator.loop.run import Orchestrator
 
@@ -188,7 +190,8 @@ def main() -> None:
         base = serial(w, rounds, device)
         for way, result in (("serial", base), ("one process batched", serial(w, rounds, device, together=True)),
                             ("fedray pool", fedray(w, rounds, False, gpus)),
-                            ("fedray batched", fedray(w, rounds, True, gpus))):
+                            ("fedray batched", fedray(w, rounds, True, gpus)),
+                            ("fedray auto", fedray(w, rounds, "auto", gpus))):
             rows.append({"workload": label, "way": way, **result,
                          "x serial": result["samples/s"] / base["samples/s"]})
     table = pd.DataFrame(rows).set_index(["workload", "way"])
