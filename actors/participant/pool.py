@@ -15,9 +15,10 @@ place of the name in any call) and then names it in calls that mirror the Partic
 Each task is its own call in its own thread (``max_concurrency``: :func:`task_threads`),
 so a fast participant is never held back by a straggler served by the same worker. The
 tasks take turns computing (the worker's baton, :class:`~actors.participant.cohort.Cohort`),
-their simulated waits overlap, and tasks sent as one batch train together. A task the driver abandons (``task_timeout_s``, through
-``ray.cancel``) stops at its next wait; one stuck in its own computation keeps its thread,
-and that participant's next task fails at once rather than run beside it.
+their simulated waits overlap, and tasks sent as one batch train together. A task the
+driver abandons (``task_timeout_s``, through ``ray.cancel``) stops at its next wait; one
+stuck in its own computation keeps its thread, and that participant's next task fails at
+once rather than run beside it.
 
 This module imports no torch: Ray imports an actor's module in every driver that creates
 or looks up (``ray.get_actor``) the actor, so the torch-heavy participant and cohort code
@@ -107,6 +108,7 @@ def _cancelled() -> bool:
 def _pause(seconds: float) -> None:
     """The simulator's sleep, cut short when the driver abandons the task."""
     from actors.participant.cohort import POLL_S, TaskAbandoned
+
     end = time.perf_counter() + seconds
     while (left := end - time.perf_counter()) > 0:
         if _cancelled():
