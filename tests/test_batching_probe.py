@@ -79,6 +79,38 @@ def test_a_worker_does_not_measure_what_cannot_train_together_or_could_not_repay
     assert not short.batches and "too little to repay measuring" in short.why_not
 
 
+def test_one_at_a_time_runs_on_the_thread_count_the_measurement_found_faster(tmp_path, monkeypatch):
+    """Asked for two torch threads, a worker also times one at a time on one thread and keeps
+    whichever was faster for that architecture; training alone then sets that count in its
+    thread, and training together the group's."""
+    from actors.training import threads
+
+    monkeypatch.setattr(threads, "_ALONE", {})
+    used: list[int] = []
+    use = threads.use
+    monkeypatch.setattr(threads, "use", lambda count: (used.append(count), use(count)))
+    worker = PoolWorker()
+    specs = [spec(i, tmp_path).model_copy(update={"num_threads": 2}) for i in range(2)]
+    worker.describe_each(specs)
+    probe = worker.probe_batching([s.name for s in specs], None)
+    local = worker._served[specs[0].name].local
+    assert threads.alone(local) == (1 if probe.alone_threads else 2)
+    assert ("on 1 torch thread" in probe.line()) == bool(probe.alone_threads)
+    assert used[0] == 2 and (1 in used) and used[-1] == 2  # timed on the group's, on one, then back
+
+    threads.prefer_alone(local, 1)
+    used.clear()
+    from strategies.types import GlobalState, Instructions
+
+    state = GlobalState(0, worker.initial_parameters(specs[0].name), local.layout)
+    worker.train(specs[0].name, state, Instructions(task_id=0, seed=1))
+    assert used == [1]
+    used.clear()
+    *updates, _ = worker.train_round([(s.name, Instructions(task_id=1 + i, seed=i)) for i, s in enumerate(specs)],
+                                     state, None, cohort=(1, 2))
+    assert [u.metrics["batched"] for u in updates] == [2.0, 2.0] and used == [2]
+
+
 def _run(batched, **stop) -> pd.DataFrame:
     group = {**digits_config()["groups"][0], "count": 6, "workers": 2, "batched": batched}
     return Orchestrator(load_config(digits_config(groups=[group], stop=stop))).run()

@@ -8,6 +8,8 @@ device: a pool worker trains copies of the participants it expects to train at o
 their own data and with their own local work (at most :data:`MAX_STEPS` steps each), both
 ways, in the thread its tasks run in. Scaled to one task, together must beat one at a time
 by :data:`MARGIN` after paying :data:`HANDOVER_S` per task, which this loop does not see.
+With more than one torch thread asked for, one at a time is also timed on one thread, and
+kept on one (:mod:`actors.training.threads`) where that was faster by :data:`MARGIN`.
 
 The copies are thrown away: the participants' models, data, optimizer state and torch's
 global generators are as they were (training seeds its own generators,
@@ -61,6 +63,8 @@ class Probe:
     alone_s: float = math.nan
     task_steps: float = 1.0
     why_not: str | None = None
+    alone_threads: int = 0
+    """1 when one at a time ran faster on one torch thread than on the group's (and was timed so); else 0."""
 
     def per_task(self) -> tuple[float, float]:
         """Seconds one task takes together (hand-over included) and alone."""
@@ -80,8 +84,9 @@ class Probe:
             return f"one at a time: {self.why_not}"
         together, alone = self.per_task()
         verdict = "together" if self.batches else "one at a time"
+        one = " (on 1 torch thread, faster than the group's)" if self.alone_threads else ""
         return (f"{verdict}: {self.copies} participants' models, {self.steps:.3g} steps each, took "
-                f"{self.together_s * 1000:.1f} ms together and {self.alone_s * 1000:.1f} ms one at a time; a task "
+                f"{self.together_s * 1000:.1f} ms together and {self.alone_s * 1000:.1f} ms one at a time{one}; a task "
                 f"({self.task_steps:.3g} steps) {together * 1000:.2f} ms together with the hand-over, "
                 f"{alone * 1000:.2f} ms alone")
 
@@ -90,6 +95,7 @@ def probe(locals_: Sequence[Any], tasks: int | None = None) -> Probe:
     """Measure these participants' models (``actors.training.local_model.TorchLocalModel``)
     trained together against one after another. ``tasks``: how many tasks the worker
     expects over the run (None: no bound), for :data:`COST_SHARE`."""
+    from actors.training import threads
     from actors.training.batched import can_batch, train_batched
     from actors.training.loops import train_locally
 
@@ -120,7 +126,8 @@ def probe(locals_: Sequence[Any], tasks: int | None = None) -> Probe:
         for model, local, spec, seed, n in zip(models, locals_, specs, seeds, steps):
             train_locally(model, local.x, local.y, spec, seed, spec.local_epochs, n, loss_fn=loss_fn)
 
-    device = locals_[0].device
+    device, asked = locals_[0].device, max(1, locals_[0].spec.num_threads)
+    threads.use(asked)
     first_alone = _timed(alone, device)
     run_alone = (tasks or 0) * first_alone / copies * sum(full) / sum(steps)
     if tasks is not None and 4 * first_alone > COST_SHARE * run_alone:
@@ -128,7 +135,16 @@ def probe(locals_: Sequence[Any], tasks: int | None = None) -> Probe:
                      f"too little to repay measuring ({4 * first_alone:.2f}s)")
     together()  # the first batched step in this process (~20 ms on a 2-core laptop), untimed
     first, again_alone, second = (_timed(way, device) for way in (together, alone, together))
-    return Probe(copies, sum(steps) / copies, min(first, second), min(first_alone, again_alone), sum(full) / copies)
+    alone_s, fewer = min(first_alone, again_alone), 0
+    if asked > 1:  # one at a time may run faster on one thread (actors/training/threads.py)
+        threads.use(1)
+        one_thread = _timed(alone, device)
+        threads.use(asked)
+        if one_thread <= MARGIN * alone_s:
+            alone_s, fewer = one_thread, 1
+            for local in locals_:
+                threads.prefer_alone(local, 1)
+    return Probe(copies, sum(steps) / copies, min(first, second), alone_s, sum(full) / copies, alone_threads=fewer)
 
 
 def _timed(way: Callable[[], None], device: Any) -> float:

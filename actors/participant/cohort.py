@@ -41,6 +41,7 @@ from typing import Any
 
 import torch
 
+from actors.training import threads
 from actors.training.batched import can_batch, train_batched
 from strategies.client import Term, Work
 
@@ -200,6 +201,7 @@ def _together(requests: list[Request], cohort: list[Request]) -> None:
         return
     try:
         first = requests[0].local
+        threads.use(first.spec.num_threads)  # (the thread may have trained one alone on fewer)
         metrics = train_batched(
             [r.local.model for r in requests], [r.local.x for r in requests], [r.local.y for r in requests],
             first.spec.train, [r.work.seed for r in requests], [r.work.epochs for r in requests],

@@ -16,6 +16,7 @@ import torch
 
 from actors.data.load import LocalData, apply_view, load_shared_dataset
 from actors.spec.participant import ParticipantSpec
+from actors.training import threads
 from actors.training.distillation import consensus_term, distill, load_public_set, predict_logits
 from actors.training.local_dp import check_budget, check_supported, train_dp_sgd
 from actors.training.loops import evaluate, local_gradient, task_rng, to_tensors, train_locally
@@ -97,6 +98,7 @@ class TorchLocalModel:
 
     def train_now(self, work: Work, terms: Sequence[Term] = (), trainable: str | None = None) -> dict[str, float]:
         """Local training by itself; DP-SGD when the silo requires it."""
+        threads.use(threads.alone(self))
         if self.dp_accountant is not None:
             return self._train_dp(work, terms, trainable)
         proximal = offset = extra = None
