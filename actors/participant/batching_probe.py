@@ -138,7 +138,7 @@ def probe(locals_: Sequence[Any], tasks: int | None = None) -> Probe:
     alone_s, fewer = min(first_alone, again_alone), 0
     if asked > 1:  # one at a time may run faster on one thread (actors/training/threads.py)
         threads.use(1)
-        one_thread = _timed(alone, device)
+        one_thread = min(_timed(alone, device), _timed(alone, device))  # as many tries as on the group's
         threads.use(asked)
         if one_thread <= MARGIN * alone_s:
             alone_s, fewer = one_thread, 1
