@@ -111,6 +111,25 @@ def test_one_at_a_time_runs_on_the_thread_count_the_measurement_found_faster(tmp
     assert [u.metrics["batched"] for u in updates] == [2.0, 2.0] and used == [2]
 
 
+def test_a_group_that_does_not_batch_still_measures_one_thread_when_it_asks_for_more(tmp_path, monkeypatch):
+    """``batched: false`` with two torch threads asked for: nothing is trained together, but
+    one at a time is timed on the group's threads and on one, and the faster kept."""
+    from actors.training import threads
+
+    monkeypatch.setattr(threads, "_ALONE", {})
+    worker = PoolWorker()
+    specs = [spec(i, tmp_path).model_copy(update={"num_threads": 2}) for i in range(2)]
+    worker.describe_each(specs)
+    probe = worker.probe_batching([specs[0].name], None, together=False)
+    assert probe.why_not == "batched: false" and not probe.batches
+    assert math.isnan(probe.together_s) and probe.alone_s > 0
+    assert probe.line().startswith("one at a time (batched: false): 1 participants' models, ")
+    assert threads.alone(worker._served[specs[0].name].local) == (1 if probe.alone_threads else 2)
+    one_thread = [spec(2, tmp_path)]  # asks for one thread: with nothing to train together, nothing to time
+    worker.describe_each(one_thread)
+    assert worker.probe_batching([one_thread[0].name], None, together=False).line() == "one at a time: batched: false"
+
+
 def _run(batched, **stop) -> pd.DataFrame:
     group = {**digits_config()["groups"][0], "count": 6, "workers": 2, "batched": batched}
     return Orchestrator(load_config(digits_config(groups=[group], stop=stop))).run()
@@ -130,5 +149,5 @@ def test_each_worker_batches_as_its_measurement_says(ray_session):
         same_worker = [f"site-{i}" for i in range(6) if i % 2 == int(verdict.participant.split("-")[1]) % 2]
         mine = updates[updates.participant.isin(same_worker)]
         assert (mine.batched > 1).all() if ends else (mine.batched == 1).all(), verdict.detail
-    off = _run(False, max_aggregations=3)
+    off = _run(False, max_aggregations=3)  # one torch thread each (num_cpus 0.5): nothing to measure
     assert not (off.event == "batching").any() and (off[off.event == "update"].batched == 1).all()

@@ -54,8 +54,9 @@ twice over; on shorter runs the measurement itself would cost more than batching
 class Probe:
     """One worker's measurement: ``copies`` participants' models, ``steps`` steps each on
     average (their tasks take ``task_steps``), trained together in ``together_s`` and one
-    after another in ``alone_s`` (the faster of two tries each); or ``why_not``, when they
-    cannot train together or the run holds too little training to be worth it."""
+    after another in ``alone_s`` (the faster of two tries each). ``why_not``: why they do
+    not train together (then ``together_s`` is NaN, and ``alone_s`` too where nothing was
+    timed: the run holds too little training to be worth it, or no thread count to try)."""
 
     copies: int
     steps: float = 0.0
@@ -80,37 +81,43 @@ class Probe:
 
     def line(self) -> str:
         """What was measured and chosen, for the history and the log."""
+        one = " (on 1 torch thread, faster than the group's)" if self.alone_threads else ""
         if self.why_not is not None:
-            return f"one at a time: {self.why_not}"
+            if math.isnan(self.alone_s):
+                return f"one at a time: {self.why_not}"
+            alone = self.alone_s * self.task_steps / (self.steps * self.copies)
+            return (f"one at a time ({self.why_not}): {self.copies} participants' models, {self.steps:.3g} steps "
+                    f"each, took {self.alone_s * 1000:.1f} ms{one}; a task ({self.task_steps:.3g} steps) "
+                    f"{alone * 1000:.2f} ms")
         together, alone = self.per_task()
         verdict = "together" if self.batches else "one at a time"
-        one = " (on 1 torch thread, faster than the group's)" if self.alone_threads else ""
         return (f"{verdict}: {self.copies} participants' models, {self.steps:.3g} steps each, took "
                 f"{self.together_s * 1000:.1f} ms together and {self.alone_s * 1000:.1f} ms one at a time{one}; a task "
                 f"({self.task_steps:.3g} steps) {together * 1000:.2f} ms together with the hand-over, "
                 f"{alone * 1000:.2f} ms alone")
 
 
-def probe(locals_: Sequence[Any], tasks: int | None = None) -> Probe:
+def probe(locals_: Sequence[Any], tasks: int | None = None, together: bool = True) -> Probe:
     """Measure these participants' models (``actors.training.local_model.TorchLocalModel``)
-    trained together against one after another. ``tasks``: how many tasks the worker
-    expects over the run (None: no bound), for :data:`COST_SHARE`."""
+    trained together (unless ``together`` is False: their group does not batch by
+    measurement) against one after another, and, when their group asks for more than one
+    torch thread, one after another on one. ``tasks``: how many tasks the worker expects
+    over the run (None: no bound), for :data:`COST_SHARE`."""
     from actors.training import threads
     from actors.training.batched import can_batch, train_batched
     from actors.training.loops import train_locally
 
     specs = [local.spec.train for local in locals_]
-    copies = len(locals_)
-    if copies < 2:
-        return Probe(copies, why_not="fewer than two participants train at once")
+    copies, asked = len(locals_), max(1, locals_[0].spec.num_threads)
     if any(local.num_examples == 0 for local in locals_):
         return Probe(copies, why_not="a participant holds no training examples")
     if any(local.dp_accountant is not None or spec.precision != "fp32" for local, spec in zip(locals_, specs)):
         return Probe(copies, why_not="DP-SGD and reduced precision train one at a time")
-    if len({local.spec.task for local in locals_}) > 1:
-        return Probe(copies, why_not="the participants' tasks differ")
     models = [copy.deepcopy(local.model) for local in locals_]
-    if (why := can_batch(models, specs)) is not None:
+    why = ("batched: false" if not together else "fewer than two participants train at once"
+           if copies < 2 else "the participants' tasks differ" if len({lm.spec.task for lm in locals_}) > 1
+           else can_batch(models, specs))
+    if why is not None and asked == 1:
         return Probe(copies, why_not=why)
     full = [spec.local_steps or spec.local_epochs * math.ceil(local.num_examples / spec.batch_size)
             for local, spec in zip(locals_, specs)]
@@ -118,7 +125,7 @@ def probe(locals_: Sequence[Any], tasks: int | None = None) -> Probe:
     seeds = list(range(copies))
     loss_fn = locals_[0].loss_fn
 
-    def together() -> None:
+    def both() -> None:
         train_batched(models, [local.x for local in locals_], [local.y for local in locals_], specs[0], seeds,
                       [spec.local_epochs for spec in specs], steps, loss_fn=loss_fn)
 
@@ -126,15 +133,20 @@ def probe(locals_: Sequence[Any], tasks: int | None = None) -> Probe:
         for model, local, spec, seed, n in zip(models, locals_, specs, seeds, steps):
             train_locally(model, local.x, local.y, spec, seed, spec.local_epochs, n, loss_fn=loss_fn)
 
-    device, asked = locals_[0].device, max(1, locals_[0].spec.num_threads)
+    device = locals_[0].device
     threads.use(asked)
     first_alone = _timed(alone, device)
     run_alone = (tasks or 0) * first_alone / copies * sum(full) / sum(steps)
     if tasks is not None and 4 * first_alone > COST_SHARE * run_alone:
         return Probe(copies, why_not=f"this worker's {tasks} tasks would train in about {run_alone:.2f}s alone, "
                      f"too little to repay measuring ({4 * first_alone:.2f}s)")
-    together()  # the first batched step in this process (~20 ms on a 2-core laptop), untimed
-    first, again_alone, second = (_timed(way, device) for way in (together, alone, together))
+    together_s = math.nan
+    if why is None:
+        both()  # the first batched step in this process (~20 ms on a 2-core laptop), untimed
+        first, again_alone, second = (_timed(way, device) for way in (both, alone, both))
+        together_s = min(first, second)
+    else:
+        again_alone = _timed(alone, device)
     alone_s, fewer = min(first_alone, again_alone), 0
     if asked > 1:  # one at a time may run faster on one thread (actors/training/threads.py)
         threads.use(1)
@@ -144,7 +156,7 @@ def probe(locals_: Sequence[Any], tasks: int | None = None) -> Probe:
             alone_s, fewer = one_thread, 1
             for local in locals_:
                 threads.prefer_alone(local, 1)
-    return Probe(copies, sum(steps) / copies, min(first, second), alone_s, sum(full) / copies, alone_threads=fewer)
+    return Probe(copies, sum(steps) / copies, together_s, alone_s, sum(full) / copies, why, fewer)
 
 
 def _timed(way: Callable[[], None], device: Any) -> float:

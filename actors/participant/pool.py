@@ -234,14 +234,14 @@ class PoolWorker:
         with self._baton:
             return self._serve(who, "initial_parameters")
 
-    def probe_batching(self, whos: list[Who], tasks: int | None) -> Probe:
+    def probe_batching(self, whos: list[Who], tasks: int | None, together: bool = True) -> Probe:
         """Copies of these participants trained together against one at a time, timed
         (``batched: auto``: :mod:`~actors.participant.batching_probe`)."""
         from actors.participant.batching_probe import probe
         with contextlib.ExitStack() as running:
             served = [running.enter_context(self._running(self._spec(who))) for who in whos]
             with self._baton:
-                return probe([p.local for p in served], tasks)
+                return probe([p.local for p in served], tasks, together)
 
     def train(self, who: Who, state: GlobalState, instructions: Instructions,
               cohort: tuple[int, int] | None = None) -> Update:

@@ -5,7 +5,9 @@
 once measures, at start, copies of as many of its own participants trained both ways
 (:mod:`actors.participant.batching_probe`), and batches only where together was faster.
 The hardware, the model and the batch size decide, not the device type: a GPU worker
-measures too. Each verdict is a ``batching`` event in the history and a notice.
+measures too. A worker whose group asks for more than one torch thread (and does not
+batch by setting) also measures one at a time on one thread. Each verdict is a
+``batching`` event in the history and a notice.
 """
 
 from __future__ import annotations
@@ -71,9 +73,10 @@ def choose(members: list[Member], config: RunConfig, history: History) -> None:
     for served in workers.values():
         batched = groups[served[0].group].batched
         copies = min(tasks_at_once(config, len(served), len(started)), MAX_COPIES)
-        if batched == "auto" and copies >= 2:
+        if (batched == "auto" and copies >= 2) or (batched is False and served[0].spec.num_threads > 1):
             tasks = tasks_over_run(config, len(served), len(started))
-            probes[served[0].handle.probe_batching.remote([m.address() for m in served[:copies]], tasks)] = served
+            whos = [m.address() for m in served[:max(copies, 1)]]
+            probes[served[0].handle.probe_batching.remote(whos, tasks, batched == "auto")] = served
         for member in served:
             member.batches = batched is True
     if not probes:
@@ -92,4 +95,4 @@ def choose(members: list[Member], config: RunConfig, history: History) -> None:
             member.batches = batches
         line = f"group {served[0].group}, the worker serving {served[0].name} and {len(served) - 1} more: {verdict}"
         history.record("batching", participant=served[0].name, group=served[0].group, detail=line)
-        log.info("batched: auto: %s", line)
+        log.info("batched: %s: %s", str(groups[served[0].group].batched).lower(), line)
