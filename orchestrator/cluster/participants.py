@@ -57,8 +57,8 @@ class Participants(Lifecycle):
         self._track(member.call("train", state_ref, instructions), member, instructions, task)
 
     def dispatch_all(self, state_ref: ray.ObjectRef, tasks: list[tuple[Member, Instructions, Task]]) -> None:
-        """Send ``tasks``, one call each; the ones for participants of a batched pool group
-        that share a worker name one cohort, so the worker trains them together
+        """Send ``tasks``, one call each; those sharing a pool worker that batches
+        (``Member.batches``) name one cohort, so the worker trains them together
         (actors/participant/cohort.py), and each still comes back as soon as it ends."""
         together: dict[int, list[tuple[Member, Instructions, Task]]] = {}
         for item in tasks:
