@@ -85,7 +85,7 @@ class Probe:
         if self.why_not is not None:
             if math.isnan(self.alone_s):
                 return f"one at a time: {self.why_not}"
-            alone = self.alone_s * self.task_steps / (self.steps * self.copies)
+            _, alone = self.per_task()
             return (f"one at a time ({self.why_not}): {self.copies} participants' models, {self.steps:.3g} steps "
                     f"each, took {self.alone_s * 1000:.1f} ms{one}; a task ({self.task_steps:.3g} steps) "
                     f"{alone * 1000:.2f} ms")
@@ -103,8 +103,9 @@ def probe(locals_: Sequence[Any], tasks: int | None = None, together: bool = Tru
     measurement) against one after another, and, when their group asks for more than one
     torch thread, one after another on one. ``tasks``: how many tasks the worker expects
     over the run (None: no bound), for :data:`COST_SHARE`."""
+    from actors.participant.cohort import why_apart
     from actors.training import threads
-    from actors.training.batched import can_batch, train_batched
+    from actors.training.batched import train_batched
     from actors.training.loops import train_locally
 
     specs = [local.spec.train for local in locals_]
@@ -113,12 +114,11 @@ def probe(locals_: Sequence[Any], tasks: int | None = None, together: bool = Tru
         return Probe(copies, why_not="a participant holds no training examples")
     if any(local.dp_accountant is not None or spec.precision != "fp32" for local, spec in zip(locals_, specs)):
         return Probe(copies, why_not="DP-SGD and reduced precision train one at a time")
-    models = [copy.deepcopy(local.model) for local in locals_]
     why = ("batched: false" if not together else "fewer than two participants train at once"
-           if copies < 2 else "the participants' tasks differ" if len({lm.spec.task for lm in locals_}) > 1
-           else can_batch(models, specs))
+           if copies < 2 else why_apart(locals_))  # as the worker's cohorts decide (cohort.py)
     if why is not None and asked == 1:
         return Probe(copies, why_not=why)
+    models = [copy.deepcopy(local.model) for local in locals_]
     full = [spec.local_steps or spec.local_epochs * math.ceil(local.num_examples / spec.batch_size)
             for local, spec in zip(locals_, specs)]
     steps = [min(n, MAX_STEPS) for n in full]

@@ -262,10 +262,17 @@ def _free_gpu_cache() -> None:
 
 
 def _batchable(requests: list[Request]) -> bool:
-    """Same architecture, same optimizer settings, same loss, and at least one example each."""
-    locals_ = [r.local for r in requests]
-    if any(lm.num_examples == 0 for lm in locals_) or len({lm.spec.task for lm in locals_}) != 1:
-        return False
-    if any(lm.spec.train.precision != "fp32" for lm in locals_):  # batched steps run in fp32 only
-        return False
-    return can_batch([lm.model for lm in locals_], [lm.spec.train for lm in locals_]) is None
+    return why_apart([r.local for r in requests]) is None
+
+
+def why_apart(locals_: Sequence[Any]) -> str | None:
+    """Why these participants' plain training cannot run as one computation, or None: it
+    needs at least one example each, fp32, one task (so one loss), and the same
+    architecture and optimizer settings (``can_batch``)."""
+    if any(lm.num_examples == 0 for lm in locals_):
+        return "a participant holds no training examples"
+    if any(lm.spec.train.precision != "fp32" for lm in locals_):
+        return "batched steps run in fp32 only"
+    if len({lm.spec.task for lm in locals_}) != 1:
+        return "the participants' tasks differ"
+    return can_batch([lm.model for lm in locals_], [lm.spec.train for lm in locals_])
