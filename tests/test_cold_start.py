@@ -1,6 +1,6 @@
-"""A cold ``fedray run``: its imports load while its own Ray starts, and it leaves no Ray
-process behind, its autoscaler monitor stopped before ``ray.shutdown`` waits on it; and the
-``fedray`` command leaves the process without Python's teardown once its work is done."""
+"""A cold ``fedray run``: its imports load while its own Ray starts, that Ray starts none of
+the processes a run never uses and leaves no process behind; and the ``fedray`` command
+leaves the process without Python's teardown once its work is done."""
 
 from __future__ import annotations
 
@@ -31,14 +31,15 @@ def spy_connect(config):
     started = connect_ray(config)
     seen["processes"] = [info.process for infos in ray._private.worker._global_node.all_processes.values()
                          for info in infos]
-    seen["monitor"] = ray._private.worker._global_node.all_processes[ray_constants.PROCESS_TYPE_MONITOR][0].process
-    seen["api_server"] = ray_constants.PROCESS_TYPE_DASHBOARD in ray._private.worker._global_node.all_processes
+    started_here = ray._private.worker._global_node.all_processes
+    seen["unused"] = [kind for kind in (ray_constants.PROCESS_TYPE_MONITOR, ray_constants.PROCESS_TYPE_DASHBOARD,
+                                        ray_constants.PROCESS_TYPE_LOG_MONITOR) if kind in started_here]
+    seen["metrics_agent_port"] = ray._private.worker._global_node.metrics_agent_port  # -1: none
     seen["logs"] = ray._private.worker._global_node.get_logs_dir_path()
     return started
 
 def spy_shutdown(*args, **kwargs):
-    seen["monitor_dead_before_shutdown"] = seen["monitor"].poll() is not None
-    seen["raylet_alive_before_shutdown"] = all(p.poll() is None for p in seen["processes"] if p is not seen["monitor"])
+    seen["alive_before_shutdown"] = all(p.poll() is None for p in seen["processes"])
     return shutdown(*args, **kwargs)
 
 connect.connect_ray, ray.shutdown = spy_connect, spy_shutdown
@@ -48,10 +49,10 @@ for p in seen["processes"]:  # each of the run's Ray processes ends (reaped here
 import glob, os
 driver_log = "".join(open(f).read() for f in glob.glob(f"{seen['logs']}/python-core-driver-*_{os.getpid()}.log"))
 print(json.dumps({"code": code, "processes": len(seen["processes"]),
-                  "monitor_dead_before_shutdown": seen["monitor_dead_before_shutdown"],
-                  "raylet_alive_before_shutdown": seen["raylet_alive_before_shutdown"],
+                  "alive_before_shutdown": seen["alive_before_shutdown"],
                   "initialized_after": ray.is_initialized(), "torch_imported": "torch" in sys.modules,
-                  "api_server": seen["api_server"],
+                  "unused": seen["unused"], "metrics_agent_port": seen["metrics_agent_port"],
+                  "metrics_deps_imported": "ray.dashboard.optional_deps" in sys.modules,
                   "task_events_off": "Task Event Buffer is disabled" in driver_log}))
 """
 
@@ -66,9 +67,13 @@ def test_a_cold_run_starts_and_stops_its_own_ray_leaves_no_process_and_imports_n
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     report = yaml.safe_load(done.stdout.strip().splitlines()[-1])
-    assert report["code"] == 0 and report["processes"] >= 3
-    assert report["monitor_dead_before_shutdown"] and report["raylet_alive_before_shutdown"]
-    assert not report["api_server"]  # a Ray for one run starts no dashboard/API server process
+    assert report["code"] == 0 and report["processes"] >= 2  # the GCS and the raylet
+    assert report["alive_before_shutdown"]
+    # a Ray for one run starts no API server, autoscaler monitor, or (--quiet) log monitor,
+    assert report["unused"] == []
+    # and its raylet's dashboard agent exports no metrics, which the driver never imports
+    assert report["metrics_agent_port"] == -1
+    assert not report["metrics_deps_imported"]
     assert report["task_events_off"]  # nor reports task events nothing could read (0.25 s at exit)
     assert not report["initialized_after"]
     assert not report["torch_imported"]  # pool workers evaluate too: the driver never needs torch

@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import ray
-from ray._private import ray_constants
 
 from orchestrator.cluster import preflight
 from orchestrator.cluster.warm_workers import WARM
@@ -40,9 +39,10 @@ def connect_ray(config: RunConfig) -> bool:
     wanted = sum(g.resources.num_cpus * preflight.processes(g) for g in config.groups)
     num_cpus = opts.num_cpus or max(os.cpu_count() or 1, math.ceil(wanted))
     # address="local": never attach by accident to a cluster `ray start` left running
-    with _no_api_server(), _task_events(opts.task_events):
+    forward = _forward_logs()
+    with _lean_local_ray(forward), _task_events(opts.task_events):
         ray.init(address="local", num_cpus=num_cpus, num_gpus=opts.num_gpus,
-                 include_dashboard=False, logging_level="WARNING", log_to_driver=_forward_logs())
+                 include_dashboard=False, logging_level="WARNING", log_to_driver=forward)
     return True
 
 
@@ -68,27 +68,53 @@ def _task_events(report: bool) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _no_api_server() -> Iterator[None]:
-    """Start a local Ray without its API server process. With ``include_dashboard=False``
-    Ray still starts it (to report usage statistics) and ``ray.init`` polls up to its
-    timeout until it registers: ~0.9 s of a 2-core laptop's cold start (Ray 2.60), and a
-    Python process competing with the raylet for the cores. A Ray started for one run
-    serves no dashboard, Jobs or state API. Reaches into Ray's private node class; where
-    that has changed, Ray starts as it always does."""
+def _lean_local_ray(forward_logs: bool) -> Iterator[None]:
+    """Start a local Ray without the Python processes a Ray started for one run never uses:
+    on a 2-core laptop each competes with the raylet for the cores while Ray starts.
+
+    - Its API server (``include_dashboard=False`` alone still starts one, to report usage
+      statistics, and ``ray.init`` polls ~0.9 s for it to register); such a Ray serves no
+      dashboard, Jobs or state API.
+    - Its autoscaler monitor: a local Ray has nothing to scale, and ``ray.shutdown`` gave
+      it a second to exit on SIGTERM that it never took.
+    - Its log monitor, where participants' output is not forwarded here (``--quiet``).
+    - The dashboard agent's metrics export: the agent starts as it does in a minimal
+      ``ray`` install, so the raylet, which waits for the agent, waits less, and the
+      driver skips importing aiohttp and OpenTelemetry (~0.3 s) to decide how to start it.
+
+    Together about 0.5 s of a 2-core laptop's cold start (Ray 2.60; BENCHMARKS.md). Reaches
+    into Ray's private node class and utilities; whatever has changed there, Ray starts
+    those processes as it always did."""
     node_class = getattr(getattr(ray._private, "node", None), "Node", None)
-    original = getattr(node_class, "start_api_server", None)
+
+    def no_api_server(node: Any, *args: Any, **kwargs: Any) -> None:
+        node._webui_url = None
+
+    def skip(node: Any, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    with contextlib.ExitStack() as swaps:
+        swaps.enter_context(_swapped(node_class, "start_api_server", no_api_server))
+        swaps.enter_context(_swapped(node_class, "start_monitor", skip))
+        if not forward_logs:
+            swaps.enter_context(_swapped(node_class, "start_log_monitor", skip))
+        swaps.enter_context(_swapped(getattr(ray._private, "utils", None), "get_dashboard_dependency_error",
+                                     lambda: ImportError("a Ray for one run exports no metrics")))
+        yield
+
+
+@contextlib.contextmanager
+def _swapped(owner: Any, name: str, replacement: Any) -> Iterator[None]:
+    """``owner.name`` replaced while the block runs, where it exists."""
+    original = getattr(owner, name, None)
     if original is None:
         yield
         return
-
-    def skip(node: Any, *args: Any, **kwargs: Any) -> None:
-        node._webui_url = None
-
-    node_class.start_api_server = skip
+    setattr(owner, name, replacement)
     try:
         yield
     finally:
-        node_class.start_api_server = original
+        setattr(owner, name, original)
 
 
 def unreachable(address: str) -> str | None:
@@ -109,21 +135,7 @@ def disconnect_ray() -> None:
     """Leave the Ray :func:`connect_ray` joined (a local one it started stops), this
     driver's idle pool workers released first."""
     WARM.release()
-    _stop_monitor()
     ray.shutdown()
-
-
-def _stop_monitor() -> None:
-    """Kill the local Ray's autoscaler monitor before ``ray.shutdown``. Ray stops its
-    processes one after another, each given a second to exit on SIGTERM, and the monitor
-    of a local Ray never does: of a 1.36 s shutdown on a 2-core laptop (Ray 2.60), 1.01 s
-    waited for it before Ray killed it anyway. Nothing of a run's lives in it. Reaches into
-    Ray's private node object, so any surprise there leaves the shutdown to Ray alone."""
-    with contextlib.suppress(Exception):
-        node = ray._private.worker._global_node
-        for info in node.all_processes.get(ray_constants.PROCESS_TYPE_MONITOR, []):
-            info.process.kill()
-            info.process.wait(timeout=1)
 
 
 @contextlib.contextmanager
