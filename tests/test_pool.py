@@ -298,13 +298,15 @@ def test_dp_fedavg_runs_on_pooled_participants_and_spends_its_budget(ray_session
 
 def test_a_run_that_cannot_be_resumed_leaves_no_private_state_behind(ray_session, tmp_path):
     group = {**digits_config()["groups"][0], "hosting": "pool", "workers": 2}
-    orch = Orchestrator(load_config(digits_config(groups=[group], stop={"max_aggregations": 2})))
+    # FedPer: each participant's personal head is state it writes after every task
+    orch = Orchestrator(load_config(digits_config(groups=[group], stop={"max_aggregations": 2},
+                                                  strategy={"name": "fedper"})))
     orch.run()
     assert not private_state.resolve_dir(f"fedray-state/{orch.run_id}").exists()
-    kept = digits_config(groups=[group], stop={"max_aggregations": 2},
+    kept = digits_config(groups=[group], stop={"max_aggregations": 2}, strategy={"name": "fedper"},
                          checkpoint={"every": 1, "participant_dir": str(tmp_path / "{run_id}" / "{name}")})
     orch = Orchestrator(load_config(kept), out_dir=tmp_path / "run")
-    orch.run()  # checkpoints: --resume needs each participant's state
+    orch.run()  # checkpoints: --resume needs each participant's state (FedPer: its personal head)
     assert sorted(p.name for p in (tmp_path / orch.run_id).iterdir()) == [f"site-{i}" for i in range(4)]
 
 
