@@ -7,8 +7,9 @@ privacy budget local DP-SGD has spent. None of it ever
 goes to the driver. The file is written atomically (temp file + ``os.replace``) after
 every task that changed the random state, the client state or the budget, so a crash
 mid-write leaves the previous state intact. The task counters ride along with those
-writes: FedAvg without a simulator writes once, and a restarted actor's ``tasks_done``
-then counts from that write (the driver keeps its own count).
+writes: FedAvg without a simulator, whose random state stays as seeded, never writes,
+and a restarted actor's ``tasks_done`` counts from the last write (the driver keeps its own
+count).
 
 Resuming a run rolls this state back. The driver checkpoints only after an aggregation,
 while a participant saves after every task, so after a kill mid-round its state is newer
