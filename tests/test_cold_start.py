@@ -43,7 +43,7 @@ def spy_shutdown(*args, **kwargs):
     return shutdown(*args, **kwargs)
 
 connect.connect_ray, ray.shutdown = spy_connect, spy_shutdown
-code = main(["run", sys.argv[1], "--quiet", "--out", sys.argv[2]])
+code = main(["run", sys.argv[1], "--out", sys.argv[2], *sys.argv[3:]])
 for p in seen["processes"]:  # each of the run's Ray processes ends (reaped here, or already)
     p.wait(timeout=30)
 import glob, os
@@ -57,20 +57,23 @@ print(json.dumps({"code": code, "processes": len(seen["processes"]),
 """
 
 
-def test_a_cold_run_starts_and_stops_its_own_ray_leaves_no_process_and_imports_no_torch(tmp_path):
+@pytest.mark.parametrize("quiet", [True, False])
+def test_a_cold_run_starts_and_stops_its_own_ray_leaves_no_process_and_imports_no_torch(tmp_path, quiet):
     config = {"name": "cold", "dataset": {"name": "digits"},
               "groups": [{"name": "site", "count": 2, "model": {"name": "mlp", "hidden": [8]},
                           "train": {"batch_size": 64}, "resources": {"num_cpus": 0.5}, "hosting": "pool"}],
               "stop": {"max_aggregations": 2}, "ray": {"num_cpus": 2}}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
-    done = subprocess.run([sys.executable, "-c", COLD_RUN, str(tmp_path / "c.yaml"), str(tmp_path / "run")],
+    done = subprocess.run([sys.executable, "-c", COLD_RUN, str(tmp_path / "c.yaml"), str(tmp_path / "run"),
+                           *(["--quiet"] if quiet else [])],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     report = yaml.safe_load(done.stdout.strip().splitlines()[-1])
     assert report["code"] == 0 and report["processes"] >= 2  # the GCS and the raylet
     assert report["alive_before_shutdown"]
-    # a Ray for one run starts no API server, autoscaler monitor, or (--quiet) log monitor,
-    assert report["unused"] == []
+    # a Ray for one run starts no API server or autoscaler monitor, and a log monitor only
+    # where participants' output reaches this terminal (not under --quiet)
+    assert report["unused"] == ([] if quiet else ["log_monitor"])
     # and its raylet's dashboard agent exports no metrics, which the driver never imports
     assert report["metrics_agent_port"] == -1
     assert not report["metrics_deps_imported"]
