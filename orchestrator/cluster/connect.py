@@ -82,7 +82,9 @@ def _lean_local_ray(forward_logs: bool) -> Iterator[None]:
       ``ray`` install, so the raylet, which waits for the agent, waits less, and the
       driver skips importing aiohttp and OpenTelemetry (~0.3 s) to decide how to start it.
 
-    Together about 0.5 s of a 2-core laptop's cold start (Ray 2.60; BENCHMARKS.md). Reaches
+    Starting Ray and two actors that import torch took 3.48 s instead of 4.04 s on a 2-core
+    laptop (Ray 2.60; medians of 7, BENCHMARKS.md). Metrics a participant records with
+    ``ray.util.metrics`` go nowhere on such a Ray; join a cluster to keep them. Reaches
     into Ray's private node class and utilities; whatever has changed there, Ray starts
     those processes as it always did."""
     node_class = getattr(getattr(ray._private, "node", None), "Node", None)
