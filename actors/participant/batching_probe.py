@@ -42,10 +42,15 @@ MAX_COPIES = 32
 """A worker expecting more tasks at once measures this many (batching gains with more of
 them, so its verdict holds for more)."""
 
+FIRST_BATCHED_S = 0.02
+"""The first batched step in a process, which a measurement takes untimed before timing
+together: ~20 ms on the 2-core laptop for small MLPs (vmap's own first-call set-up)."""
+
 COST_SHARE = 0.25
 """A worker measures only where the measurement costs at most this share of the training
 its tasks would do alone over the whole run; it costs about four more passes like the
-first one timed alone. Where batching won on the 2-core laptop it saved half of each
+first one timed alone, and :data:`FIRST_BATCHED_S` where its participants could train
+together. Where batching won on the 2-core laptop it saved half of each
 task's time or more (64 small MLPs: 2.4 -> 1.1 ms a task), repaying such a measurement
 twice over; on shorter runs the measurement itself would cost more than batching saves."""
 
@@ -137,9 +142,10 @@ def probe(locals_: Sequence[Any], tasks: int | None = None, together: bool = Tru
     threads.use(asked)
     first_alone = _timed(alone, device)
     run_alone = (tasks or 0) * first_alone / copies * sum(full) / sum(steps)
-    if tasks is not None and 4 * first_alone > COST_SHARE * run_alone:
+    cost = 4 * first_alone + (FIRST_BATCHED_S if why is None else 0.0)
+    if tasks is not None and cost > COST_SHARE * run_alone:
         return Probe(copies, why_not=f"this worker's {tasks} tasks would train in about {run_alone:.2f}s alone, "
-                     f"too little to repay measuring ({4 * first_alone:.2f}s)")
+                     f"too little to repay measuring ({cost:.2f}s)")
     together_s = math.nan
     if why is None:
         both()  # the first batched step in this process (~20 ms on a 2-core laptop), untimed
