@@ -127,8 +127,7 @@ def probe(locals_: Sequence[Any], tasks: int | None = None, together: bool = Tru
     full = [spec.local_steps or spec.local_epochs * math.ceil(local.num_examples / spec.batch_size)
             for local, spec in zip(locals_, specs)]
     steps = [min(n, MAX_STEPS) for n in full]
-    seeds = list(range(copies))
-    loss_fn = locals_[0].loss_fn
+    seeds, loss_fn = list(range(copies)), locals_[0].loss_fn
 
     def both() -> None:
         train_batched(models, [local.x for local in locals_], [local.y for local in locals_], specs[0], seeds,
