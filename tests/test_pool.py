@@ -419,6 +419,33 @@ def test_a_round_trains_together_without_waiting_for_a_task_that_failed_to_start
     assert sorted(total.task_ids) == [0, 1, 2]
 
 
+def test_every_batched_step_of_a_worker_runs_on_its_one_compute_thread(tmp_path, monkeypatch):
+    """OpenMP keeps helper threads per calling thread: the batched steps of every round run
+    on the process's one compute thread, not in whichever task thread arrived last, and an
+    error there reaches the tasks as before."""
+    from actors.participant import cohort
+    from actors.training import threads
+
+    ran_on: list[str] = []
+    train_batched = cohort.train_batched
+
+    def recording(*args, **kwargs):
+        ran_on.append(threading.current_thread().name)
+        return train_batched(*args, **kwargs)
+
+    monkeypatch.setattr(cohort, "train_batched", recording)
+    worker = PoolWorker()
+    members = [spec(i, tmp_path, "fedavg") for i in range(3)]
+    state = full_state(worker, members[0])
+    for r in range(2):
+        tasks = [(s, Instructions(task_id=3 * r + i, seed=i)) for i, s in enumerate(members)]
+        *outcomes, _ = worker.train_round(tasks, state, None, cohort=(3 * r, 3))
+        assert [u.metrics["batched"] for u in outcomes] == [3.0] * 3
+    assert len(ran_on) == 2 and all(name.startswith(threads.COMPUTE_THREAD) for name in ran_on)
+    with pytest.raises(ZeroDivisionError):
+        threads.on_compute_thread(lambda: 1 / 0)
+
+
 def test_a_batch_keeps_every_member_cached_while_it_trains(tmp_path):
     """Under secure aggregation each member of a batch holds its sealed update in memory:
     a cache smaller than the batch must not evict members of the batch while they train

@@ -6,7 +6,8 @@ models on a few cores), with everything between depending on the machine, the th
 work runs in and the participants' data. So ``batched: auto`` does not guess from the
 device: a pool worker trains copies of the participants it expects to train at once, on
 their own data and with their own local work (at most :data:`MAX_STEPS` steps each), both
-ways, in the thread its tasks run in. Scaled to one task, together must beat one at a time
+ways, where each would run: one at a time in a task thread, together on the worker's
+compute thread (:func:`actors.training.threads.on_compute_thread`). Scaled to one task, together must beat one at a time
 by :data:`MARGIN` after paying :data:`HANDOVER_S` per task, which this loop does not see.
 With more than one torch thread asked for, one at a time is also timed on one thread, and
 kept on one (:mod:`actors.training.threads`) where that was faster by :data:`MARGIN`.
@@ -103,11 +104,10 @@ class Probe:
 
 
 def probe(locals_: Sequence[Any], tasks: int | None = None, together: bool = True) -> Probe:
-    """Measure these participants' models (``actors.training.local_model.TorchLocalModel``)
-    trained together (unless ``together`` is False: their group does not batch by
-    measurement) against one after another, and, when their group asks for more than one
-    torch thread, one after another on one. ``tasks``: how many tasks the worker expects
-    over the run (None: no bound), for :data:`COST_SHARE`."""
+    """Time these participants' models (``TorchLocalModel``) trained together (unless
+    ``together`` is False: their group does not batch by measurement) and one after another,
+    and, where their group asks for several torch threads, one after another on one.
+    ``tasks``: the worker's tasks over the run (None: no bound), for :data:`COST_SHARE`."""
     from actors.participant.cohort import why_apart
     from actors.training import threads
     from actors.training.batched import train_batched
@@ -129,9 +129,10 @@ def probe(locals_: Sequence[Any], tasks: int | None = None, together: bool = Tru
     steps = [min(n, MAX_STEPS) for n in full]
     seeds, loss_fn = list(range(copies)), locals_[0].loss_fn
 
-    def both() -> None:
-        train_batched(models, [local.x for local in locals_], [local.y for local in locals_], specs[0], seeds,
-                      [spec.local_epochs for spec in specs], steps, loss_fn=loss_fn)
+    def both() -> None:  # where a worker's batched steps run, on the group's threads
+        threads.on_compute_thread(lambda: (threads.use(asked), train_batched(
+            models, [local.x for local in locals_], [local.y for local in locals_], specs[0], seeds,
+            [spec.local_epochs for spec in specs], steps, loss_fn=loss_fn)))
 
     def alone() -> None:
         for model, local, spec, seed, n in zip(models, locals_, specs, seeds, steps):

@@ -172,7 +172,7 @@ class Cohort:
             return
         batch, self.waiting = self.waiting, []
         try:
-            run(batch)
+            threads.on_compute_thread(run, batch)
         except Exception as exc:  # noqa: BLE001 - a bug here must fail the tasks, not hang them
             for r in batch:
                 if r.result is None and r.error is None:
@@ -250,8 +250,8 @@ def warm_up(local: Any) -> None:
         return
     twins = [copy.deepcopy(local.model) for _ in range(2)]
     if can_batch(twins, [local.spec.train] * 2) is None:
-        train_batched(twins, [local.x[:2]] * 2, [local.y[:2]] * 2, local.spec.train, [0, 1], 1, 1,
-                      loss_fn=local.loss_fn)
+        threads.on_compute_thread(train_batched, twins, [local.x[:2]] * 2, [local.y[:2]] * 2, local.spec.train,
+                                  [0, 1], 1, 1, loss_fn=local.loss_fn)
     _WARMED.add(key)
 
 
