@@ -1,4 +1,5 @@
-"""Torch's intra-op threads for the computation about to run in the calling thread.
+"""Torch's intra-op threads for the computation about to run, and the one thread a pool
+worker's batched steps run on.
 
 A participant gets as many torch threads as its group's ``num_cpus``. A pool worker serves
 its calls in threads other than its process's main one, and there OpenMP's helper threads
@@ -55,7 +56,7 @@ def on_compute_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """``fn(*args, **kwargs)`` run on this process's one compute thread, its result or its
     exception returned as if called here. OpenMP keeps its helper threads per calling
     thread, and the batched step used to run in whichever task thread arrived last: on a
-    2-core laptop 64 MLPs 64-128-10's batched round took 51-53 ms there against 39-40 ms
+    2-core laptop 64 MLPs 64-128-10's batched step took 51-53 ms there against 39-40 ms
     always on the same thread (BENCHMARKS.md). Already on that thread, ``fn`` runs at once."""
     global _compute
     if threading.current_thread().name.startswith(COMPUTE_THREAD):
