@@ -736,6 +736,7 @@ def test_a_participant_that_answers_no_describe_in_time_is_named_and_lost(ray_se
         return {"num_examples": 3}
 
     slow, quick = (Member(name, "site", i, None, None, max_restarts=0) for i, name in enumerate(["site-0", "site-1"]))
+    ray.get(answers.remote(), timeout=120)  # a worker process for it exists: a loaded CI machine took >2 s to start one
     hung = never_answers.remote()
     errors = _await_start({hung: slow, answers.remote(): quick}, timeout=2.0)
     ray.cancel(hung, force=True)
