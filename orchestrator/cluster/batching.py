@@ -19,7 +19,7 @@ import ray
 
 from actors.participant.batching_probe import MAX_COPIES
 from orchestrator.cluster.describe import START_TIMEOUT_S
-from orchestrator.cluster.members import Member, error_message
+from orchestrator.cluster.members import Member, by_worker, error_message
 from orchestrator.config import RunConfig
 from orchestrator.records.history import History
 
@@ -65,12 +65,8 @@ def choose(members: list[Member], config: RunConfig, history: History) -> None:
     together. Probes the ``auto`` groups' workers, all at once."""
     groups = {g.name: g for g in config.groups}
     started = [m for m in members if not m.lost]
-    workers: dict[int, list[Member]] = {}
-    for member in started:
-        if member.pooled:
-            workers.setdefault(id(member.handle), []).append(member)
     probes: dict[ray.ObjectRef, list[Member]] = {}
-    for served in workers.values():
+    for served in by_worker(started):
         batched = groups[served[0].group].batched
         copies = min(tasks_at_once(config, len(served), len(started)), MAX_COPIES)
         if (batched == "auto" and copies >= 2) or (batched is False and served[0].spec.num_threads > 1):

@@ -14,7 +14,7 @@ import ray
 
 from actors.data.tables import DataError
 from actors.participant.pool import CouldNotStart
-from orchestrator.cluster.members import RESTART_BACKOFF_S, Member, error_message
+from orchestrator.cluster.members import RESTART_BACKOFF_S, Member, by_worker, error_message
 
 START_TIMEOUT_S = 300.0
 """How long participants may take to start (import torch, load data) before we give up."""
@@ -32,12 +32,8 @@ def _describe_pooled(members: list[Member], together: frozenset[str]) -> list[tu
     """One ``describe_each`` call per pool worker. A worker that dies there (a crash, an
     OOM kill) is restarted by Ray and asked again one participant at a time, so a
     participant that kills its process does not keep the others from starting."""
-    served: dict[int, list[Member]] = {}
-    for member in members:
-        if member.pooled:
-            served.setdefault(id(member.handle), []).append(member)
     calls = {group[0].handle.describe_each.remote([m.spec for m in group], group[0].group in together): group
-             for group in served.values()}
+             for group in by_worker(members)}
     if not calls:
         return []
     ready, late = ray.wait(list(calls), num_returns=len(calls), timeout=START_TIMEOUT_S)

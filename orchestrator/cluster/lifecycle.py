@@ -17,7 +17,7 @@ from actors.spec.participant import ParticipantSpec
 from orchestrator.cluster import batching
 from orchestrator.cluster.describe import START_TIMEOUT_S, describe_all
 from orchestrator.cluster.fits import PlacementError, bundle, check_placement
-from orchestrator.cluster.members import Member, RunError, error_message
+from orchestrator.cluster.members import Member, RunError, by_worker, error_message
 from orchestrator.cluster.placement import Placements
 from orchestrator.cluster.warm_workers import WARM, add, worker_key
 from orchestrator.cluster.worker_sums import WorkerSums, sums_in_workers
@@ -196,16 +196,9 @@ class Lifecycle:
     def _discard_state(self) -> None:
         """One call per actor (a pool worker gets its participants' specs); a dead actor's
         call fails, and Ray's own clean-up of the temp directory is all that is left."""
-        served: dict[int, tuple[Any, list[ParticipantSpec]]] = {}
-        refs = []
-        for member in self.members.values():
-            if member.spec.state_dir is None:
-                continue
-            if member.pooled:
-                served.setdefault(id(member.handle), (member.handle, []))[1].append(member.spec)
-            elif not member.lost:
-                refs.append(member.handle.discard_private_state.remote())
-        refs += [handle.discard_private_state.remote(specs) for handle, specs in served.values()]
+        keeping = [m for m in self.members.values() if m.spec.state_dir is not None]
+        refs = [m.handle.discard_private_state.remote() for m in keeping if not m.pooled and not m.lost]
+        refs += [group[0].handle.discard_private_state.remote([m.spec for m in group]) for group in by_worker(keeping)]
         if refs:
             ray.wait(refs, num_returns=len(refs), timeout=DISCARD_TIMEOUT_S)
 

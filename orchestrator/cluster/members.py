@@ -90,6 +90,16 @@ def worker_restarted(members: list[Member], failed: Member, exc: BaseException) 
                 member.registered = False
 
 
+def by_worker(members: list[Member]) -> list[list[Member]]:
+    """The pooled ones among ``members``, grouped by the pool worker that serves them (in
+    the order first met), for calls made once per worker."""
+    served: dict[int, list[Member]] = {}
+    for member in members:
+        if member.pooled:
+            served.setdefault(id(member.handle), []).append(member)
+    return list(served.values())
+
+
 @dataclass
 class Arrival:
     """A finished task: its update, or None when it ended in an event already recorded."""
